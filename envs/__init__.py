@@ -1,0 +1,1 @@
+"""MuJoCo cube-picking task: env, controller, scripted expert."""

@@ -1,0 +1,1 @@
+"""Policy networks: the chunked-action transformer and baselines."""

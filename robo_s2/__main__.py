@@ -1,0 +1,3 @@
+from robo_s2.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per ``robo-s2`` command; each exposes ``run(cfg)``."""
