@@ -18,6 +18,7 @@ from robo_s2.paths import config_dir
 # command name -> (module under robo_s2.commands, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "scripted expert demonstrations into a zarr demo store"),
+    "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
 }
 
 USAGE = "usage: robo-s2 <command> [key=value ...] [--multirun] [--cfg job]\n\ncommands:\n" + "\n".join(
@@ -30,13 +31,26 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+_HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+    "--config-dir", "-cd", "--info", "-i", "--experimental-rerun",
+}  # fmt: skip
+
+
 def _check_overrides(command: str, args: list[str]) -> None:
     """Compose the config with the user's overrides; turn Hydra's multi-line errors into one line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    overrides, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in _HYDRA_FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
+            overrides.append(arg)
     if any("," in a.split("=", 1)[-1] or "range(" in a for a in overrides):
         return  # sweeps are validated by Hydra itself when --multirun expands them
     try:

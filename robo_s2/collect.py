@@ -1,0 +1,226 @@
+"""Scripted-expert demonstration collection into a demo store, with parallel env workers.
+
+Episodes are produced by worker processes (spawned, one env and one renderer each) and appended by
+this process alone, in attempt order, so the store is the same whatever the number of workers and an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robo_s2.errors import UserError
+
+# Patch sizes of the encoders robo_s2 supports (ViT/16 and ViT/14): renders must tile into patches.
+PATCH_SIZES = (16, 14)
+
+
+@dataclass
+class CollectResult:
+    n_new: int = 0
+    n_total: int = 0
+    n_frames: int = 0
+    attempts: int = 0
+    successes: int = 0
+    discarded: int = 0
+    seconds: float = 0.0
+    episode_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def expert_success_rate(self) -> float:
+        return self.successes / max(self.attempts, 1)
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """Seed of one collection attempt: a function of (run seed, attempt index) only."""
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+
+
+def check_image_size(size: int) -> None:
+    if not isinstance(size, int) or size <= 0:
+        raise UserError(f"env.image_size={size!r} must be a positive integer (e.g. 224 or 448)")
+    if not any(size % p == 0 for p in PATCH_SIZES):
+        raise UserError(
+            f"env.image_size={size} is not a multiple of an encoder patch size {PATCH_SIZES}; "
+            "use e.g. 64, 112, 224 or 448"
+        )
+
+
+# --- worker side ---------------------------------------------------------------------------------
+
+_worker_env = None
+_worker_expert = None
+
+
+def _init_worker(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any]) -> None:
+    global _worker_env, _worker_expert
+    _worker_env, _worker_expert = make_env_and_expert(env_kwargs, expert_kwargs)
+
+
+def make_env_and_expert(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any]):
+    from envs.cube_pick import CubePickEnv
+    from envs.expert import ScriptedExpert
+
+    return CubePickEnv(**env_kwargs), ScriptedExpert(**expert_kwargs)
+
+
+def run_expert_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
+    """One expert episode; returns per-step arrays (obs at t, action at t) and its success."""
+    obs, _ = env.reset(seed=seed)
+    expert.reset(seed=seed)
+    steps: dict[str, list[np.ndarray]] = {}
+    success = False
+    while True:
+        action = np.asarray(expert.act(obs), dtype=np.float32)
+        for key, value in obs.items():
+            steps.setdefault(key, []).append(np.asarray(value))
+        steps.setdefault("action", []).append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        success = success or bool(info.get("is_success", False))
+        if terminated or truncated:
+            break
+    return {key: np.stack(values) for key, values in steps.items()}, success
+
+
+def _worker_episode(seed: int) -> tuple[dict[str, np.ndarray], bool]:
+    return run_expert_episode(_worker_env, _worker_expert, seed)
+
+
+# --- main side -----------------------------------------------------------------------------------
+
+
+def _episode_stream(
+    env_kwargs: dict[str, Any],
+    expert_kwargs: dict[str, Any],
+    seeds: Iterator[int],
+    workers: int,
+) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
+    """Yield episodes in seed order; with workers > 0 keep 2 per worker in flight."""
+    if workers <= 0:
+        env, expert = make_env_and_expert(env_kwargs, expert_kwargs)
+        try:
+            for seed in seeds:
+                yield run_expert_episode(env, expert, seed)
+        finally:
+            env.close()
+        return
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(env_kwargs, expert_kwargs),
+    ) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for seed in seeds:
+                pending.append(pool.submit(_worker_episode, seed))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def collect(
+    out: str | Path,
+    n_episodes: int,
+    env_kwargs: dict[str, Any],
+    expert_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    workers: int = 0,
+    keep_failed: bool = False,
+    max_attempts: int | None = None,
+    store_format: int = 3,
+    on_episode: Callable[[CollectResult], None] | None = None,
+) -> CollectResult:
+    """Fill the store at ``out`` with ``n_episodes`` expert episodes, resuming an existing store."""
+    if n_episodes <= 0:
+        raise UserError(f"n_episodes={n_episodes} must be > 0")
+    check_image_size(env_kwargs.get("image_size", 224))
+    if workers < 0:
+        raise UserError(f"workers={workers} must be >= 0 (0 runs the env in this process)")
+    expert_kwargs = dict(expert_kwargs or {})
+
+    from envs.cube_pick import CubePickEnv
+    from robo_s2.store import DemoStore
+
+    probe = CubePickEnv(**{**env_kwargs, "render_images": False})
+    env_desc = probe.describe()
+    probe.close()
+    attrs = {
+        "env": env_desc,
+        "control_hz": env_desc.get("control_hz"),
+        "action_semantics": env_desc.get("action_semantics"),
+        "proprio_semantics": env_desc.get("proprio_semantics"),
+        "state_semantics": env_desc.get("state_semantics"),
+        "cameras": env_desc.get("cameras"),
+        "source": "robo_s2 collect (scripted expert)",
+        "collect": {"seed": seed, "expert": expert_kwargs, "keep_failed": keep_failed},
+    }
+    store = DemoStore.open_or_create(out, attrs=attrs, format=store_format, check_attrs=("env",))
+    progress = dict(store.attrs.get("collect_progress", {}))
+    if store.n_episodes and progress.get("seed", seed) != seed:
+        raise UserError(
+            f"{out} was collected with seed={progress['seed']}, not seed={seed}; "
+            f"resume with seed={progress['seed']} or choose another out="
+        )
+
+    result = CollectResult(n_total=store.n_episodes, n_frames=store.n_frames)
+    first_attempt = int(progress.get("next_attempt", store.n_episodes))
+    needed = n_episodes - store.n_episodes
+    if needed <= 0:
+        return result
+    limit = max_attempts if max_attempts is not None else 2 * needed + 20
+
+    def seeds() -> Iterator[int]:
+        for k in range(limit):
+            yield attempt_seed(seed, first_attempt + k)
+
+    start = time.perf_counter()
+    stream = _episode_stream(env_kwargs, expert_kwargs, seeds(), workers)
+    try:
+        for episode, success in stream:
+            result.attempts += 1
+            result.successes += int(success)
+            if success or keep_failed:
+                store.append_episode(episode)
+                result.n_new += 1
+                result.n_total += 1
+                result.n_frames = store.n_frames
+                result.episode_lengths.append(len(episode["action"]))
+            else:
+                result.discarded += 1
+            store.update_attrs(
+                {
+                    "collect_progress": {
+                        "seed": seed,
+                        "next_attempt": first_attempt + result.attempts,
+                        "attempts": int(progress.get("attempts", 0)) + result.attempts,
+                        "discarded": int(progress.get("discarded", 0)) + result.discarded,
+                    }
+                }
+            )
+            if on_episode is not None:
+                on_episode(result)
+            if result.n_total >= n_episodes:
+                break
+    finally:
+        stream.close()
+        result.seconds = time.perf_counter() - start
+    if result.n_total < n_episodes:
+        raise UserError(
+            f"the expert succeeded only {result.successes}/{result.attempts} times; the store holds "
+            f"{result.n_total}/{n_episodes} episodes. Lower expert.noise_std or raise max_attempts"
+        )
+    return result
