@@ -1,4 +1,4 @@
-"""Where the Hydra configs live: top-level ``configs/`` in a checkout, ``robo_s2/configs`` in a wheel."""
+"""Where the Hydra configs live: ``configs/`` in a checkout, ``robo_s2/configs`` in a wheel."""
 
 from pathlib import Path
 
@@ -10,4 +10,4 @@ def config_dir() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "configs"
     if checkout.is_dir():
         return checkout
-    raise FileNotFoundError(f"robo_s2 configs not found in {installed} or {checkout}; reinstall robo_s2")
+    raise FileNotFoundError(f"no robo_s2 configs in {installed} or {checkout}; reinstall robo_s2")

@@ -1,0 +1,70 @@
+"""Window indices over episodes concatenated in time (diffusion_policy's SequenceSampler).
+
+For every frame ``t`` of every episode, a window covers frames ``t-history+1 .. t+future``:
+``history`` steps ending at (and including) ``t``, then ``future`` steps after it. Positions outside
+the episode are clamped to its first/last frame (edge padding) and flagged in a ``valid`` mask, so a
+window never mixes two episodes. Pure numpy, vectorised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robo_s2.errors import UserError
+
+
+def _check_ends(episode_ends: np.ndarray) -> np.ndarray:
+    ends = np.asarray(episode_ends)
+    if ends.ndim != 1:
+        raise UserError(f"episode_ends must be 1-D, got shape {ends.shape}; pass meta/episode_ends")
+    if ends.size and not np.issubdtype(ends.dtype, np.integer):
+        raise UserError(f"episode_ends must be integers, got {ends.dtype}; pass meta/episode_ends")
+    ends = ends.astype(np.int64, copy=False)
+    if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0)):
+        raise UserError(
+            "episode_ends must be non-negative and non-decreasing (exclusive ends of consecutive "
+            "episodes); pass meta/episode_ends of a valid store"
+        )
+    return ends
+
+
+def episode_starts(episode_ends: np.ndarray) -> np.ndarray:
+    """First frame of every episode (``int64 (E,)``) given exclusive ends."""
+    ends = _check_ends(episode_ends)
+    return np.concatenate([np.zeros(1, np.int64), ends[:-1]]) if ends.size else ends.copy()
+
+
+def frame_episode(episode_ends: np.ndarray) -> np.ndarray:
+    """Episode index of every frame (``int64 (N,)``) given exclusive ends."""
+    ends = _check_ends(episode_ends)
+    if not ends.size:
+        return np.zeros(0, np.int64)
+    return np.repeat(np.arange(ends.size, dtype=np.int64), np.diff(ends, prepend=0))
+
+
+def sequence_indices(
+    episode_ends: np.ndarray, history: int, future: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices and validity mask of one window per frame.
+
+    Returns ``idx`` ``int64 (N, history+future)`` and ``valid`` ``bool (N, history+future)``, where
+    ``N = episode_ends[-1]``. Row ``t`` holds frames ``t-history+1 .. t+future``; positions outside
+    ``t``'s episode are clamped to the episode's first/last frame and have ``valid`` False. Column
+    ``history-1`` is always ``t`` itself.
+    """
+    if isinstance(history, bool) or not isinstance(history, int | np.integer) or history < 1:
+        raise UserError(f"history={history!r} must be an integer >= 1 (1 = only the current step)")
+    if isinstance(future, bool) or not isinstance(future, int | np.integer) or future < 0:
+        raise UserError(f"future={future!r} must be an integer >= 0 (0 = no steps after t)")
+    ends = _check_ends(episode_ends)
+    width = int(history) + int(future)
+    if not ends.size or ends[-1] == 0:
+        return np.zeros((0, width), np.int64), np.zeros((0, width), bool)
+    ep = frame_episode(ends)
+    first = episode_starts(ends)[ep][:, None]
+    last = ends[ep][:, None] - 1
+    offsets = np.arange(1 - int(history), int(future) + 1, dtype=np.int64)
+    raw = np.arange(ends[-1], dtype=np.int64)[:, None] + offsets[None, :]
+    valid = (raw >= first) & (raw <= last)
+    idx = np.minimum(np.maximum(raw, first), last)
+    return idx, valid
