@@ -1,0 +1,474 @@
+"""``robo_s2/CubePick-v0``: pick up a cube with a 7-DoF Panda-like arm (MuJoCo, gymnasium).
+
+Action (``Box(-1, 1)``, float32), one control step = ``1 / control_hz`` s:
+    ``[dx, dy, dz, gripper]``, or ``[dx, dy, dz, dyaw, gripper]`` when ``randomize_yaw=True``.
+    ``dx, dy, dz`` move the end-effector target by up to ``max_delta_pos`` m per step (world
+    frame), ``dyaw`` turns it about world z by up to ``max_delta_yaw`` rad; the IK keeps the gripper
+    pointing down. ``gripper`` is an absolute command: -1 fully open (8 cm), +1 fully closed, linear
+    in between (the finger servo squeezes whatever it holds). The target is integrated from the
+    deltas (zero motion commands hold the pose), kept inside a workspace box and on a short leash
+    to the measured pose; damped-least-squares IK (``envs.ik``) turns it into joint targets.
+
+Observation (``Dict``):
+    ``image``        uint8 (S, S, 3), camera "front" (omitted with ``render_images=False``)
+    ``image_wrist``  uint8 (S, S, 3), camera "wrist" (only with ``cameras=("front", "wrist")``)
+    ``proprio``      float32 (11,): 7 joint positions (rad), gripper opening (m, distance
+                     finger1 + finger2, 0..0.08), end-effector position (3, m, world)
+    ``state``        float32 (12,): privileged sim state for the expert and debugging, never a
+                     policy input: cube position (3), cube quaternion (4, w x y z), end-effector
+                     position (3), end-effector yaw (1, rad), gripper opening (1, m)
+
+Reward 1 on success, else 0. ``info["is_success"]``: the cube's lowest point is at least
+``success_height`` (0.04 m) above the table top. The episode terminates on success
+(``terminate_on_success``) and is truncated after ``max_episode_steps`` steps.
+
+``reset(seed=...)`` is reproducible; ``reset(options={"cube_pos": (x, y), "cube_yaw": a})`` forces a
+placement (either key alone is fine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from envs import panda_mjcf as P
+from envs.ik import DifferentialIK, yaw_down_matrix, yaw_of_matrix
+
+ENV_ID = "robo_s2/CubePick-v0"
+
+PROPRIO_SEMANTICS: tuple[str, ...] = (
+    *(f"joint{i}_pos" for i in range(1, 8)),
+    "gripper_opening",
+    "ee_x",
+    "ee_y",
+    "ee_z",
+)
+STATE_SEMANTICS: tuple[str, ...] = (
+    "cube_x",
+    "cube_y",
+    "cube_z",
+    "cube_qw",
+    "cube_qx",
+    "cube_qy",
+    "cube_qz",
+    "ee_x",
+    "ee_y",
+    "ee_z",
+    "ee_yaw",
+    "gripper_opening",
+)
+# Slices of obs["state"], for the expert and for debugging.
+STATE_CUBE_POS = slice(0, 3)
+STATE_CUBE_QUAT = slice(3, 7)
+STATE_EE_POS = slice(7, 10)
+STATE_EE_YAW = 10
+STATE_OPENING = 11
+
+MAX_OPENING = 2 * P.FINGER_RANGE[1]
+
+
+def _ensure_gl_backend() -> None:
+    """Honour ``MUJOCO_GL`` even when mujoco was imported before it was set.
+
+    mujoco picks its OpenGL backend once, when it is first imported; ``import envs`` sets
+    ``MUJOCO_GL=egl``, but a process that imported mujoco earlier (a test module, another library)
+    got the default GLFW backend, which fails without a display. Switch to the named headless
+    backend.
+    """
+    wanted = os.environ.get("MUJOCO_GL", "").lower().strip()
+    if wanted not in ("egl", "osmesa"):
+        return
+    try:
+        from mujoco.rendering.classic import gl_context
+    except ImportError:
+        return
+    if getattr(gl_context, "_MUJOCO_GL", wanted) == wanted:
+        return
+    try:
+        if wanted == "egl":
+            from mujoco.egl import GLContext
+        else:
+            from mujoco.osmesa import GLContext
+    except ImportError:
+        return  # the renderer will fail with its own message
+    gl_context.GLContext = GLContext
+    gl_context._MUJOCO_GL = wanted
+
+
+def image_key(camera: str) -> str:
+    """Observation key of a camera: "front" is ``image``, any other ``image_<camera>``."""
+    return "image" if camera == "front" else f"image_{camera}"
+
+
+def quat_yaw(quat: np.ndarray) -> float:
+    """Yaw (rotation about world z) of a w-x-y-z quaternion."""
+    w, x, y, z = (float(v) for v in quat)
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+class CubePickEnv(gym.Env):
+    """Cube picking with a Panda-like arm; see the module docstring for the spaces.
+
+    Args:
+        image_size: side of the square camera images (pixels).
+        cameras: "front" (third-person, obs key ``image``) and/or "wrist" (``image_wrist``).
+        render_images: False omits the image keys (fast expert rollouts and benchmarks).
+        randomize_yaw: randomize the cube yaw in [-pi/4, pi/4) and add a yaw delta to the action.
+        cube_region: ((x_min, x_max), (y_min, y_max)) of the cube centre, uniform, m.
+        cube_size: cube edge (m).
+        cube_mass: cube mass (kg).
+        control_hz: control rate (the physics runs at 500 Hz).
+        max_episode_steps: truncation horizon (control steps).
+        max_delta_pos: end-effector translation of a full-scale action component (m per step).
+        max_delta_yaw: end-effector yaw change of a full-scale ``dyaw`` (rad per step).
+        terminate_on_success: end the episode as soon as the cube is lifted.
+        success_height: lift of the cube bottom above the table that counts as success (m).
+        init_ee_pos: end-effector start position (m); the start posture is solved by IK.
+        render_mode: None or "rgb_array" (``render()`` returns the front camera image).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    # Workspace of the end-effector target (m); at the bottom the fingertips clear the table by 2 mm
+    WORKSPACE_LOW = np.array([0.2, -0.4, 0.012])
+    WORKSPACE_HIGH = np.array([0.8, 0.4, 0.45])
+    MAX_TARGET_YAW = math.pi / 2
+    PHYSICS_TIMESTEP = 0.002
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        cameras: tuple[str, ...] | list[str] = ("front",),
+        render_images: bool = True,
+        randomize_yaw: bool = False,
+        cube_region: tuple[tuple[float, float], tuple[float, float]] = ((0.4, 0.6), (-0.1, 0.1)),
+        cube_size: float = 0.04,
+        cube_mass: float = 0.07,
+        control_hz: float = 10.0,
+        max_episode_steps: int = 120,
+        max_delta_pos: float = 0.03,
+        max_delta_yaw: float = 0.3,
+        terminate_on_success: bool = True,
+        success_height: float = 0.04,
+        init_ee_pos: tuple[float, float, float] = (0.5, 0.0, 0.25),
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        cameras = tuple(str(c) for c in ([cameras] if isinstance(cameras, str) else cameras))
+        image_size = int(image_size)
+        if image_size <= 0:
+            raise ValueError(f"image_size={image_size} must be a positive number of pixels")
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise ValueError(f"cameras={cameras} must name at least one camera, each once")
+        unknown = [c for c in cameras if c not in P.CAMERAS]
+        if unknown:
+            raise ValueError(f"unknown camera(s) {unknown}; available: {list(P.CAMERAS)}")
+        (x0, x1), (y0, y1) = ((float(a), float(b)) for a, b in cube_region)
+        if not (x0 <= x1 and y0 <= y1):
+            raise ValueError(f"cube_region={cube_region} must be ((x_min, x_max), (y_min, y_max))")
+        if control_hz <= 0 or max_episode_steps <= 0:
+            raise ValueError("control_hz and max_episode_steps must be > 0")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}; supported: None, 'rgb_array'")
+
+        self.image_size = image_size
+        self.cameras = cameras
+        self.render_images = bool(render_images)
+        self.randomize_yaw = bool(randomize_yaw)
+        self._cube_region = ((x0, x1), (y0, y1))
+        self.cube_size = float(cube_size)
+        self.cube_mass = float(cube_mass)
+        self.control_hz = float(control_hz)
+        self.max_episode_steps = int(max_episode_steps)
+        self.max_delta_pos = float(max_delta_pos)
+        self.max_delta_yaw = float(max_delta_yaw)
+        self.terminate_on_success = bool(terminate_on_success)
+        self.success_height = float(success_height)
+        self.init_ee_pos = tuple(float(v) for v in init_ee_pos)
+        self.render_mode = render_mode
+        self._kwargs: dict[str, Any] = {
+            "image_size": image_size,
+            "cameras": list(cameras),
+            "render_images": self.render_images,
+            "randomize_yaw": self.randomize_yaw,
+            "cube_region": [[x0, x1], [y0, y1]],
+            "cube_size": self.cube_size,
+            "cube_mass": self.cube_mass,
+            "control_hz": self.control_hz,
+            "max_episode_steps": self.max_episode_steps,
+            "max_delta_pos": self.max_delta_pos,
+            "max_delta_yaw": self.max_delta_yaw,
+            "terminate_on_success": self.terminate_on_success,
+            "success_height": self.success_height,
+            "init_ee_pos": list(self.init_ee_pos),
+            "render_mode": render_mode,
+        }
+
+        xml = P.build_mjcf(
+            cube_size=self.cube_size,
+            cube_mass=self.cube_mass,
+            offscreen_size=max(640, image_size),
+        )
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.model.opt.timestep = self.PHYSICS_TIMESTEP
+        self.data = mujoco.MjData(self.model)
+        self.n_substeps = max(1, round(1.0 / (self.control_hz * self.PHYSICS_TIMESTEP)))
+
+        m = self.model
+        self._arm_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in P.ARM_JOINTS])
+        self._arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in P.ARM_JOINTS])
+        self._finger_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in P.FINGER_JOINTS])
+        self._arm_act = np.array([m.actuator(a).id for a in P.ARM_ACTUATORS])
+        self._grip_act = m.actuator(P.GRIPPER_ACTUATOR).id
+        self._ee_site = m.site(P.EE_SITE).id
+        self._cube_body = m.body(P.CUBE_BODY).id
+        cube_jnt = m.joint("cube").id
+        self._cube_qpos = m.jnt_qposadr[cube_jnt]
+        self._cube_dof = m.jnt_dofadr[cube_jnt]
+
+        # Start posture: the Menagerie home with joint7 turned so the fingers close along world y,
+        # then solved by IK for the start pose (it is also the IK's null-space rest posture).
+        rest = P.HOME_QPOS.copy()
+        rest[6] += math.pi / 2
+        self.ik = DifferentialIK(m, P.EE_SITE, P.ARM_JOINTS, rest_qpos=rest)
+        q = self.data.qpos.copy()
+        q[self._arm_qpos] = rest
+        q[self._finger_qpos] = P.FINGER_RANGE[1]
+        for _ in range(2):
+            for _ in range(60):
+                q[self._arm_qpos] = self.ik.solve(
+                    q, np.array(self.init_ee_pos), yaw_down_matrix(0.0), iterations=1
+                )
+            self.ik.rest_qpos = q[self._arm_qpos].copy()
+        self._start_arm_q = q[self._arm_qpos].copy()
+
+        n_act = 5 if self.randomize_yaw else 4
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(n_act,), dtype=np.float32)
+        obs_spaces: dict[str, spaces.Space] = {}
+        if self.render_images:
+            for cam in self.cameras:
+                obs_spaces[image_key(cam)] = spaces.Box(
+                    0, 255, shape=(image_size, image_size, 3), dtype=np.uint8
+                )
+        # Generous finite bounds: joint limits are soft constraints, the cube may fall off the table
+        big = 5.0
+        obs_spaces["proprio"] = spaces.Box(
+            low=np.array([*(P.JOINT_RANGES[:, 0] - 0.1), -0.01, -big, -big, -big], np.float32),
+            high=np.array(
+                [*(P.JOINT_RANGES[:, 1] + 0.1), MAX_OPENING + 0.01, big, big, big], np.float32
+            ),
+            dtype=np.float32,
+        )
+        obs_spaces["state"] = spaces.Box(
+            low=np.array([*[-big] * 3, *[-1.01] * 4, *[-big] * 3, -3.15, -0.01], np.float32),
+            high=np.array(
+                [*[big] * 3, *[1.01] * 4, *[big] * 3, 3.15, MAX_OPENING + 0.01], np.float32
+            ),
+            dtype=np.float32,
+        )
+        self.observation_space = spaces.Dict(obs_spaces)
+
+        self._renderer: mujoco.Renderer | None = None
+        self._target_pos = np.zeros(3)
+        self._target_yaw = 0.0
+        self._steps = 0
+        self._placement = (0.0, 0.0, 0.0)
+
+    # --- public helpers ---------------------------------------------------------------------------
+
+    @property
+    def cube_region(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((x_min, x_max), (y_min, y_max)) of the randomized cube centre (m, robot base frame)."""
+        return self._cube_region
+
+    @property
+    def action_semantics(self) -> list[str]:
+        return (
+            ["dx", "dy", "dz", "dyaw", "gripper"]
+            if self.randomize_yaw
+            else [
+                "dx",
+                "dy",
+                "dz",
+                "gripper",
+            ]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable description of the env, for demo-store attributes.
+
+        Holds the constructor kwargs (at the top level and under ``kwargs``:
+        ``CubePickEnv(**d["kwargs"])`` rebuilds the env), the action, proprio and state semantics,
+        cameras and image shape, control rate, cube region and versions.
+        """
+        return {
+            "id": ENV_ID,
+            "entry_point": f"{type(self).__module__}:{type(self).__name__}",
+            **self._kwargs,
+            "kwargs": dict(self._kwargs),
+            "physics_timestep": self.PHYSICS_TIMESTEP,
+            "n_substeps": self.n_substeps,
+            "action_dim": int(self.action_space.shape[0]),
+            "action_semantics": self.action_semantics,
+            "action_scale": {"pos_m": self.max_delta_pos, "yaw_rad": self.max_delta_yaw},
+            "gripper_semantics": "absolute: -1 open (0.08 m), +1 closed, linear in between",
+            "proprio_semantics": list(PROPRIO_SEMANTICS),
+            "state_semantics": list(STATE_SEMANTICS),
+            "cameras": list(self.cameras),
+            "image_keys": {cam: image_key(cam) for cam in self.cameras},
+            "image_shape": [self.image_size, self.image_size, 3],
+            "workspace": {
+                "low": self.WORKSPACE_LOW.tolist(),
+                "high": self.WORKSPACE_HIGH.tolist(),
+            },
+            "cube_yaw_range": [-math.pi / 4, math.pi / 4] if self.randomize_yaw else [0.0, 0.0],
+            "mujoco_version": mujoco.__version__,
+            "gymnasium_version": gym.__version__,
+        }
+
+    # --- gymnasium API ----------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        (x0, x1), (y0, y1) = self._cube_region
+        # always draw all three, so a forced position does not shift later random draws
+        x = float(self.np_random.uniform(x0, x1))
+        y = float(self.np_random.uniform(y0, y1))
+        yaw = (
+            float(self.np_random.uniform(-math.pi / 4, math.pi / 4)) if self.randomize_yaw else 0.0
+        )
+        options = options or {}
+        if options.get("cube_pos") is not None:
+            pos = np.asarray(options["cube_pos"], dtype=float).reshape(-1)
+            if pos.shape != (2,) or not np.all(np.isfinite(pos)):
+                raise ValueError(f"options['cube_pos']={options['cube_pos']!r} must be (x, y)")
+            x, y = float(pos[0]), float(pos[1])
+        if options.get("cube_yaw") is not None:
+            yaw = float(options["cube_yaw"])
+
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        d.qpos[self._arm_qpos] = self._start_arm_q
+        d.qpos[self._finger_qpos] = P.FINGER_RANGE[1]
+        c = self._cube_qpos
+        d.qpos[c : c + 3] = (x, y, self.cube_size / 2)
+        d.qpos[c + 3 : c + 7] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        d.ctrl[self._arm_act] = self._start_arm_q
+        d.ctrl[self._grip_act] = P.FINGER_RANGE[1]
+        mujoco.mj_forward(m, d)
+        mujoco.mj_step(m, d, nstep=self.n_substeps)  # settle contacts (0.1 s)
+        self._placement = (x, y, yaw)
+        self._target_pos = d.site_xpos[self._ee_site].copy()
+        self._target_yaw = 0.0
+        self._steps = 0
+        return self._obs(), self._info()
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {a.shape}, expected {self.action_space.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action {a} is not finite")
+        m, d = self.model, self.data
+        ee = d.site_xpos[self._ee_site]
+        leash = 2 * self.max_delta_pos
+        anchor = ee + np.clip(self._target_pos - ee, -leash, leash)
+        self._target_pos = np.clip(
+            anchor + a[:3] * self.max_delta_pos, self.WORKSPACE_LOW, self.WORKSPACE_HIGH
+        )
+        if self.randomize_yaw:
+            self._target_yaw = float(
+                np.clip(
+                    self._target_yaw + a[3] * self.max_delta_yaw,
+                    -self.MAX_TARGET_YAW,
+                    self.MAX_TARGET_YAW,
+                )
+            )
+        q_des = self.ik.solve(d.qpos, self._target_pos, yaw_down_matrix(self._target_yaw))
+        d.ctrl[self._arm_act] = q_des
+        d.ctrl[self._grip_act] = P.FINGER_RANGE[1] * (1.0 - a[-1]) / 2.0
+        mujoco.mj_step(m, d, nstep=self.n_substeps)
+        self._steps += 1
+
+        info = self._info()
+        success = info["is_success"]
+        terminated = bool(success and self.terminate_on_success)
+        truncated = bool(self._steps >= self.max_episode_steps and not terminated)
+        return self._obs(), float(success), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        return self.render_camera(self.cameras[0] if "front" not in self.cameras else "front")
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def render_camera(self, camera: str) -> np.ndarray:
+        """Render one named camera at ``image_size`` (the renderer is created on first use)."""
+        if self._renderer is None:
+            _ensure_gl_backend()
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            except Exception as exc:  # mujoco.FatalError, or the GL backend's own errors
+                raise RuntimeError(
+                    f"cannot create a MuJoCo renderer (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): "
+                    f"{exc}. Import envs before mujoco (it sets MUJOCO_GL=egl) or set "
+                    "MUJOCO_GL=egl (or osmesa) yourself; render_images=False runs without images"
+                ) from exc
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render().copy()
+
+    def ee_pose(self) -> tuple[np.ndarray, float]:
+        """End-effector position (3,) and yaw (rad)."""
+        d = self.data
+        return d.site_xpos[self._ee_site].copy(), yaw_of_matrix(d.site_xmat[self._ee_site])
+
+    def cube_bottom_height(self) -> float:
+        """Height of the cube's lowest corner above the table top (m)."""
+        rot = self.data.xmat[self._cube_body].reshape(3, 3)
+        half = self.cube_size / 2
+        return float(self.data.xpos[self._cube_body][2] - half * np.abs(rot[2]).sum())
+
+    def _opening(self) -> float:
+        return float(self.data.qpos[self._finger_qpos].sum())
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        d = self.data
+        ee_pos, ee_yaw = self.ee_pose()
+        opening = self._opening()
+        c = self._cube_qpos
+        obs: dict[str, np.ndarray] = {}
+        if self.render_images:
+            for cam in self.cameras:
+                obs[image_key(cam)] = self.render_camera(cam)
+        obs["proprio"] = np.concatenate([d.qpos[self._arm_qpos], [opening], ee_pos]).astype(
+            np.float32
+        )
+        obs["state"] = np.concatenate(
+            [d.qpos[c : c + 3], d.qpos[c + 3 : c + 7], ee_pos, [ee_yaw, opening]]
+        ).astype(np.float32)
+        return obs
+
+    def _info(self) -> dict[str, Any]:
+        height = self.cube_bottom_height()
+        return {
+            "is_success": bool(height >= self.success_height),
+            "cube_lift": height,
+            "cube_placement": self._placement,
+            "steps": self._steps,
+        }
