@@ -1,8 +1,8 @@
 """The ``robo-s2`` console script: ``robo-s2 <command> [hydra overrides]``.
 
-Each command is a Hydra app whose primary config is ``configs/<command>.yaml`` and whose task function
-is ``run(cfg)`` in ``robo_s2.commands.<module>``. Overrides are checked against the config before Hydra
-starts so that a typo costs one clear line, not a screen of Hydra's message.
+Each command is a Hydra app whose primary config is ``configs/<command>.yaml`` and whose task
+function is ``run(cfg)`` in ``robo_s2.commands.<module>``. Overrides are checked against the config
+before Hydra starts so that a typo costs one clear line, not a screen of Hydra's message.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from robo_s2.paths import config_dir
 # command name -> (module under robo_s2.commands, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "scripted expert demonstrations into a zarr demo store"),
+    "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
 }
 
-USAGE = "usage: robo-s2 <command> [key=value ...] [--multirun] [--cfg job]\n\ncommands:\n" + "\n".join(
-    f"  {name:<12} {desc}" for name, (_, desc) in COMMANDS.items()
+USAGE = (
+    "usage: robo-s2 <command> [key=value ...] [--multirun] [--cfg job]\n\ncommands:\n"
+    + "\n".join(f"  {name:<12} {desc}" for name, (_, desc) in COMMANDS.items())
 )
 
 
@@ -38,7 +40,7 @@ _HYDRA_FLAGS_WITH_VALUE = {
 
 
 def _check_overrides(command: str, args: list[str]) -> None:
-    """Compose the config with the user's overrides; turn Hydra's multi-line errors into one line."""
+    """Compose the config with the user's overrides; Hydra's multi-line errors become one line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

@@ -7,6 +7,9 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -61,8 +64,17 @@ _worker_env = None
 _worker_expert = None
 
 
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """A worker whose collector was SIGKILLed would otherwise live on holding its pipes."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _init_worker(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any]) -> None:
     global _worker_env, _worker_expert
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the collector's to handle
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     _worker_env, _worker_expert = make_env_and_expert(env_kwargs, expert_kwargs)
 
 
@@ -70,7 +82,8 @@ def make_env_and_expert(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any
     from envs.cube_pick import CubePickEnv
     from envs.expert import ScriptedExpert
 
-    return CubePickEnv(**env_kwargs), ScriptedExpert(**expert_kwargs)
+    env = CubePickEnv(**env_kwargs)
+    return env, ScriptedExpert.for_env(env, **expert_kwargs)
 
 
 def run_expert_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
@@ -180,6 +193,7 @@ def collect(
     first_attempt = int(progress.get("next_attempt", store.n_episodes))
     needed = n_episodes - store.n_episodes
     if needed <= 0:
+        store.close()
         return result
     limit = max_attempts if max_attempts is not None else 2 * needed + 20
 
@@ -193,34 +207,36 @@ def collect(
         for episode, success in stream:
             result.attempts += 1
             result.successes += int(success)
-            if success or keep_failed:
-                store.append_episode(episode)
+            kept = success or keep_failed
+            result.discarded += int(not kept)
+            progress_attrs = {
+                "collect_progress": {
+                    "seed": seed,
+                    "next_attempt": first_attempt + result.attempts,
+                    "attempts": int(progress.get("attempts", 0)) + result.attempts,
+                    "discarded": int(progress.get("discarded", 0)) + result.discarded,
+                }
+            }
+            if kept:  # the progress commits with the episode: a resume never repeats a placement
+                store.append_episode(episode, attrs=progress_attrs)
                 result.n_new += 1
                 result.n_total += 1
                 result.n_frames = store.n_frames
                 result.episode_lengths.append(len(episode["action"]))
             else:
-                result.discarded += 1
-            store.update_attrs(
-                {
-                    "collect_progress": {
-                        "seed": seed,
-                        "next_attempt": first_attempt + result.attempts,
-                        "attempts": int(progress.get("attempts", 0)) + result.attempts,
-                        "discarded": int(progress.get("discarded", 0)) + result.discarded,
-                    }
-                }
-            )
+                store.update_attrs(progress_attrs)
             if on_episode is not None:
                 on_episode(result)
             if result.n_total >= n_episodes:
                 break
     finally:
         stream.close()
+        store.close()
         result.seconds = time.perf_counter() - start
     if result.n_total < n_episodes:
         raise UserError(
-            f"the expert succeeded only {result.successes}/{result.attempts} times; the store holds "
-            f"{result.n_total}/{n_episodes} episodes. Lower expert.noise_std or raise max_attempts"
+            f"the expert succeeded only {result.successes}/{result.attempts} times; the store "
+            f"holds {result.n_total}/{n_episodes} episodes. Lower expert.noise_std or raise "
+            "max_attempts"
         )
     return result

@@ -34,11 +34,15 @@ def run(cfg: DictConfig) -> CollectResult:
     finally:
         bar.close()
     if res.attempts == 0:
-        print(f"collect: {cfg.out} already holds {res.n_total} episodes ({res.n_frames} frames); nothing to do")
+        print(
+            f"collect: {cfg.out} already holds {res.n_total} episodes ({res.n_frames} frames); "
+            "nothing to do"
+        )
     else:
         print(
             f"collect: {res.n_total} episodes ({res.n_frames} frames) in {cfg.out}; "
             f"+{res.n_new} new, expert success {res.successes}/{res.attempts} "
-            f"({100 * res.expert_success_rate:.1f}%), {res.discarded} discarded, {res.seconds:.1f} s"
+            f"({100 * res.expert_success_rate:.1f}%), {res.discarded} discarded, "
+            f"{res.seconds:.1f} s"
         )
     return res
