@@ -38,6 +38,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs import panda_mjcf as P
+from envs.headless_gl import ensure_gl_backend, load_triton_before_mesa
 from envs.ik import DifferentialIK, yaw_down_matrix, yaw_of_matrix
 
 ENV_ID = "robo_s2/CubePick-v0"
@@ -71,34 +72,6 @@ STATE_EE_YAW = 10
 STATE_OPENING = 11
 
 MAX_OPENING = 2 * P.FINGER_RANGE[1]
-
-
-def _ensure_gl_backend() -> None:
-    """Honour ``MUJOCO_GL`` even when mujoco was imported before it was set.
-
-    mujoco picks its OpenGL backend once, when it is first imported; ``import envs`` sets
-    ``MUJOCO_GL=egl``, but a process that imported mujoco earlier (a test module, another library)
-    got the default GLFW backend, which fails without a display. Switch to the named headless
-    backend.
-    """
-    wanted = os.environ.get("MUJOCO_GL", "").lower().strip()
-    if wanted not in ("egl", "osmesa"):
-        return
-    try:
-        from mujoco.rendering.classic import gl_context
-    except ImportError:
-        return
-    if getattr(gl_context, "_MUJOCO_GL", wanted) == wanted:
-        return
-    try:
-        if wanted == "egl":
-            from mujoco.egl import GLContext
-        else:
-            from mujoco.osmesa import GLContext
-    except ImportError:
-        return  # the renderer will fail with its own message
-    gl_context.GLContext = GLContext
-    gl_context._MUJOCO_GL = wanted
 
 
 def image_key(camera: str) -> str:
@@ -421,7 +394,8 @@ class CubePickEnv(gym.Env):
     def render_camera(self, camera: str) -> np.ndarray:
         """Render one named camera at ``image_size`` (the renderer is created on first use)."""
         if self._renderer is None:
-            _ensure_gl_backend()
+            ensure_gl_backend()
+            load_triton_before_mesa()
             try:
                 self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
             except Exception as exc:  # mujoco.FatalError, or the GL backend's own errors
