@@ -11,7 +11,11 @@ from robo_s2.paths import config_dir
 
 def robo_s2(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "robo_s2", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "robo_s2", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 

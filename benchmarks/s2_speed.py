@@ -1,0 +1,111 @@
+"""Our S² (one batched pass) against the official ``s2wrapper.forward``, same model, same run.
+
+    python benchmarks/s2_speed.py [--model vit_tiny_patch16_224] [--scales 1,2] [--batch-sizes 1,8]
+                                  [--repeats 7] [--threads 1] [--device cpu]
+
+Both run the same frozen timm ViT (random weights; speed does not depend on them) under
+``torch.inference_mode`` on the same inputs, interleaved call by call so that load from other
+processes hits all alike; the median time per call is reported, with the ratios
+``s2wrapper / ours`` (> 1: ours is faster) and the largest absolute difference of our outputs
+from the wrapper's. ``native`` takes the high-resolution render (e.g. 448²) and area-downsizes for
+the smaller scales instead of upsampling a 224² image; its output differs from the wrapper's by
+construction (a different 224² image), so only its time is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from robo_s2.device import autocast, resolve_device
+from robo_s2.encoders.backbone import TimmEncoder
+from robo_s2.encoders.s2 import s2_forward
+
+
+def _time(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    import s2wrapper
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vit_tiny_patch16_224")
+    ap.add_argument("--scales", default="1,2")
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (bf16 autocast on CUDA)")
+    ap.add_argument("--tiles-per-pass", type=int, default=4, help="tiles per pass, chunked rows")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    scales = [float(s) for s in args.scales.split(",")]
+    torch.manual_seed(0)
+    backbone = TimmEncoder(model=args.model, pretrained=False).to(device)
+    model = backbone.pixel_tokens
+    base = backbone.image_size
+    p = backbone.num_prefix_tokens
+    big = int(base * max(scales))
+    print(
+        f"S² speed: {args.model} at {base}², scales {scales}, device {device}"
+        f"{' (bf16 autocast)' if device.type == 'cuda' else ''}, "
+        f"{torch.get_num_threads()} CPU threads, median of {args.repeats} interleaved calls"
+    )
+    tiles = args.tiles_per_pass
+    variants = {
+        "s2wrapper": "official s2wrapper.forward (one pass per scale)",
+        "ours": "ours, all tiles in one pass",
+        f"ours/{tiles}": f"ours, passes of {tiles} tiles (S2Encoder's CPU default)",
+        f"native/{tiles}": f"ours, native {big}² render area-downsized, passes of {tiles} tiles",
+    }
+    for k, v in variants.items():
+        print(f"  {k:<10} {v}")
+    cols = list(variants)
+    header = f"{'batch':>5} | " + " | ".join(f"{c + ' ms':>13}" for c in cols)
+    header += " | " + " | ".join(f"{'x ' + c:>12}" for c in cols[1:]) + " | max |diff|"
+    print(header)
+    print("-" * len(header))
+    for b in [int(v) for v in args.batch_sizes.split(",")]:
+        g = torch.Generator().manual_seed(b)
+        x_big = torch.rand(b, 3, big, big, generator=g).to(device)
+        x = F.interpolate(x_big, size=base, mode="area")  # the 224² render
+        calls = {
+            cols[0]: lambda x=x: s2wrapper.forward(model, x, scales=scales, num_prefix_token=p),
+            cols[1]: lambda x=x: s2_forward(model, x, scales=scales, num_prefix_token=p),
+            cols[2]: lambda x=x: s2_forward(
+                model, x, scales=scales, num_prefix_token=p, max_tiles_per_pass=tiles
+            ),
+            cols[3]: lambda x_big=x_big: s2_forward(
+                model, x_big, scales=scales, num_prefix_token=p, base_size=base,
+                downsample="area", max_tiles_per_pass=tiles,
+            ),
+        }  # fmt: skip
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        with torch.inference_mode(), autocast(device):
+            ref = calls[cols[0]]().float()
+            diff = max((calls[c]().float() - ref).abs().max().item() for c in cols[1:3])
+            for fn in calls.values():  # warm-up
+                fn()
+            for _ in range(args.repeats):
+                for k, fn in calls.items():
+                    times[k].append(_time(fn, device))
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        row = f"{b:>5} | " + " | ".join(f"{med[c]:>13.1f}" for c in cols)
+        row += " | " + " | ".join(f"{med[cols[0]] / med[c]:>11.2f}x" for c in cols[1:])
+        print(row + f" | {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()

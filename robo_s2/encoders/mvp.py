@@ -1,0 +1,270 @@
+"""MVP (Masked Visual Pre-training for motor control) checkpoints as frozen encoders (``mvp``).
+
+A checkpoint is a ``.pth`` file holding the ViT encoder's state dict under the key ``model``, with
+timm/MAE key names (``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ``norm.weight``).
+The architectures are MVP's (``mvp/backbones/vit.py``): patch 16, MLP ratio 4, qkv bias, LayerNorm
+eps 1e-6, and
+
+* ``vit_s16``: width 384, depth 12, **12 heads** (timm's ViT-S has 6: same weight shapes, different
+  attention, so loading MVP-S into timm's ViT-S silently computes something else),
+* ``vit_b16``: width 768, depth 12, 12 heads,
+* ``vit_l16``: width 1024, depth 24, 16 heads. MVP's released ViT-L (``vitl-256-mae-egosoup``) was
+  trained at 256², and MVP's code builds it with ``img_size=256``.
+
+The feature is the CLS token after the final LayerNorm (MVP: ``norm(x[:, 0])``), on ImageNet
+mean/std-normalised pixels. ``image_size: null`` runs the model at the checkpoint's native size
+(read off its ``pos_embed``: 224 for S/B, 256 for L); another ``image_size`` resamples
+``pos_embed`` (bicubic, as timm does for a changed ``img_size``) — e.g. the S² paper's Table 8
+runs MVP-L at 224².
+
+Loading is strict: missing or unexpected keys and shape mismatches are :class:`UserError` s that
+name them. Keys that belong to pre-training only and not to the encoder's feature are dropped:
+the MAE decoder (``decoder*``), ``mask_token``, and a classifier ``head.*`` / ``pre_logits.*``.
+A ``module.`` prefix (DistributedDataParallel) is stripped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robo_s2.encoders.backbone import TokenEncoder, seeded
+from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD
+from robo_s2.encoders.registry import register_encoder
+from robo_s2.errors import UserError
+
+PATCH_SIZE = 16
+ARCHS: dict[str, dict[str, int]] = {
+    "vit_s16": dict(embed_dim=384, depth=12, num_heads=12),
+    "vit_b16": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_l16": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+_ARCH_ALIASES = {
+    "vits": "vit_s16",
+    "vitb": "vit_b16",
+    "vitl": "vit_l16",
+    "s": "vit_s16",
+    "b": "vit_b16",
+}
+_ARCH_ALIASES.update({"l": "vit_l16", "vit_s": "vit_s16", "vit_b": "vit_b16", "vit_l": "vit_l16"})
+IGNORED_PREFIXES = ("decoder", "mask_token", "head.", "pre_logits.")
+
+
+def build_mvp_vit(arch: str, img_size: int = 224) -> nn.Module:
+    """MVP's ViT as a timm ``VisionTransformer`` (no classifier head)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    spec = ARCHS[_resolve_arch(arch)]
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=PATCH_SIZE,
+        mlp_ratio=4,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_classes=0,
+        global_pool="token",
+        **spec,
+    )
+
+
+def _resolve_arch(arch: str) -> str:
+    a = str(arch).lower()
+    a = _ARCH_ALIASES.get(a, a)
+    if a not in ARCHS:
+        raise UserError(f"unknown MVP arch '{arch}'; choose one of: {', '.join(ARCHS)}")
+    return a
+
+
+def _guess_arch(state: dict[str, Tensor]) -> str | None:
+    w = state.get("patch_embed.proj.weight")
+    depth = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+    for name, spec in ARCHS.items():
+        if w is not None and w.shape[0] == spec["embed_dim"] and depth == spec["depth"]:
+            return name
+    return None
+
+
+def load_mvp_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Tensor]:
+    """The encoder state dict of an MVP ``.pth`` (key ``model``), with UserErrors for bad files."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise UserError(f"MVP checkpoint {p} does not exist (set weights=/path/to/mvp.pth)")
+    try:
+        if trust_checkpoint:
+            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        else:
+            # MAE-style training checkpoints may also pickle their argparse.Namespace of arguments
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on non-checkpoints
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise UserError(
+                f"MVP checkpoint {p} pickles Python objects beyond tensors; if you trust the file, "
+                "load it with trust_checkpoint=true"
+            ) from exc
+        raise UserError(
+            f"{p} is not a torch checkpoint (corrupt or another format: {type(exc).__name__})"
+        ) from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(
+            f"MVP checkpoint {p} has no 'model' entry (found {keys}); MVP/MAE checkpoints keep the "
+            "encoder state dict under 'model'"
+        )
+    state = ckpt["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"'model' in MVP checkpoint {p} is not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+class MVPEncoder(TokenEncoder):
+    """An MVP ViT checkpoint: CLS token after the final LayerNorm (or another pooling)."""
+
+    def __init__(
+        self,
+        weights: str,
+        arch: str = "vit_b16",
+        image_size: int | None = None,
+        pooling: str = "cls",
+        trust_checkpoint: bool = False,
+        trainable: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        arch = _resolve_arch(arch)
+        random_init = weights is None or str(weights).lower() == "none"
+        state = None if random_init else load_mvp_state_dict(weights, trust_checkpoint)
+        native = 224
+        if state is not None and "pos_embed" in state:
+            n = state["pos_embed"].shape[1] - 1
+            g = int(round(n**0.5))
+            if g * g == n:
+                native = g * PATCH_SIZE
+        size = int(image_size or native)
+        if size % PATCH_SIZE:
+            raise UserError(
+                f"MVP image_size {size} is not divisible by the patch size {PATCH_SIZE}"
+            )
+        self.set_config(
+            "mvp",
+            weights=None if random_init else str(weights),
+            arch=arch,
+            image_size=size,
+            pooling=pooling,
+            trust_checkpoint=bool(trust_checkpoint),
+            trainable=bool(trainable),
+            **({"seed": int(seed)} if state is None else {}),
+        )
+        if state is None:
+            with seeded(seed):  # random init, asked for with weights=none; same in every process
+                self.model = build_mvp_vit(arch, size)
+        else:
+            with torch.device(
+                "meta"
+            ):  # no wasted random init: the checkpoint's tensors are assigned
+                self.model = build_mvp_vit(arch, size)
+            self._load(state, arch, str(weights), size)
+        self.image_size = size
+        self.native_size = native
+        self.patch_size = PATCH_SIZE
+        self.num_prefix_tokens = 1
+        self.width = ARCHS[arch]["embed_dim"]
+        self._setup(pooling, IMAGENET_MEAN, IMAGENET_STD)
+        self.trainable = bool(trainable)
+        if not self.trainable:
+            self.freeze()
+
+    def _load(self, state: dict[str, Tensor], arch: str, path: str, size: int) -> None:
+        state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {_names(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys {_names(unexpected)}")
+            guess = _guess_arch(state)
+            hint = (
+                f" (it looks like a {guess} checkpoint; set arch={guess})"
+                if guess and guess != arch
+                else ""
+            )
+            raise UserError(
+                f"MVP checkpoint {path} does not fit arch {arch}: {'; '.join(parts)}{hint}"
+            )
+        pos = state["pos_embed"]
+        if pos.shape != own["pos_embed"].shape and pos.shape[-1] == own["pos_embed"].shape[-1]:
+            from timm.layers import resample_abs_pos_embed
+
+            g = size // PATCH_SIZE
+            state = dict(state)
+            state["pos_embed"] = resample_abs_pos_embed(pos, new_size=(g, g), num_prefix_tokens=1)
+        bad = [
+            f"{k}: file {tuple(state[k].shape)} vs {arch} {tuple(v.shape)}"
+            for k, v in own.items()
+            if tuple(state[k].shape) != tuple(v.shape)
+        ]
+        if bad:
+            guess = _guess_arch(state)
+            hint = (
+                f"; it looks like a {guess} checkpoint, set arch={guess}"
+                if guess and guess != arch
+                else ""
+            )
+            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise UserError(
+                f"MVP checkpoint {path} does not fit arch {arch} (wrong architecture): "
+                f"{'; '.join(bad[:3])}{more}{hint}"
+            )
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        self.model.load_state_dict(state, strict=True, assign=True)
+        left = [
+            n for n, t in [*self.model.named_parameters(), *self.model.named_buffers()] if t.is_meta
+        ]
+        if left:  # pragma: no cover - every tensor of MVP's ViT is in its state dict
+            raise RuntimeError(f"MVP encoder tensors not loaded from {path}: {left}")
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)  # all tokens after the final LayerNorm
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(arch=self._config["arch"], native_size=self.native_size)
+        return d
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', ... +{len(keys) - limit} more' if len(keys) > limit else ''}]"
+
+
+@register_encoder("mvp")
+def mvp_encoder(
+    weights: str,
+    arch: str = "vit_b16",
+    image_size: int | None = None,
+    pooling: str = "cls",
+    trust_checkpoint: bool = False,
+    trainable: bool = False,
+    seed: int = 0,
+) -> MVPEncoder:
+    """An MVP checkpoint (``weights``: path to the ``.pth``; ``none``: random init on purpose)."""
+    return MVPEncoder(
+        weights=weights,
+        arch=arch,
+        image_size=image_size,
+        pooling=pooling,
+        trust_checkpoint=trust_checkpoint,
+        trainable=trainable,
+        seed=seed,
+    )

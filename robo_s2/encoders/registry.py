@@ -1,0 +1,294 @@
+"""timm-style encoder registry: ``register_encoder(name)(factory)``, ``create_encoder(...)``.
+
+``create_encoder`` accepts
+
+* a registered factory name (``"timm"``, ``"mvp"``, ``"s2"``, ...) plus keyword options,
+* the name of an encoder config file, ``configs/encoder/<name>.yaml`` (``"vit_t_s2"``, ``"mvp_b"``),
+* any timm model name (``"vit_small_patch16_224"``), short for ``{"name": "timm", "model": ...}``,
+* a ``dict`` / ``DictConfig`` with a ``name`` key naming the factory and everything else as kwargs
+  (the Hydra ``encoder`` group's layout).
+
+Keyword ``overrides`` are merged over the config (nested dicts merge key by key). Unknown names,
+unknown options and unfilled mandatory values (``???``) are :class:`UserError` s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from robo_s2.encoders.base import VisionEncoder
+from robo_s2.errors import UserError
+
+EncoderFactory = Callable[..., VisionEncoder]
+
+_REGISTRY: dict[str, EncoderFactory] = {}
+_BUILTINS_LOADED = False
+_RANDOM_WEIGHTS = False
+
+
+def register_encoder(name: str | None = None) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Decorator registering ``factory(**kwargs) -> VisionEncoder`` under ``name`` (or its name)."""
+
+    def decorator(factory: EncoderFactory) -> EncoderFactory:
+        key = name or factory.__name__
+        existing = _REGISTRY.get(key)
+        if existing is not None and _qualname(existing) != _qualname(factory):
+            raise ValueError(f"encoder '{key}' is already registered by {_qualname(existing)}")
+        _REGISTRY[key] = factory
+        return factory
+
+    return decorator
+
+
+def _qualname(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _load_builtins() -> None:
+    """Import every module of ``robo_s2.encoders`` so their ``@register_encoder`` calls have run."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    package = importlib.import_module("robo_s2.encoders")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"robo_s2.encoders.{info.name}")
+    _BUILTINS_LOADED = True
+
+
+def encoder_config_dir() -> Path:
+    from robo_s2.paths import config_dir
+
+    return config_dir() / "encoder"
+
+
+def list_encoder_configs() -> list[str]:
+    """Names of the config files in the Hydra ``encoder`` group."""
+    try:
+        d = encoder_config_dir()
+    except FileNotFoundError:
+        return []
+    return sorted(p.stem for p in d.glob("*.yaml"))
+
+
+def list_encoders(include_configs: bool = False) -> list[str]:
+    """Registered factory names (and, with ``include_configs``, the encoder config names)."""
+    _load_builtins()
+    names = set(_REGISTRY)
+    if include_configs:
+        names |= set(list_encoder_configs())
+    return sorted(names)
+
+
+def load_encoder_config(name: str) -> dict[str, Any]:
+    """``configs/encoder/<name>.yaml`` as a plain dict (no Hydra compose; ``???`` left in place)."""
+    from omegaconf import OmegaConf
+
+    path = encoder_config_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"no encoder config '{name}' in {path.parent}; "
+            f"known: {', '.join(list_encoder_configs())}"
+        )
+    cfg = OmegaConf.load(path)
+    cfg.pop("defaults", None)
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _to_plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig (resolved) -> plain containers; ``???`` stays the string ``'???'``."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        return cfg
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    if isinstance(cfg, Mapping):
+        return {k: _to_plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, list | tuple):
+        return type(cfg)(_to_plain(v) for v in cfg)
+    return cfg
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _missing_keys(cfg: Any, prefix: str = "") -> list[str]:
+    if isinstance(cfg, Mapping):
+        return [m for k, v in cfg.items() for m in _missing_keys(v, f"{prefix}{k}.")]
+    if isinstance(cfg, str) and cfg == "???":
+        return [prefix.rstrip(".")]
+    return []
+
+
+def _unknown_name(name: str) -> UserError:
+    import difflib
+
+    known = ", ".join(list_encoders())
+    configs = ", ".join(list_encoder_configs())
+    candidates = list_encoders(include_configs=True)
+    try:
+        import timm
+
+        candidates += timm.list_models()
+    except ImportError:  # pragma: no cover
+        pass
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.75)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return UserError(
+        f"unknown encoder '{name}'; {hint}known encoders: {known}; encoder configs: {configs}; "
+        "or any timm model name (e.g. vit_small_patch16_224)"
+    )
+
+
+def _is_timm_model(name: str) -> bool:
+    try:
+        import timm
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(timm.is_model(name))
+
+
+def resolve_encoder_config(
+    name_or_cfg: str | Mapping[str, Any], **overrides: Any
+) -> dict[str, Any]:
+    """The plain config dict (``name`` = factory name) that ``create_encoder`` would build from."""
+    return _resolve(name_or_cfg, overrides, ())
+
+
+def _resolve(
+    name_or_cfg: str | Mapping[str, Any], overrides: Mapping[str, Any], seen: tuple[str, ...]
+) -> dict[str, Any]:
+    _load_builtins()
+    label: str | None = None
+    if isinstance(name_or_cfg, str):
+        name = name_or_cfg
+        if name in _REGISTRY:
+            cfg: dict[str, Any] = {"name": name}
+        elif name in list_encoder_configs():
+            cfg = load_encoder_config(name)
+            label = name
+        elif _is_timm_model(name):
+            cfg = {"name": "timm", "model": name}
+            label = name
+        else:
+            raise _unknown_name(name)
+    else:
+        cfg = _to_plain(name_or_cfg)
+        if not isinstance(cfg, Mapping):
+            raise UserError(
+                f"an encoder config must be a name or a mapping, got {type(cfg).__name__}"
+            )
+        cfg = dict(cfg)
+    cfg = _merge(cfg, _to_plain(dict(overrides)))
+    if "name" not in cfg:
+        raise UserError(f"encoder config {cfg} has no 'name' key naming the encoder to build")
+    if cfg["name"] not in _REGISTRY:
+        # a config may name another config file or a timm model
+        ref = str(cfg["name"])
+        if ref in seen or ref == label:
+            chain = " -> ".join([*seen, *([label] if label else []), ref])
+            raise UserError(f"encoder configs refer to each other in a loop: {chain}")
+        inner = _resolve(ref, {}, (*seen, *([label] if label else [])))
+        rest = {k: v for k, v in cfg.items() if k != "name"}
+        label = label or ref
+        cfg = _merge(inner, rest)
+    if label is not None:
+        cfg["_label"] = label
+    return cfg
+
+
+def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> VisionEncoder:
+    """Build an encoder from a name, a config-file name, a timm model name or a config mapping."""
+    cfg = resolve_encoder_config(name_or_cfg, **overrides)
+    label = cfg.pop("_label", None)
+    if _RANDOM_WEIGHTS:
+        cfg = _strip_weights(cfg["name"], cfg)
+    missing = _missing_keys(cfg)
+    if missing:
+        what = label or cfg["name"]
+        raise UserError(
+            f"encoder '{what}' needs a value for {', '.join(missing)}; set it in the encoder "
+            f"config or as an override (e.g. {missing[0]}=/path/to/file)"
+        )
+    name = cfg.pop("name")
+    factory = _REGISTRY[name]
+    _check_kwargs(name, factory, cfg)
+    encoder = factory(**cfg)
+    if not isinstance(encoder, VisionEncoder):
+        raise TypeError(
+            f"encoder factory '{name}' returned {type(encoder).__name__}, not a VisionEncoder"
+        )
+    if not encoder._config:
+        encoder.set_config(name, **cfg)
+    encoder.label = label or encoder.name
+    return encoder
+
+
+def _check_kwargs(name: str, factory: EncoderFactory, kwargs: Mapping[str, Any]) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise UserError(
+            f"encoder '{name}' has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(accepted)}"
+        )
+    required = [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in kwargs
+    ]
+    if required:
+        raise UserError(f"encoder '{name}' needs {', '.join(required)}")
+
+
+@contextlib.contextmanager
+def random_weights() -> Iterator[None]:
+    """Inside this block every encoder is built with random weights, on purpose and on record.
+
+    For architecture-only reports (parameters, GFLOPs, speed do not depend on the weights) on
+    machines without the checkpoints: ``timm`` encoders get ``pretrained=false``, ``mvp`` encoders
+    ``weights=none``, and S² passes no weights on to its backbone; the resolved configs (and so the
+    fingerprints) say so. Never use it for features that a policy will be trained on.
+    """
+    global _RANDOM_WEIGHTS
+    previous, _RANDOM_WEIGHTS = _RANDOM_WEIGHTS, True
+    try:
+        yield
+    finally:
+        _RANDOM_WEIGHTS = previous
+
+
+def _strip_weights(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg = {
+        k: _strip_weights(str(v["name"]), dict(v)) if isinstance(v, Mapping) and "name" in v else v
+        for k, v in cfg.items()
+    }
+    if "pretrained" in cfg or name == "timm":
+        cfg["pretrained"] = False
+    if name == "mvp":
+        cfg["weights"] = "none"
+    elif "weights" in cfg:
+        cfg["weights"] = None
+    return cfg
