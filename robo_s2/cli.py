@@ -18,6 +18,7 @@ from robo_s2.paths import config_dir
 # command name -> (module under robo_s2.commands, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "scripted expert demonstrations into a zarr demo store"),
+    "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
 }
 

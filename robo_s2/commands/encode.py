@@ -1,0 +1,40 @@
+"""``robo-s2 encode``: cache a frozen encoder's features for every frame of a demo store."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from robo_s2.encoders import create_encoder
+from robo_s2.feature_cache import CacheStatus, encode_store
+from robo_s2.store import DemoStore
+
+
+def run(cfg: DictConfig) -> CacheStatus:
+    store = DemoStore.open(cfg.store, mode="a")
+    encoder = create_encoder(OmegaConf.to_container(cfg.encoder, resolve=True))
+    bar = tqdm(total=store.n_frames, desc="encode", unit="frame", dynamic_ncols=True, delay=1.0)
+
+    def on_batch(status: CacheStatus) -> None:
+        bar.n = status.n_done
+        bar.refresh()
+
+    try:
+        status = encode_store(
+            store, encoder, image_key=cfg.image_key, batch_size=cfg.batch_size,
+            device=cfg.device, on_batch=on_batch,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    if status.n_encoded_now == 0:
+        print(
+            f"encode: {cfg.store} already has features {status.key} "
+            f"for all {status.n_frames} frames"
+        )
+    else:
+        fps = status.n_encoded_now / max(status.seconds, 1e-9)
+        print(
+            f"encode: {status.n_encoded_now} frames of {cfg.store} -> features/{status.key} "
+            f"(width {status.feature_dim}), {status.seconds:.1f} s, {fps:.1f} frames/s"
+        )
+    return status

@@ -1,0 +1,158 @@
+"""Frozen-encoder features cached inside a demo store, keyed by the encoder's fingerprint.
+
+Layout: ``features/<key>/feature`` float32 ``(N, D)`` beside ``data/``, where ``key`` names the
+encoder, the image key and a fingerprint of the encoder's config and weights, so a changed encoder
+never reads stale features. The group's ``n_done`` attribute counts the frames already encoded (rows
+past it are ignored): encoding resumes after any interruption and extends when the store grows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robo_s2.device import autocast, resolve_device
+from robo_s2.errors import UserError
+from robo_s2.store import DemoStore
+
+FEATURES_GROUP = "features"
+ROWS_PER_CHUNK = 1024
+
+
+@dataclass
+class CacheStatus:
+    key: str
+    n_done: int
+    n_frames: int
+    feature_dim: int
+    n_encoded_now: int = 0
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.n_done >= self.n_frames
+
+
+def encoder_label(encoder) -> str:
+    """The encoder's config name (e.g. ``vit_t_s2``), else its registry name."""
+    return str(getattr(encoder, "label", None) or encoder.name)
+
+
+def cache_key(encoder, image_key: str = "image") -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder_label(encoder))
+    return f"{name}-{image_key}-{encoder.fingerprint()[:16]}"
+
+
+def _check_image_key(store: DemoStore, image_key: str) -> None:
+    if image_key not in store.keys():
+        images = [k for k in store.keys() if k.startswith("image")]
+        raise UserError(
+            f"{store.path} has no data/{image_key}; image keys there: {images or 'none'} "
+            "(choose one with image_key=...)"
+        )
+
+
+def cache_status(store: DemoStore, encoder, image_key: str = "image") -> CacheStatus:
+    key = cache_key(encoder, image_key)
+    n_done = 0
+    if FEATURES_GROUP in store.root and key in store.root[FEATURES_GROUP]:
+        n_done = int(store.root[FEATURES_GROUP][key].attrs.get("n_done", 0))
+    return CacheStatus(key, min(n_done, store.n_frames), store.n_frames, encoder.feature_dim)
+
+
+def check_frame_size(store: DemoStore, encoder, image_key: str) -> None:
+    """Frames may be downsized to the encoder's input, never upsampled: that would fake detail."""
+    height, width = store.array(image_key).shape[1:3]
+    if height != width or height < encoder.image_size:
+        raise UserError(
+            f"{store.path} has {height}x{width} frames in data/{image_key}, encoder "
+            f"{encoder_label(encoder)} needs {encoder.image_size}x"
+            f"{encoder.image_size}; collect with env.image_size={encoder.image_size} (or larger)"
+        )
+
+
+def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 ``(B,H,W,3)`` frames to float ``(B,3,size,size)`` in [0,1], area-downsized."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = x.permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+@torch.no_grad()
+def encode_frames(encoder, images: np.ndarray, device: torch.device) -> np.ndarray:
+    x = images_to_tensor(images, encoder.image_size, device)
+    with autocast(device):
+        feats = encoder(x)
+    return feats.float().cpu().numpy()
+
+
+def encode_store(
+    store: DemoStore,
+    encoder,
+    image_key: str = "image",
+    batch_size: int = 64,
+    device: str = "auto",
+    on_batch: Callable[[CacheStatus], None] | None = None,
+) -> CacheStatus:
+    """Encode every frame not yet in the cache; a no-op when the cache is complete."""
+    import time
+
+    if encoder.trainable:
+        raise UserError(
+            f"encoder {encoder_label(encoder)} has trainable parts; its features change during "
+            "training and cannot be cached (train from images instead)"
+        )
+    _check_image_key(store, image_key)
+    check_frame_size(store, encoder, image_key)
+    status = cache_status(store, encoder, image_key)
+    if status.complete:
+        return status
+    torch_device = resolve_device(device)
+    encoder = encoder.to(torch_device).eval()
+    group = store.root.require_group(f"{FEATURES_GROUP}/{status.key}")
+    if "feature" not in group:
+        group.create_array(
+            "feature",
+            shape=(store.n_frames, encoder.feature_dim),
+            chunks=(ROWS_PER_CHUNK, encoder.feature_dim),
+            dtype="float32",
+        )
+        group.attrs.update({"encoder": encoder.describe(), "image_key": image_key, "n_done": 0})
+    array = group["feature"]
+    if array.shape[1] != encoder.feature_dim:
+        raise UserError(
+            f"cached features {status.key} have width {array.shape[1]}, the encoder gives "
+            f"{encoder.feature_dim}; delete {store.path}/{FEATURES_GROUP}/{status.key}, re-encode"
+        )
+    if array.shape[0] < store.n_frames:
+        array.resize((store.n_frames, encoder.feature_dim))
+    images = store.array(image_key)
+    start = time.perf_counter()
+    for lo in range(status.n_done, store.n_frames, batch_size):
+        hi = min(lo + batch_size, store.n_frames)
+        array[lo:hi] = encode_frames(encoder, images[lo:hi], torch_device)
+        group.attrs["n_done"] = hi  # the commit point: rows below n_done are final
+        status.n_encoded_now += hi - lo
+        status.n_done = hi
+        status.seconds = time.perf_counter() - start
+        if on_batch is not None:
+            on_batch(status)
+    return status
+
+
+def load_features(store: DemoStore, encoder, image_key: str = "image") -> np.ndarray:
+    """All cached features ``(n_frames, D)``; an error says how to compute them when incomplete."""
+    status = cache_status(store, encoder, image_key)
+    if not status.complete:
+        raise UserError(
+            f"{store.path} has features for {status.n_done}/{status.n_frames} frames of encoder "
+            f"{status.key}; run: robo-s2 encode store={store.path} encoder=<that encoder config>"
+        )
+    return np.asarray(store.root[FEATURES_GROUP][status.key]["feature"][: store.n_frames])
