@@ -10,9 +10,19 @@ from robo_s2.feature_cache import CacheStatus, encode_store
 from robo_s2.store import DemoStore
 
 
+def encoder_choice() -> str | None:
+    """The encoder config chosen on the command line (``encoder=vit_t_s2``), when run by Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("encoder")
+
+
 def run(cfg: DictConfig) -> CacheStatus:
     store = DemoStore.open(cfg.store, mode="a")
     encoder = create_encoder(OmegaConf.to_container(cfg.encoder, resolve=True))
+    encoder.label = encoder_choice() or encoder.label
     bar = tqdm(total=store.n_frames, desc="encode", unit="frame", dynamic_ncols=True, delay=1.0)
 
     def on_batch(status: CacheStatus) -> None:
