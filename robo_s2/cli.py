@@ -19,6 +19,7 @@ from robo_s2.paths import config_dir
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "scripted expert demonstrations into a zarr demo store"),
     "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
+    "train": ("train", "behaviour cloning of a policy on a store's (cached) encoder features"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
 }
 

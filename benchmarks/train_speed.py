@@ -1,0 +1,129 @@
+"""Training throughput from cached features: samples/s of ``robo-s2 train``'s optimizer step.
+
+    python benchmarks/train_speed.py [--device auto] [--threads 1] [--batch-size 64]
+                                     [--steps 20] [--warmup 3] [--frames 4800] [--ema 0.995]
+
+Measures the trainer's own step (:func:`robo_s2.train.train_step`: batch gather from in-memory
+tensors, forward under autocast — bf16 on CUDA —, backward, gradient clipping, AdamW, LR schedule,
+EMA update) for the policies of ``configs/policy/{chunk_transformer,mlp}.yaml`` at their default
+sizes, with the feature as one vector per step (ViT-Ti S² CLS: 384 wide, 1 token) and as a grid
+(ViT-Ti S² ``grid:4``: 16 tokens of 384, 6144 wide), on synthetic data the size of the paper's
+120 demos x 40 steps. Prints a table of ms/step and samples/s (median over timed steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from policies import create_policy
+from robo_s2.device import resolve_device
+from robo_s2.paths import config_dir
+from robo_s2.train import BCModel, train_step
+from robo_s2.training import EMA, BatchSampler, SequenceData, make_optimizer, warmup_cosine
+
+FEATURES = {"vector": (1, 384), "grid 4x4": (16, 384)}
+POLICIES = ("chunk_transformer", "mlp")
+
+
+def policy_config(name: str) -> dict:
+    cfg = OmegaConf.to_container(OmegaConf.load(config_dir() / "policy" / f"{name}.yaml"))
+    cfg.pop("feature_tokens", None)
+    return cfg
+
+
+def bench(
+    name: str,
+    tokens: int,
+    width: int,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    n_frames: int,
+    ema_decay: float,
+) -> dict:
+    rng = np.random.default_rng(0)
+    ends = np.arange(40, n_frames + 1, 40)
+    n = int(ends[-1])
+    feature = rng.normal(size=(n, tokens * width)).astype(np.float32)
+    proprio = rng.normal(size=(n, 11)).astype(np.float32)
+    action = rng.normal(size=(n, 4)).astype(np.float32)
+    cfg = policy_config(name)
+    cfg.pop("name")
+    torch.manual_seed(0)
+    policy = create_policy(
+        name, feature_dim=tokens * width, proprio_dim=11, action_dim=4, feature_tokens=tokens, **cfg
+    )
+    policy.fit_normalizer({"feature": feature, "proprio": proprio, "action": action})
+    data = SequenceData(ends, action, proprio, policy.history, policy.chunk, feature, device)
+    model = BCModel(policy).to(device).train()
+    ema = EMA(model, ema_decay) if ema_decay else None
+    opt = make_optimizer(model, lr=3e-4, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(warmup_cosine, warmup=10, total=warmup + steps)
+    )
+    sampler = BatchSampler(np.arange(n), batch_size, seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        batch = data.batch(sampler.next())
+        loss, _, _ = train_step(model, batch, opt, sched, params, 1.0, device)
+        if ema is not None:
+            ema.update(model)
+        float(loss)  # wait for the step (CUDA)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * statistics.median(times)
+    return {
+        "policy": name,
+        "feature": f"{'vector' if tokens == 1 else 'grid'} {tokens}x{width}",
+        "params_m": policy.num_parameters() / 1e6,
+        "ms": ms,
+        "sps": batch_size / (ms / 1000),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (bf16 autocast on CUDA)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--frames", type=int, default=4800, help="frames of synthetic data")
+    ap.add_argument("--ema", type=float, default=0.995, help="EMA decay (0 = off)")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"train step from cached features on {where} ({torch.get_num_threads()} threads), "
+        f"batch {args.batch_size}, median of {args.steps} steps"
+    )
+    print(f"{'policy':<18} {'feature':<14} {'params':>8} {'ms/step':>9} {'samples/s':>10}")
+    for name in args.policies.split(","):
+        for tokens, width in FEATURES.values():
+            r = bench(
+                name, tokens, width, device, args.batch_size, args.steps, args.warmup,
+                args.frames, args.ema,
+            )  # fmt: skip
+            print(
+                f"{r['policy']:<18} {r['feature']:<14} {r['params_m']:>7.2f}M {r['ms']:>9.1f} "
+                f"{r['sps']:>10.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

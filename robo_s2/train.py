@@ -1,0 +1,934 @@
+"""Behaviour cloning of a chunked-action policy on a demo store: the engine of ``robo-s2 train``.
+
+:func:`train` takes the resolved ``configs/train.yaml`` config and a run directory::
+
+    <run>/checkpoints/last   policy (+ trainable encoder), meta, config.yaml, training_state.pt
+    <run>/checkpoints/best   the same at the best validation loss (no training state)
+    <run>/tb/                TensorBoard: train/{loss,l1,lr,grad_norm,samples_per_s}, val/...
+    <run>/metrics.jsonl      one JSON line per validation
+    <run>/config.yaml        the effective resolved config of the latest invocation
+
+**Features.** A fully frozen encoder (``encoder.trainable`` False) is run once over the store and
+its features are cached inside it (:mod:`robo_s2.feature_cache`; computed here on first use unless
+``data.encode=false``); training then reads them from memory. An encoder with trainable parts
+(PIIP interactions) trains end to end from images: each batch's windows reference some set of
+frames; every DISTINCT frame is encoded once (``torch.unique`` over the window's frame indices,
+one encoder forward, features scattered back to ``(B, H, D)``), and the encoder's trainable
+parameters train with the policy. Frames are area-downsized to ``encoder.image_size`` exactly as
+when caching and at evaluation (:func:`robo_s2.feature_cache.images_to_tensor`).
+
+**Data.** One window per frame (:mod:`robo_s2.training.data`); an episode-level split
+(``data.val_fraction``, seeded by ``data.split_seed`` or ``seed``); the policy's normalizer is
+fitted on the training episodes only. NaN/inf in actions, proprioception or features is an error
+naming the episode and step.
+
+**Optimisation.** AdamW (decay on matrices only), linear warmup then cosine decay to zero over
+``train.steps``, gradient clipping, an EMA of the weights (``train.ema`` = decay, 0/null = off; the
+EMA weights are the ones validated and saved), bf16 autocast on CUDA. Validation every
+``train.eval_every`` steps: the action L1 in normalized and in raw units, and the L1 of predicting
+the training-mean action as a baseline, with their ratio (< 1: the policy beats the mean).
+
+**Resuming** (``resume=true``, or ``resume_from=<run dir>``) restores the model, EMA, optimizer,
+scheduler, step, the batch sampler and every RNG (python, numpy, torch, CUDA; per rank), so
+training N steps straight and N/2 + resume to N give bit-identical weights. ``train.stop_at``
+stops early at a step while the schedule still spans ``train.steps`` (for job time limits).
+
+**Distributed.** Under ``torchrun`` each rank trains a DistributedDataParallel replica on a
+disjoint shard of every global batch (``train.batch_size`` is global and must divide by the
+number of ranks); validation is sharded and summed; only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robo_s2.errors import UserError
+from robo_s2.training import distributed as D
+from robo_s2.training.data import FrameSource, SequenceData, Split, check_finite, split_episodes
+from robo_s2.training.optim import (
+    EMA,
+    BatchSampler,
+    load_partial_state,
+    make_optimizer,
+    trainable_state,
+    warmup_cosine,
+)
+
+STATE_VERSION = 1
+LAST, BEST = "last", "best"
+TRAINING_STATE = "training_state.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a training run did (returned on every rank; only rank 0 wrote anything)."""
+
+    run_dir: Path
+    start_step: int
+    step: int
+    total_steps: int
+    seconds: float
+    samples_per_s: float
+    train_loss: float | None
+    final: dict[str, float] = field(default_factory=dict)  # metrics of the last validation
+    best: dict[str, Any] = field(default_factory=dict)  # {"step", "loss", ...metrics}
+    checkpoint: Path | None = None  # best (last when there is no validation)
+    last: Path | None = None
+    is_main: bool = True
+    n_params: int = 0
+    feature_source: str = ""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def steps_run(self) -> int:
+        return self.step - self.start_step
+
+
+class BCModel(nn.Module):
+    """The policy, plus the encoder when it trains from images; ``forward`` returns the loss.
+
+    A batch for image training carries ``frames`` ``(U, 3, S, S)`` (the distinct frames of its
+    windows) and ``inverse`` ``(B, H)`` (each step's row in ``frames``) instead of ``feature``.
+    """
+
+    def __init__(self, policy: nn.Module, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.encoder = encoder
+
+    def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        if "frames" in batch:
+            feats = self.encoder(batch["frames"]).float()
+            batch = {k: v for k, v in batch.items() if k not in ("frames", "inverse")} | {
+                "feature": feats[batch["inverse"]]
+            }
+        return self.policy.compute_loss(batch)
+
+
+def _loss_elements(pred: Tensor, target: Tensor, loss_type: str) -> Tensor:
+    """Per-element training loss (as in ``BasePolicy.compute_loss``), for validation sums."""
+    import torch.nn.functional as F
+
+    if loss_type == "l1":
+        return (pred - target).abs()
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, reduction="none", beta=0.1)
+    return (pred - target).pow(2)
+
+
+def train_step(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    params: list[nn.Parameter],
+    grad_clip: float,
+    device: torch.device,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """One optimizer step: forward under autocast (bf16 on CUDA), backward, clip, step, schedule.
+    Returns the loss, the policy's metrics and the gradient norm before clipping (all tensors)."""
+    from robo_s2.device import autocast
+
+    with autocast(device):
+        loss, metrics = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
+    return loss, metrics, grad_norm
+
+
+# ------------------------------------------------------------------------------------------------
+# config helpers
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return json.loads(json.dumps(dict(cfg), default=str))
+
+
+def feature_tokens(encoder: Any) -> int:
+    """How many tokens an encoder's per-frame feature is made of (``grid:k`` -> k*k, else 1)."""
+    shape = getattr(encoder, "feature_shape", None)
+    if shape:
+        return int(shape[0])
+    n = getattr(getattr(encoder, "pooling", None), "num_tokens", None)
+    return int(n) if n else 1
+
+
+def find_resume_checkpoint(cfg: Mapping[str, Any], run_dir: str | Path) -> Path | None:
+    """The ``checkpoints/last`` directory to resume from, or None for a fresh run.
+
+    ``resume``: false (fresh), true (``resume_from`` or the run directory must hold a checkpoint
+    with a training state), or ``auto`` (resume when there is one, else start fresh).
+    ``resume_from`` alone implies ``resume=true``.
+    """
+    mode = cfg.get("resume", False)
+    source = cfg.get("resume_from")
+    if isinstance(mode, str):
+        if mode.lower() not in ("auto", "true", "false"):
+            raise UserError(f"resume={mode!r} must be true, false or auto")
+        mode = {"auto": "auto", "true": True, "false": False}[mode.lower()]
+    if not mode and not source:
+        return None
+    src = Path(source).expanduser() if source else Path(run_dir)
+    last = src / "checkpoints" / LAST
+    if (last / TRAINING_STATE).is_file():
+        return last
+    if mode == "auto":
+        return None
+    raise UserError(
+        f"nothing to resume in {src}: no checkpoints/{LAST}/{TRAINING_STATE} there; point "
+        "resume_from= (or hydra.run.dir=) at the run directory of an earlier robo-s2 train, or "
+        "drop resume=true to start a new run"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """One training run (build with the config, then :meth:`run`)."""
+
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        run_dir: str | Path,
+        progress: bool = False,
+        encoder_name: str | None = None,
+    ) -> None:
+        self.cfg = _plain(cfg)
+        self.encoder_name = encoder_name  # the encoder config's name, for messages
+        self.tcfg: dict[str, Any] = self.cfg["train"]
+        self.dcfg: dict[str, Any] = self.cfg["data"]
+        self.progress = progress
+        self.dist, self.device = D.init_distributed(str(self.cfg.get("device", "auto")))
+        self.run_dir = Path(D.broadcast_object(str(run_dir), self.dist))
+        self.writer = None
+        self.bar = None
+        self._interrupted = False
+        self._previous_sigint = None
+
+    # -------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from policies import create_policy
+        from robo_s2.encoders import create_encoder
+        from robo_s2.store import DemoStore
+
+        cfg, tcfg, dcfg = self.cfg, self.tcfg, self.dcfg
+        self.seed = int(cfg.get("seed", 0))
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+
+        self.resume_from = find_resume_checkpoint(cfg, self.run_dir)
+        state = None
+        if self.resume_from is not None:
+            state = torch.load(
+                self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=False
+            )
+            if state.get("version") != STATE_VERSION:
+                raise UserError(
+                    f"{self.resume_from} was written by an incompatible robo_s2 "
+                    f"(training state v{state.get('version')}, this one reads v{STATE_VERSION})"
+                )
+
+        # ---- store, actions, proprioception
+        store_path = dcfg.get("store")
+        if not store_path:
+            raise UserError("data.store is not set; pass data.store=<path to a demo store>")
+        self.store = store = DemoStore.open(store_path, mode="r")
+        ends = store.episode_ends
+        if store.n_episodes == 0 or store.n_frames == 0:
+            raise UserError(f"{store.path} has no episodes; collect some first (robo-s2 collect)")
+        self.action_key = str(dcfg.get("action_key") or "action")
+        self.proprio_key = dcfg.get("proprio_key", "proprio")
+        action = self._read_lowdim(self.action_key)
+        proprio = (
+            self._read_lowdim(self.proprio_key)
+            if self.proprio_key
+            else np.zeros((store.n_frames, 0), np.float32)
+        )
+        fix = "fix or drop that episode (re-collect or re-import the store)"
+        check_finite(f"{store.path} data/{self.action_key}", action, ends, fix)
+        check_finite(f"{store.path} data/{self.proprio_key}", proprio, ends, fix)
+
+        # ---- split
+        if state is not None:
+            self.split = Split.from_dict(state["split"])
+            n_saved = int(state.get("n_episodes", store.n_episodes))
+            if int(np.concatenate([self.split.train, self.split.val]).max()) >= store.n_episodes:
+                raise UserError(
+                    f"{store.path} has {store.n_episodes} episodes, fewer than the {n_saved} the "
+                    f"run in {self.resume_from} trained on; resume with its store or start anew"
+                )
+            if store.n_episodes != n_saved and self.dist.is_main:
+                print(
+                    f"train: note: {store.path} now has {store.n_episodes} episodes; the resumed "
+                    f"run keeps its split over the first {n_saved}"
+                )
+        else:
+            split_seed = dcfg.get("split_seed")
+            self.split = split_episodes(
+                store.n_episodes,
+                dcfg.get("val_fraction", 0.1),
+                self.seed if split_seed is None else int(split_seed),
+            )
+
+        # ---- encoder and features
+        self.image_key = str(dcfg.get("image_key") or "image")
+        self.encoder = encoder = create_encoder(cfg["encoder"])
+        if self.encoder_name:  # the config's name (vit_t_s2) labels the feature cache, not "timm"
+            encoder.label = self.encoder_name
+        self.encoder_fp0 = encoder.fingerprint()
+        if state is not None:
+            self._check_resumed_encoder(state)
+        # ---- policy
+        pcfg = dict(cfg["policy"])
+        name = pcfg.pop("name", None)
+        if not name:
+            raise UserError("policy.name is not set; choose a policy config (policy=...)")
+        if pcfg.get("feature_tokens", "auto") in ("auto", None):
+            pcfg["feature_tokens"] = feature_tokens(encoder)
+        pcfg.update(
+            feature_dim=int(encoder.feature_dim),
+            proprio_dim=int(proprio.shape[1]),
+            action_dim=int(action.shape[1]),
+        )
+        policy = create_policy(name, **pcfg)
+        self.trainable_encoder = bool(encoder.trainable)
+        features = None
+        if self.trainable_encoder:
+            from robo_s2.feature_cache import _check_image_key, check_frame_size
+
+            _check_image_key(store, self.image_key)
+            check_frame_size(store, encoder, self.image_key)
+            gb = float(dcfg.get("images_in_memory_gb", 4.0))
+            self.frames = FrameSource(store.array(self.image_key), gb * 2**30)
+            self.feature_source = f"images ({self.image_key}), encoder trained end to end"
+        else:
+            features = self._cached_features()
+
+        self.data = SequenceData(
+            ends, action, proprio, policy.history, policy.chunk, features, self.device
+        )
+        self.train_windows = self.data.frames(self.split.train)
+        self.val_windows = self.data.frames(self.split.val)
+        if state is None:
+            self._fit_normalizer(policy, features, action, proprio)
+
+        # ---- model, EMA, optimizer, schedule, sampler
+        self.model = BCModel(policy, encoder if self.trainable_encoder else None).to(self.device)
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.n_params == 0:
+            raise UserError("nothing to train: the policy and encoder have no trainable parameters")
+        ema = tcfg.get("ema")
+        self.ema = EMA(self.model, float(ema)) if ema else None
+        self.total_steps = int(tcfg["steps"])
+        if self.total_steps < 1:
+            raise UserError(f"train.steps={self.total_steps} must be >= 1")
+        stop_at = tcfg.get("stop_at")
+        self.stop_step = min(self.total_steps, int(stop_at)) if stop_at else self.total_steps
+        self.optimizer = make_optimizer(
+            self.model,
+            lr=float(tcfg["lr"]),
+            weight_decay=float(tcfg.get("weight_decay", 0.0)),
+            betas=tcfg.get("betas", (0.9, 0.999)),
+            lr_by_prefix={"encoder.": tcfg.get("encoder_lr")},
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            partial(warmup_cosine, warmup=int(tcfg.get("warmup_steps", 0)), total=self.total_steps),
+        )
+        self.global_batch = int(tcfg["batch_size"])
+        if self.global_batch < 1 or self.global_batch % self.dist.world_size:
+            raise UserError(
+                f"train.batch_size={self.global_batch} must be a positive multiple of the "
+                f"{self.dist.world_size} ranks (it is the global batch, split across ranks)"
+            )
+        self.rank_batch = self.global_batch // self.dist.world_size
+        self.sampler = BatchSampler(self.train_windows, self.global_batch, self.seed)
+        self.step = 0
+        self.best: dict[str, Any] = {}
+        self.history: list[dict[str, float]] = []
+        if state is not None:
+            self._load_state(state)
+        # per-rank dropout streams (rank 0 keeps the single-process stream)
+        if state is None and self.dist.rank:
+            torch.manual_seed(self.seed + 1_000_003 * self.dist.rank)
+        self.start_step = self.step
+
+        self.ddp = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.trainable_encoder,
+            )
+        self.meta_base = self._meta_base()
+
+    def _read_lowdim(self, key: str) -> np.ndarray:
+        if key not in self.store.keys():
+            raise UserError(
+                f"{self.store.path} has no data/{key}; its arrays: {', '.join(self.store.keys())}"
+            )
+        arr = np.asarray(self.store.array(key)[: self.store.n_frames], dtype=np.float32)
+        if arr.ndim != 2:
+            raise UserError(
+                f"{self.store.path} data/{key} has shape {arr.shape}, expected (frames, dims)"
+            )
+        return arr
+
+    def _cached_features(self) -> np.ndarray:
+        from tqdm import tqdm
+
+        from robo_s2.feature_cache import cache_status, encode_store, encoder_label, load_features
+        from robo_s2.store import DemoStore
+
+        store, enc, key = self.store, self.encoder, self.image_key
+        status = cache_status(store, enc, key)
+        if not status.complete:
+            if not self.dcfg.get("encode", True):
+                name = self.encoder_name or encoder_label(enc)
+                raise UserError(
+                    f"{store.path} has no cached features of encoder {name} "
+                    f"({status.n_done}/{status.n_frames} frames of {status.key}) and "
+                    f"data.encode=false; run: robo-s2 encode store={store.path} encoder={name} "
+                    f"image_key={key} (with the same encoder overrides), or drop data.encode=false "
+                    "to encode now"
+                )
+            if self.dist.is_main:
+                bar = tqdm(
+                    total=status.n_frames,
+                    initial=status.n_done,
+                    desc="encode",
+                    unit="frame",
+                    dynamic_ncols=True,
+                    delay=1.0,
+                    disable=not self.progress,
+                )
+
+                def on_batch(s: Any) -> None:
+                    bar.n = s.n_done
+                    bar.refresh()
+
+                writable = DemoStore.open(store.path, mode="a")
+                try:
+                    done = encode_store(
+                        writable,
+                        enc,
+                        image_key=key,
+                        batch_size=int(self.dcfg.get("batch_size", 64)),
+                        device=str(self.device),
+                        on_batch=on_batch,
+                    )
+                finally:
+                    bar.close()
+                    writable.close()
+                print(
+                    f"train: cached features {done.key} for {done.n_encoded_now} frames of "
+                    f"{store.path} in {done.seconds:.1f} s"
+                )
+            D.barrier(self.dist)
+            self.store = store = DemoStore.open(store.path, mode="r")
+        features = load_features(store, enc, key)
+        check_finite(
+            f"cached features {status.key} in {store.path}",
+            features,
+            store.episode_ends,
+            f"delete {store.path}/features/{status.key} and encode again (robo-s2 encode)",
+        )
+        self.feature_source = f"cached features {status.key}"
+        self.cache_key = status.key
+        return features
+
+    def _fit_normalizer(
+        self, policy: Any, features: np.ndarray | None, action: np.ndarray, proprio: np.ndarray
+    ) -> None:
+        frames = self.train_windows
+        if features is None:  # training from images: statistics of the initial encoder's features
+            n = min(int(self.dcfg.get("norm_frames", 1024)), frames.size)
+            rng = np.random.default_rng(self.seed)
+            frames = np.sort(rng.choice(frames, size=n, replace=False))
+            self.encoder.to(self.device)
+            table = self._encode_frames(self.encoder, frames)
+            feats = table[torch.as_tensor(frames, device=self.device)]
+        else:
+            feats = features[frames]
+        policy.fit_normalizer(
+            {"feature": feats, "proprio": proprio[frames], "action": action[frames]}
+        )
+
+    def _meta_base(self) -> dict[str, Any]:
+        attrs = self.store.attrs
+        return {
+            "env": attrs.get("env", {}),
+            "image_key": self.image_key,
+            "data": {
+                "store": str(Path(self.store.path).resolve()),
+                "n_episodes": int(self.store.n_episodes),
+                "n_frames": int(self.store.n_frames),
+                "train_episodes": self.split.to_dict()["train"],
+                "val_episodes": self.split.to_dict()["val"],
+                "action_key": self.action_key,
+                "proprio_key": self.proprio_key,
+                "features": self.feature_source,
+                "action_semantics": attrs.get("action_semantics"),
+                "proprio_semantics": attrs.get("proprio_semantics"),
+            },
+            "train": {
+                "seed": self.seed,
+                "world_size": self.dist.world_size,
+                "steps": self.total_steps,
+                "batch_size": self.global_batch,
+                "ema": self.ema.decay if self.ema else None,
+            },
+        }
+
+    # -------------------------------------------------------------------------- state
+    def _rng_state(self) -> dict[str, Any]:
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def _set_rng_state(self, s: Mapping[str, Any]) -> None:
+        random.setstate(s["python"])
+        np.random.set_state(s["numpy"])
+        torch.set_rng_state(s["torch"])
+        if s.get("cuda") is not None and torch.cuda.is_available():
+            if len(s["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(s["cuda"])
+
+    def _training_state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "model": trainable_state(self.model),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rngs,
+            "world_size": self.dist.world_size,
+            "split": self.split.to_dict(),
+            "n_episodes": int(self.store.n_episodes),
+            "feature_dim": int(self.encoder.feature_dim),
+            "encoder_fingerprint": self.encoder_fp0,
+            "policy_config": self.model.policy.config,
+            "best": self.best,
+            "history": self.history,
+        }
+
+    def _check_resumed_encoder(self, state: Mapping[str, Any]) -> None:
+        src = self.resume_from
+        saved_dim = int(state["feature_dim"])
+        name = self.encoder_name or self.encoder.label or self.encoder.name
+        if saved_dim != self.encoder.feature_dim:
+            raise UserError(
+                f"feature width {self.encoder.feature_dim} of encoder "
+                f"{name} does not match the {saved_dim}-wide "
+                f"features the run in {src} was trained on; resume with its encoder (see "
+                f"{src}/config.yaml) or start a new run"
+            )
+        if state["encoder_fingerprint"] != self.encoder_fp0:
+            raise UserError(
+                f"encoder {name} is not the one the run in "
+                f"{src} was trained with (other config or weights); resume with its encoder "
+                f"(see {src}/config.yaml) or start a new run"
+            )
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        src = self.resume_from
+        policy = self.model.policy
+        saved_cfg = dict(state["policy_config"])
+        now_cfg = policy.config
+        diffs = [
+            f"{k}: {saved_cfg.get(k)!r} -> {now_cfg.get(k)!r}"
+            for k in sorted(set(saved_cfg) | set(now_cfg))
+            if k != "execution" and saved_cfg.get(k) != now_cfg.get(k)
+        ]
+        if diffs:
+            raise UserError(
+                f"the policy differs from the run being resumed ({src}): {'; '.join(diffs[:4])}; "
+                "resume with the same policy settings or start a new run"
+            )
+        load_partial_state(self.model, state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # EMA switched on at resume: start it from the current weights
+            load_partial_state(self.ema.shadow, trainable_state(self.model))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.best = dict(state.get("best") or {})
+        self.history = list(state.get("history") or [])
+        rngs = state["rng"]
+        if len(rngs) != self.dist.world_size and self.dist.is_main:
+            print(
+                f"train: note: resuming a {len(rngs)}-rank run on {self.dist.world_size} ranks; "
+                "batches stay the same, dropout noise differs from an uninterrupted run"
+            )
+        self._set_rng_state(rngs[self.dist.rank % len(rngs)])
+
+    # -------------------------------------------------------------------------- features
+    @torch.no_grad()
+    def _encode_frames(self, encoder: nn.Module, frames: np.ndarray) -> Tensor:
+        """A per-frame feature table ``(n_frames, D)`` with the rows of ``frames`` filled."""
+        from robo_s2.device import autocast
+        from robo_s2.feature_cache import images_to_tensor
+
+        was_training = encoder.training
+        encoder.eval()
+        table = torch.zeros(self.data.n_frames, int(self.encoder.feature_dim), device=self.device)
+        bs = int(self.dcfg.get("batch_size", 64))
+        for lo in range(0, len(frames), bs):
+            ids = frames[lo : lo + bs]
+            x = images_to_tensor(self.frames(ids), self.encoder.image_size, self.device)
+            with autocast(self.device):
+                table[torch.as_tensor(ids, device=self.device)] = encoder(x).float()
+        encoder.train(was_training)
+        return table
+
+    def _make_batch(self, windows: Tensor) -> dict[str, Tensor]:
+        if not self.trainable_encoder:
+            return self.data.batch(windows)
+        from robo_s2.feature_cache import images_to_tensor
+
+        hist = self.data.history_frames(windows)
+        uniq, inverse = torch.unique(hist, return_inverse=True)
+        frames = self.frames(uniq.cpu().numpy())
+        batch = self.data.batch(windows, feature=None)
+        batch["frames"] = images_to_tensor(frames, self.encoder.image_size, self.device)
+        batch["inverse"] = inverse
+        return batch
+
+    # -------------------------------------------------------------------------- evaluation
+    def eval_model(self) -> BCModel:
+        return self.ema.shadow if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics over every window of the validation episodes (sharded over ranks)."""
+        from robo_s2.device import autocast
+
+        model = self.eval_model()
+        was_training = model.training
+        model.eval()
+        policy = model.policy
+        norm = policy.normalizer
+        da = policy.action_dim
+        table = None
+        if self.trainable_encoder:  # every frame of the validation episodes, encoded once
+            table = self._encode_frames(model.encoder, self.val_windows)
+        windows = torch.as_tensor(self.val_windows[self.dist.rank :: self.dist.world_size])
+        sums = torch.zeros(6 + da, dtype=torch.float64, device=self.device)
+        mean_raw = norm.action_mean.float()
+        bs = int(self.tcfg.get("eval_batch_size", 256))
+        for lo in range(0, windows.numel(), bs):
+            batch = self.data.batch(windows[lo : lo + bs], feature=table)
+            with autocast(self.device):
+                pred = policy(batch).float()
+            target = batch["action_chunk"]
+            mask = batch["chunk_valid"][..., None].float()
+            count = mask.sum() * da
+            pred_raw = norm.unnormalize(pred, "action")
+            target_n = norm.normalize(target, "action")
+            base_n = norm.normalize(mean_raw.expand_as(target), "action")
+            err_raw = (pred_raw - target).abs() * mask
+            sums += torch.stack(
+                [
+                    (_loss_elements(pred, target_n, policy.loss_type) * mask).sum().double(),
+                    ((pred - target_n).abs() * mask).sum().double(),
+                    ((base_n - target_n).abs() * mask).sum().double(),
+                    err_raw.sum().double(),
+                    ((mean_raw - target).abs() * mask).sum().double(),
+                    count.double(),
+                    *err_raw.sum(dim=(0, 1)).double(),
+                ]
+            )
+        sums = D.all_reduce_sum(sums, self.dist)
+        model.train(was_training)
+        n = max(float(sums[5]), 1.0)
+        m = {
+            "loss": float(sums[0]) / n,
+            "l1": float(sums[1]) / n,
+            "baseline_l1": float(sums[2]) / n,
+            "l1_raw": float(sums[3]) / n,
+            "baseline_l1_raw": float(sums[4]) / n,
+        }
+        m["ratio"] = m["l1"] / max(m["baseline_l1"], 1e-12)
+        m["ratio_raw"] = m["l1_raw"] / max(m["baseline_l1_raw"], 1e-12)
+        names = self.meta_base["data"].get("action_semantics") or []
+        for i in range(da):
+            label = names[i] if i < len(names) else str(i)
+            m[f"l1_raw/{label}"] = float(sums[6 + i]) / (n / da)
+        return m
+
+    # -------------------------------------------------------------------------- checkpoints
+    def save(self, kind: str, metrics: Mapping[str, Any], with_state: bool) -> Path | None:
+        """Write ``checkpoints/<kind>`` (rank 0); every rank must call it when ``with_state``."""
+        from robo_s2.checkpoint import save_checkpoint
+
+        state = None
+        if with_state:
+            rngs = D.all_gather_object(self._rng_state(), self.dist)
+            state = self._training_state(rngs)
+        if not self.dist.is_main:
+            return None
+        model = self.eval_model()
+        encoder = model.encoder if model.encoder is not None else self.encoder
+        meta = {**self.meta_base, "step": self.step, "metrics": dict(metrics)}
+        return save_checkpoint(
+            self.run_dir / "checkpoints" / kind,
+            model.policy,
+            encoder,
+            meta,
+            config=self.cfg,
+            training_state=state,
+        )
+
+    # -------------------------------------------------------------------------- logging
+    def _log(self, scalars: Mapping[str, float], prefix: str) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, self.step)
+
+    def _describe(self) -> str:
+        pol = self.model.policy
+        e = len(self.split.train) + len(self.split.val)
+        return (
+            f"train: {self.store.path}: {e} episodes ({len(self.split.train)} train / "
+            f"{len(self.split.val)} val, {self.train_windows.size} training windows); "
+            f"{self.feature_source} ({self.encoder.feature_dim} wide, {pol.feature_tokens} "
+            f"token(s)); policy {pol.name} ({self.n_params / 1e6:.2f} M trainable params); "
+            f"{self.device.type} x{self.dist.world_size}; run dir {self.run_dir}"
+        )
+
+    # -------------------------------------------------------------------------- the loop
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        self.setup()
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.progress:
+                print(self._describe())
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(
+                str(self.run_dir / "tb"), purge_step=self.step if self.step else None
+            )
+            # the effective config of this invocation (a resumed run's .hydra/ shows only the
+            # command line's) and the validation history so far (dropping any later entries
+            # an interrupted run logged after its last checkpoint)
+            from omegaconf import OmegaConf
+
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+            with open(self.run_dir / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in self.history)
+        result = TrainResult(
+            run_dir=self.run_dir,
+            start_step=self.start_step,
+            step=self.step,
+            total_steps=self.total_steps,
+            seconds=0.0,
+            samples_per_s=0.0,
+            train_loss=None,
+            is_main=main,
+            n_params=self.n_params,
+            feature_source=self.feature_source,
+            best=dict(self.best),
+            history=self.history,
+        )
+        if self.step >= self.stop_step:
+            result.final = self.history[-1] if self.history else {}
+            return result
+
+        tcfg = self.tcfg
+        eval_every = int(tcfg.get("eval_every") or 0)
+        save_every = int(tcfg.get("save_every") or 0)
+        log_every = max(1, int(tcfg.get("log_every") or 50))
+        grad_clip = float(tcfg.get("grad_clip") or 0.0)
+        has_val = self.val_windows.size > 0
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            delay=1.0,
+            disable=not (self.progress and main),
+        )
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        loss_n, interval_time, train_time = 0, 0.0, 0.0
+        last_metrics: dict[str, float] = {}
+        last_saved = -1
+        start_wall = time.perf_counter()
+        try:
+            self._catch_interrupt(True)
+            while self.step < self.stop_step:
+                t0 = time.perf_counter()
+                ids = self.sampler.next()
+                r = self.dist.rank
+                ids = ids[r * self.rank_batch : (r + 1) * self.rank_batch]
+                batch = self._make_batch(ids)
+                loss, metrics, grad_norm = train_step(
+                    self.ddp, batch, self.optimizer, self.scheduler, params, grad_clip, self.device
+                )
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                loss_sum += loss.detach()
+                loss_n += 1
+                dt = time.perf_counter() - t0
+                interval_time += dt
+                train_time += dt
+                self.bar.update(1)
+
+                if self.step % log_every == 0 or self.step == self.stop_step:
+                    mean_loss = float(loss_sum) / loss_n
+                    if not np.isfinite(mean_loss):
+                        raise UserError(
+                            f"training diverged: the loss is {mean_loss} by step {self.step}; "
+                            "lower train.lr, raise train.warmup_steps or check the data"
+                        )
+                    sps = self.global_batch * loss_n / max(interval_time, 1e-9)
+                    result.train_loss = mean_loss
+                    self._log(
+                        {
+                            "loss": mean_loss,
+                            "l1": float(metrics["l1"]),
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "grad_norm": float(grad_norm),
+                            "samples_per_s": sps,
+                        },
+                        "train",
+                    )
+                    self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                    loss_sum.zero_()
+                    loss_n, interval_time = 0, 0.0
+
+                is_eval = has_val and (
+                    (eval_every and self.step % eval_every == 0) or self.step == self.total_steps
+                )
+                if is_eval:
+                    last_metrics = self.evaluate()
+                    record = {"step": self.step, **last_metrics}
+                    self.history.append(record)
+                    self._log(last_metrics, "val")
+                    self.bar.set_postfix(
+                        loss=f"{result.train_loss or float('nan'):.4f}",
+                        val=f"{last_metrics['l1']:.4f}",
+                        ratio=f"{last_metrics['ratio']:.2f}",
+                        refresh=False,
+                    )
+                    if main:
+                        with open(self.run_dir / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                    if not self.best or last_metrics["loss"] < self.best["loss"]:
+                        self.best = record
+                        self.save(BEST, last_metrics, with_state=False)
+                if (save_every and self.step % save_every == 0) or self.step == self.stop_step:
+                    self.save(LAST, last_metrics or {"train_loss": result.train_loss}, True)
+                    last_saved = self.step
+                if self._interrupted:  # Ctrl-C: this step is complete; keep it and stop
+                    if last_saved != self.step:
+                        self.save(LAST, last_metrics or {"train_loss": result.train_loss}, True)
+                    raise KeyboardInterrupt
+        finally:
+            self._catch_interrupt(False)
+            self.bar.close()
+        if not has_val and self.step == self.total_steps and main:  # best = final weights
+            best = self.run_dir / "checkpoints" / BEST
+            tmp = best.parent / f".{BEST}.copy"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.run_dir / "checkpoints" / LAST, tmp)
+            (tmp / TRAINING_STATE).unlink(missing_ok=True)
+            shutil.rmtree(best, ignore_errors=True)
+            tmp.rename(best)
+        D.barrier(self.dist)
+        result.step = self.step
+        result.seconds = time.perf_counter() - start_wall
+        steps_run = self.step - self.start_step
+        result.samples_per_s = self.global_batch * steps_run / max(train_time, 1e-9)
+        result.final = last_metrics
+        result.best = dict(self.best)
+        result.history = self.history
+        ckpts = self.run_dir / "checkpoints"
+        result.last = ckpts / LAST
+        result.checkpoint = ckpts / BEST if (ckpts / BEST).is_dir() else ckpts / LAST
+        return result
+
+    def _catch_interrupt(self, on: bool) -> None:
+        """Single process: the first Ctrl-C lets the current step finish, saves checkpoints/last
+        (an exact resume point) and stops; a second one stops at once. Under torchrun Ctrl-C keeps
+        its default (the ranks could not agree on a step to stop at)."""
+        import signal
+        import threading
+
+        self._interrupted = False
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            return
+        if not on:
+            if getattr(self, "_previous_sigint", None) is not None:
+                signal.signal(signal.SIGINT, self._previous_sigint)
+                self._previous_sigint = None
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            if self.dist.is_main and self.progress:
+                print("\ntrain: stopping after this step (Ctrl-C again to stop at once)")
+
+        self._previous_sigint = signal.signal(signal.SIGINT, handler)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        D.cleanup(self.dist)
+
+
+def train(
+    cfg: Any, run_dir: str | Path, *, progress: bool = False, encoder_name: str | None = None
+) -> TrainResult:
+    """Train the policy (and trainable encoder parts) that ``cfg`` describes into ``run_dir``.
+
+    ``cfg`` is ``configs/train.yaml`` resolved (a DictConfig or a plain dict). ``progress`` shows
+    progress bars and a header line (rank 0); ``encoder_name`` (the encoder config's name) is used
+    in messages. Under ``torchrun`` every rank calls this; rank 0's ``run_dir`` is used by all.
+    """
+    trainer = Trainer(cfg, run_dir, progress=progress, encoder_name=encoder_name)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -1,0 +1,22 @@
+"""Pieces of the behaviour-cloning trainer (:mod:`robo_s2.train`).
+
+* :mod:`robo_s2.training.data` — a demo store's per-frame arrays in memory, finite-value checks,
+  the episode-level train/validation split and window batches in the policy batch layout;
+* :mod:`robo_s2.training.optim` — AdamW parameter groups, warmup + cosine schedule, weight EMA and
+  the batch sampler (all with exact ``state_dict`` round trips for resuming);
+* :mod:`robo_s2.training.distributed` — ``torchrun`` / DistributedDataParallel plumbing.
+"""
+
+from robo_s2.training.data import SequenceData, Split, check_finite, split_episodes
+from robo_s2.training.optim import EMA, BatchSampler, make_optimizer, warmup_cosine
+
+__all__ = [
+    "EMA",
+    "BatchSampler",
+    "SequenceData",
+    "Split",
+    "check_finite",
+    "make_optimizer",
+    "split_episodes",
+    "warmup_cosine",
+]
