@@ -18,6 +18,8 @@ from robo_s2.paths import config_dir
 # command name -> (module under robo_s2.commands, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "scripted expert demonstrations into a zarr demo store"),
+    "import": ("import_", "robomimic HDF5 or diffusion_policy zarr demos into a robo_s2 store"),
+    "export": ("export", "a robo_s2 store to robomimic HDF5 or diffusion_policy zarr"),
     "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
     "train": ("train", "behaviour cloning of a policy on a store's (cached) encoder features"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),

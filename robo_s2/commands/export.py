@@ -1,0 +1,79 @@
+"""``robo-s2 export``: a robo_s2 demo store to robomimic HDF5 or diffusion_policy zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from robo_s2.errors import UserError
+from robo_s2.interop import ExportResult
+
+FORMATS = ("robomimic", "dp")
+
+
+def target_format(fmt: str, out: Path) -> str:
+    """``auto``: robomimic for .hdf5/.h5/.hdf, dp for .zarr directories and .zarr.zip archives."""
+    if fmt in FORMATS:
+        return fmt
+    if fmt != "auto":
+        raise UserError(f"format={fmt!r} is not an export format; use auto, robomimic or dp")
+    if out.suffix.lower() in (".hdf5", ".h5", ".hdf"):
+        return "robomimic"
+    if out.name.endswith((".zarr", ".zip")):
+        return "dp"
+    raise UserError(
+        f"cannot tell the format to write from {out.name!r}; name it .hdf5 (robomimic) or .zarr / "
+        ".zarr.zip (diffusion_policy), or pass format=robomimic|dp"
+    )
+
+
+def run(cfg: DictConfig) -> ExportResult:
+    if not cfg.store:
+        raise UserError("pass store=<the robo_s2 demo store to export, e.g. demos/cube_pick.zarr>")
+    if not cfg.out:
+        raise UserError("pass out=<the file to write: x.hdf5 (robomimic), x.zarr or x.zarr.zip>")
+    out = Path(str(cfg.out)).expanduser()
+    fmt = target_format(str(cfg.format), out)
+    bar = tqdm(desc="export", unit="ep", dynamic_ncols=True, delay=1.0)
+
+    def on_episode(res: ExportResult) -> None:
+        bar.total = res.total_episodes
+        bar.set_postfix(frames=res.n_frames, refresh=False)
+        bar.update(res.n_episodes - bar.n)  # displays only after the delay
+
+    try:
+        if fmt == "robomimic":
+            from robo_s2.interop.robomimic_hdf5 import export_robomimic
+
+            res = export_robomimic(
+                cfg.store,
+                out,
+                image_key=str(cfg.image_key) if cfg.image_key else "auto",
+                proprio_key=str(cfg.proprio_key),
+                split_proprio=bool(cfg.split_proprio),
+                next_obs=bool(cfg.next_obs),
+                compression=cfg.compression,
+                overwrite=bool(cfg.overwrite),
+                on_episode=on_episode,
+            )
+        else:
+            from robo_s2.interop.dp_zarr import export_dp
+
+            keys = cfg["keys"]
+            res = export_dp(
+                cfg.store,
+                out,
+                keys=OmegaConf.to_container(keys) if OmegaConf.is_config(keys) else keys,
+                overwrite=bool(cfg.overwrite),
+                on_episode=on_episode,
+            )
+    finally:
+        bar.close()
+    what = "robomimic HDF5" if fmt == "robomimic" else "diffusion_policy zarr"
+    print(
+        f"export: {res.n_episodes} episodes ({res.n_frames} frames) of {cfg.store} -> {out} "
+        f"({what}, {res.bytes / 1e6:.1f} MB), {res.seconds:.1f} s"
+    )
+    return res

@@ -1,0 +1,92 @@
+"""``robo-s2 import``: robomimic HDF5 or diffusion_policy zarr demos into a robo_s2 demo store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from robo_s2.errors import UserError
+from robo_s2.interop import ImportResult
+
+FORMATS = ("robomimic", "dp")
+NAMES = {"robomimic": "robomimic HDF5", "dp": "diffusion_policy zarr"}
+
+
+def source_format(fmt: str, src: Path) -> str:
+    """``auto``: robomimic for .hdf5/.h5/.hdf files, dp for zarr directories and .zip archives."""
+    if fmt in FORMATS:
+        return fmt
+    if fmt != "auto":
+        raise UserError(f"format={fmt!r} is not a source format; use auto, robomimic or dp")
+    if src.suffix.lower() in (".hdf5", ".h5", ".hdf"):
+        return "robomimic"
+    if src.is_dir() or src.name.endswith((".zarr", ".zip")):
+        return "dp"
+    raise UserError(
+        f"cannot tell the format of {src} from its name; pass format=robomimic (HDF5) or "
+        "format=dp (diffusion_policy zarr)"
+    )
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def run(cfg: DictConfig) -> ImportResult:
+    if not cfg.src:
+        raise UserError("pass src=<a robomimic .hdf5 file, or a diffusion_policy .zarr/.zarr.zip>")
+    if not cfg.out:
+        raise UserError("pass out=<the demo store to write, e.g. demos/imported.zarr>")
+    src = Path(str(cfg.src)).expanduser()
+    fmt = source_format(str(cfg.format), src)
+    bar = tqdm(desc="import", unit="ep", dynamic_ncols=True, delay=1.0)
+
+    def on_episode(res: ImportResult) -> None:
+        if bar.total is None:  # the first call: where this run starts
+            bar.total, bar.n, bar.last_print_n = res.n_source, res.done_before, res.done_before
+        skipped = {"skipped": len(res.skipped)} if res.skipped else {}
+        bar.set_postfix(frames=res.n_frames, **skipped, refresh=False)
+        bar.update(res.n_total + len(res.skipped) - bar.n)  # displays only after the delay
+
+    common = dict(
+        skip_bad=bool(cfg.skip_bad), zarr_format=int(cfg.zarr_format), on_episode=on_episode
+    )
+    try:
+        if fmt == "robomimic":
+            from robo_s2.interop.robomimic_hdf5 import import_robomimic
+
+            res = import_robomimic(
+                src,
+                cfg.out,
+                image_key=_plain(cfg.image_key),
+                extra_image_keys=_plain(cfg.extra_image_keys),
+                proprio_keys=_plain(cfg.proprio_keys),
+                action_key=str(cfg.action_key),
+                extra_keys=_plain(cfg.extra_keys),
+                filter_key=cfg.filter_key,
+                env_id=cfg.env_id,
+                **common,
+            )
+        else:
+            from robo_s2.interop.dp_zarr import import_dp
+
+            res = import_dp(src, cfg.out, keys=_plain(cfg["keys"]), env_id=cfg.env_id, **common)
+    finally:
+        bar.close()
+    n_handled = res.n_total + len(res.skipped) - res.done_before
+    skipped = f", {len(res.skipped)} skipped as bad" if res.skipped else ""
+    if n_handled == 0:
+        print(
+            f"import: {cfg.out} already holds all {res.n_total} episodes ({res.n_frames} frames) "
+            f"of {NAMES[fmt]} {src}{skipped}; nothing to do"
+        )
+    else:
+        resumed = f" (resumed after {res.done_before})" if res.done_before else ""
+        print(
+            f"import: {res.n_total} episodes ({res.n_frames} frames) in {cfg.out} from "
+            f"{NAMES[fmt]} {src}; +{res.n_new} new{resumed}{skipped}, {res.seconds:.1f} s"
+        )
+    return res

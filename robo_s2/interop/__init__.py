@@ -1,0 +1,420 @@
+"""Demonstrations in foreign formats: robomimic HDF5 and diffusion_policy zarr, both ways.
+
+- :func:`import_robomimic` / :func:`export_robomimic` (:mod:`robo_s2.interop.robomimic_hdf5`)
+- :func:`import_dp` / :func:`export_dp` (:mod:`robo_s2.interop.dp_zarr`)
+- :func:`is_foreign` / :func:`require_native_env`: whether a store's demos come from an env other
+  than robo_s2's own MuJoCo cube picking (such stores train, but cannot be evaluated here).
+
+Imports stream the source episode by episode into a :class:`~robo_s2.store.DemoStore` and commit,
+with every episode, the index of the next source episode (``attrs["import_progress"]``), so an
+interrupted import resumes where it stopped when the same command is run again. Failure policy:
+
+- a failed *first* episode (or an interruption before it) leaves no store behind;
+- a failure at a later episode keeps the store with every episode committed before it; the error
+  says so, and re-running the same command (after fixing the source, or with ``skip_bad=True``)
+  continues from the failed episode;
+- exports are written into a hidden temporary file or directory beside ``out`` and renamed into
+  place at the end, so ``out`` never holds a half-written export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robo_s2.errors import UserError
+
+if TYPE_CHECKING:
+    from robo_s2.store import DemoStore
+
+# The id of robo_s2's own env (envs.ENV_ID; not imported here, that would import gymnasium).
+NATIVE_ENV_ID = "robo_s2/CubePick-v0"
+
+# Store attributes that only describe an import in progress: never carried over from a source.
+BOOKKEEPING_ATTRS = ("import", "import_progress", "created", "robo_s2_version")
+
+__all__ = [
+    "NATIVE_ENV_ID",
+    "ExportResult",
+    "ImportResult",
+    "export_dp",
+    "export_robomimic",
+    "import_dp",
+    "import_robomimic",
+    "is_foreign",
+    "require_native_env",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# foreign stores
+
+
+def _store_attrs(store: DemoStore | str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(store, Mapping):
+        return dict(store)
+    if isinstance(store, str | os.PathLike):
+        from robo_s2.store import DemoStore
+
+        return DemoStore.open(store, mode="r").attrs
+    return store.attrs
+
+
+def is_foreign(store: DemoStore | str | os.PathLike | Mapping[str, Any]) -> bool:
+    """True when the store's demos were not recorded in robo_s2's own env.
+
+    ``store`` is a :class:`DemoStore`, a store path, or a store's attributes. Imported stores carry
+    ``attrs["env"] = {"id": <their env>, "foreign": True}``; a store without an ``env`` description
+    is foreign too (nothing says our env could replay it).
+    """
+    env = _store_attrs(store).get("env")
+    if not isinstance(env, Mapping):
+        return True
+    return bool(env.get("foreign", False)) or env.get("id") != NATIVE_ENV_ID
+
+
+def require_native_env(
+    store: DemoStore | str | os.PathLike | Mapping[str, Any], what: str = "evaluate"
+) -> None:
+    """Raise a one-line :class:`UserError` when ``store`` is foreign (see :func:`is_foreign`)."""
+    attrs = _store_attrs(store)
+    if not is_foreign(attrs):
+        return
+    env = attrs.get("env") if isinstance(attrs.get("env"), Mapping) else {}
+    where = f"env {env.get('id')!r}" if env.get("id") else "an unknown env"
+    source = attrs.get("source") or "an unknown source"
+    raise UserError(
+        f"cannot {what}: the demos come from {where} ({source}), and robo_s2 can only run its own "
+        f"MuJoCo env ({NATIVE_ENV_ID}); train on them, but evaluate policies trained on demos "
+        "collected here (robo-s2 collect)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class ImportResult:
+    src: str
+    out: str
+    format: str  # "robomimic" or "dp"
+    n_source: int = 0  # episodes selected in the source
+    n_new: int = 0
+    n_total: int = 0
+    n_frames: int = 0
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    done_before: int = 0  # source episodes already handled when this run started
+
+
+@dataclass
+class ExportResult:
+    store: str
+    out: str
+    format: str  # "robomimic" or "dp"
+    n_episodes: int = 0  # written so far
+    n_frames: int = 0
+    total_episodes: int = 0  # in the store
+    bytes: int = 0
+    seconds: float = 0.0
+    layout: dict[str, Any] = field(default_factory=dict)  # our key -> what it became
+
+
+# ------------------------------------------------------------------------------------------------
+# validation shared by the importers
+
+
+def as_image(x: np.ndarray, where: str) -> np.ndarray:
+    """Frames as ``uint8 (T,H,W,3)``; integer-valued float/int frames in 0..255 convert exactly.
+
+    Anything else (floats in [0, 1], channels-first, grey) is a UserError naming ``where``.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"{where} has dtype {x.dtype}; images must be uint8 (T,H,W,3)")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        hint = (
+            " (channels-first? images must be channels-last)"
+            if x.ndim == 4 and x.shape[1] == 3
+            else ""
+        )
+        raise UserError(f"{where} has shape {x.shape}; images must be (T,H,W,3){hint}")
+    if x.dtype == np.uint8:
+        return x
+    if x.size:
+        lo, hi = x.min(), x.max()
+        exact = x.dtype.kind != "f" or bool(np.all(np.isfinite(x)) and np.all(np.round(x) == x))
+        if not exact or lo < 0 or hi > 255:
+            raise UserError(
+                f"{where} is {x.dtype} in [{lo:g}, {hi:g}], not uint8 0..255; convert the images to "
+                "uint8 first (for floats in [0,1]: (x * 255).round().astype(np.uint8))"
+            )
+    return x.astype(np.uint8)
+
+
+def as_lowdim(x: np.ndarray, where: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """A low-dim array as ``dtype (T, D)`` (``(T,)`` becomes ``(T,1)``, more axes are flattened).
+
+    Non-numeric data and non-finite values are UserErrors naming ``where`` and the step.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf" or x.ndim < 1:
+        raise UserError(f"{where} is {x.dtype} {x.shape}; expected numbers with a time axis")
+    x = x.reshape(x.shape[0], -1)
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            t, j = (int(v) for v in np.argwhere(bad)[0])
+            raise UserError(
+                f"{where} has a non-finite value ({x[t, j]}) at step {t} (column {j}); fix or drop "
+                "this episode"
+            )
+    with np.errstate(over="ignore"):
+        y = x.astype(dtype)
+    if not np.isfinite(y).all():
+        raise UserError(f"{where} overflows {np.dtype(dtype)}; rescale it")
+    return y
+
+
+def column_names(key: str, shape: Sequence[int]) -> list[str]:
+    """Names of the flattened columns of a per-step array of ``shape`` (``key[i]``, ``key[i,j]``)."""
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        return [key]
+    return [f"{key}[{','.join(str(i) for i in idx)}]" for idx in np.ndindex(*shape)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the import loop shared by both formats
+
+
+def _config_mismatch(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(stored) | set(given))
+    return [
+        f"{k}: stored {stored.get(k)!r}, given {given.get(k)!r}"
+        for k in keys
+        if stored.get(k) != given.get(k)
+    ]
+
+
+def ingest(
+    out: str | os.PathLike,
+    *,
+    config: dict[str, Any],
+    attrs: dict[str, Any],
+    names: list[str],
+    load: Callable[[str], dict[str, np.ndarray]],
+    commit_attrs: Callable[[list[str]], dict[str, Any]] | None = None,
+    result: ImportResult,
+    zarr_format: int = 3,
+    skip_bad: bool = False,
+    on_episode: Callable[[ImportResult], None] | None = None,
+) -> ImportResult:
+    """Append the source episodes ``names`` (read by ``load(name)``) to the store at ``out``.
+
+    ``config`` identifies the import (source path and size, key mapping); an existing store at
+    ``out`` must have been started by the same import, which this call then resumes after the last
+    committed episode. ``commit_attrs(imported_names)`` gives attributes committed with each episode
+    (e.g. robomimic's filter masks as episode indices).
+    """
+    config = json.loads(json.dumps(config))  # as it reads back from the store (lists, not tuples)
+    out = Path(out).expanduser()
+    try:
+        return _ingest(
+            out, config, attrs, names, load, commit_attrs, result, zarr_format, skip_bad,
+            on_episode,
+        )  # fmt: skip
+    except UserError as e:
+        e.final = True  # says what became of out: no "nothing was written" to add
+        raise
+
+
+def finish_error(e: UserError) -> UserError:
+    """A setup error of an importer (raised before ``out`` was touched) says so."""
+    if getattr(e, "final", False) or "nothing was written" in str(e):
+        return e
+    err = UserError(f"{e}; nothing was written")
+    err.final = True
+    return err
+
+
+def _ingest(
+    out: Path,
+    config: dict[str, Any],
+    attrs: dict[str, Any],
+    names: list[str],
+    load: Callable[[str], dict[str, np.ndarray]],
+    commit_attrs: Callable[[list[str]], dict[str, Any]] | None,
+    result: ImportResult,
+    zarr_format: int,
+    skip_bad: bool,
+    on_episode: Callable[[ImportResult], None] | None,
+) -> ImportResult:
+    from robo_s2.store import DemoStore
+
+    was_empty_dir = out.is_dir() and not any(out.iterdir())
+    existed = out.exists() and not was_empty_dir
+    start = time.perf_counter()
+    store = DemoStore.open_or_create(out, attrs={**attrs, "import": config}, format=zarr_format)
+    try:
+        stored = store.attrs.get("import")
+        if not isinstance(stored, Mapping):
+            raise UserError(
+                f"{out} already holds a demo store that was not made by robo-s2 import; choose a "
+                "new out= for the import (nothing was written)"
+            )
+        if stored != config:
+            if stored.get("src") != config.get("src"):
+                raise UserError(
+                    f"{out} is being imported from {stored.get('src')}, not {config.get('src')}; "
+                    f"re-run with src={stored.get('src')} to resume it, or choose a new out= "
+                    "(nothing was written)"
+                )
+            diffs = "; ".join(_config_mismatch(stored, config)[:3])
+            raise UserError(
+                f"{out} was started by a different import ({diffs}); re-run with the same "
+                "settings to resume it, or choose a new out= (nothing was written)"
+            )
+        progress = dict(store.attrs.get("import_progress") or {})
+        imported = [str(n) for n in progress.get("imported", [])]
+        skipped = [str(n) for n in progress.get("skipped", [])]
+        first = int(progress.get("next_index", 0))
+        if len(imported) != store.n_episodes or not 0 <= first <= len(names):
+            raise UserError(
+                f"{out}: its import progress ({len(imported)} episodes imported, next source "
+                f"episode {first} of {len(names)}) does not match its {store.n_episodes} episodes;"
+                " the store is inconsistent: delete it and import again"
+            )
+    except BaseException:
+        store.close()
+        raise
+    result.done_before = first
+    result.n_total, result.n_frames = store.n_episodes, store.n_frames
+    result.skipped = list(skipped)
+    if on_episode is not None:
+        on_episode(result)  # the starting point (a progress bar's total and initial count)
+
+    def progress_attrs(k: int, done: list[str], bad: list[str]) -> dict[str, Any]:
+        return {
+            "import_progress": {
+                "next_index": k,
+                "next_demo": names[k] if k < len(names) else None,
+                "n_source": len(names),
+                "imported": done,
+                "skipped": bad,
+            }
+        }
+
+    try:
+        for k in range(first, len(names)):
+            name = names[k]
+            try:
+                episode = load(name)
+                done = [*imported, name]
+                extra = commit_attrs(done) if commit_attrs else {}
+                commit = {**extra, **progress_attrs(k + 1, done, skipped)}
+                try:
+                    store.append_episode(episode, attrs=commit)
+                except UserError as e:
+                    raise UserError(f"{name} of {result.src}: {e}") from None
+            except UserError:
+                if not skip_bad:
+                    raise
+                skipped.append(name)
+                store.update_attrs(progress_attrs(k + 1, imported, skipped))
+                result.skipped = list(skipped)
+                if on_episode is not None:
+                    on_episode(result)
+                continue
+            imported.append(name)
+            result.n_new += 1
+            result.n_total = store.n_episodes
+            result.n_frames = store.n_frames
+            if on_episode is not None:
+                on_episode(result)
+        if store.n_episodes == 0:
+            raise UserError(
+                f"no episode of {result.src} could be imported ({len(skipped)} skipped as bad); "
+                "run without skip_bad=true to see why"
+            )
+    except BaseException as exc:
+        n = store.n_episodes
+        store.close()
+        if n == 0:
+            shutil.rmtree(out, ignore_errors=True)
+            if was_empty_dir:
+                with contextlib.suppress(OSError):
+                    out.mkdir()
+        if isinstance(exc, UserError):
+            if n == 0:
+                tail = "nothing was written" if not existed else f"the empty {out} was removed"
+            else:
+                tail = (
+                    f"{out} keeps the {n} episodes imported before it; fix the source and re-run "
+                    "the same command to continue (or add skip_bad=true to leave bad episodes out)"
+                )
+            raise UserError(f"{exc}; {tail}") from None
+        raise
+    store.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# writing exports atomically
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise UserError(
+            f"{out} already exists; choose a new out= or pass overwrite=true to replace it "
+            "(nothing was written)"
+        )
+    if not out.parent.is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def replace_path(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out`` (an existing ``out`` is replaced, never half-way)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.rename(tmp, out)
+
+
+def path_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def __getattr__(name: str) -> Any:  # the format modules load lazily (h5py, zarr, imagecodecs)
+    if name in ("import_robomimic", "export_robomimic"):
+        from robo_s2.interop import robomimic_hdf5
+
+        return getattr(robomimic_hdf5, name)
+    if name in ("import_dp", "export_dp"):
+        from robo_s2.interop import dp_zarr
+
+        return getattr(dp_zarr, name)
+    raise AttributeError(f"module 'robo_s2.interop' has no attribute {name!r}")

@@ -1,0 +1,674 @@
+"""robomimic HDF5 datasets <-> robo_s2 demo stores.
+
+robomimic's layout (robomimic 0.3, robosuite datasets)::
+
+    data/                    attrs: total (frames), env_args (JSON: env_name, type, env_kwargs)
+      demo_<i>/              attrs: num_samples; demos are ordered by the integer i
+        actions (N,A)  rewards (N,)  dones (N,)  states (N,S)
+        obs/<key>            images uint8 (N,H,W,3), low-dim float (N,D)
+        next_obs/<key>       (optional) the observation after each step
+    mask/<filter>            demo names (bytes), e.g. train / valid
+
+Import maps chosen keys into a store: ``image`` (``image_key``), ``image_<camera>`` (each of
+``extra_image_keys``; ``robot0_eye_in_hand_image`` becomes ``image_robot0_eye_in_hand``), ``proprio``
+(``proprio_keys`` concatenated in order), ``action`` (``action_key``) and ``state`` (``states``,
+keeping its float64). Low-dim data becomes float32. The store records the source's ``env_args``,
+the demo names in order, the filter masks as episode indices and which proprio columns hold which
+key (``attrs["robomimic"]``). ``next_obs``, per-demo ``model_file`` XML and the rewards/dones (unless
+``extra_keys`` asks for them) are not imported.
+
+Export writes a file that robomimic's ``SequenceDataset`` reads: obs key ``proprio`` (or the original
+keys, split back, for a store imported from robomimic), ``image`` as ``agentview_image``,
+``image_<camera>`` as ``<camera>_image``, ``state`` as ``states``, ``next_obs`` (each obs shifted by
+one step, the last repeated) and ``rewards``/``dones`` (the store's ``reward``/``done`` if present,
+else zeros, with ``dones`` 1 at the last step). A root-level dataset ``robo_s2_meta`` (ignored by
+robomimic) keeps the store's attributes and the key layout, so importing the file back (with the
+``auto`` defaults) restores the store exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robo_s2.errors import UserError
+from robo_s2.interop import (
+    BOOKKEEPING_ATTRS,
+    ExportResult,
+    ImportResult,
+    as_image,
+    as_lowdim,
+    check_export_target,
+    column_names,
+    finish_error,
+    ingest,
+    path_size,
+    replace_path,
+)
+
+AUTO = "auto"
+ROBOSUITE_IMAGE_KEY = "agentview_image"
+ROBOSUITE_PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+META_DATASET = "robo_s2_meta"  # root-level JSON written by export (robomimic never reads it)
+GYM_ENV_TYPE = 2  # robomimic.envs.env_base.EnvType.GYM_TYPE
+_DEMO_RE = re.compile(r"demo_(\d+)")
+_READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError)
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+
+
+def _open(src: Path) -> Any:
+    import h5py
+
+    if not src.exists():
+        raise UserError(f"no such file: {src}; pass src=<path to a robomimic .hdf5 file>")
+    if src.is_dir():
+        raise UserError(f"{src} is a directory, not a robomimic HDF5 file; pass the .hdf5 file")
+    try:
+        return h5py.File(src, "r")
+    except _READ_ERRORS as e:
+        raise UserError(
+            f"{src} is not a readable HDF5 file ({_brief(e)}); it may be truncated or corrupt: "
+            "download or export it again"
+        ) from None
+
+
+def _brief(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _demo_order(names: Sequence[str], where: str) -> list[str]:
+    bad = [n for n in names if not _DEMO_RE.fullmatch(n)]
+    if bad:
+        raise UserError(
+            f"{where} holds {bad[:5]}, which are not robomimic demo names (demo_<integer>); "
+            "rename them or remove them from the file"
+        )
+    return sorted(names, key=lambda n: int(n[5:]))
+
+
+def _demo_names(f: Any, src: Path) -> list[str]:
+    import h5py
+
+    data = f.get("data")
+    if not isinstance(data, h5py.Group):
+        raise UserError(
+            f"{src} has no data/ group, so it is not a robomimic dataset (top-level keys: "
+            f"{sorted(f.keys())})"
+        )
+    names = _demo_order(list(data.keys()), f"{src}: data/")
+    if not names:
+        raise UserError(f"{src} holds no demos (data/ is empty)")
+    return names
+
+
+def _masks(f: Any, src: Path) -> dict[str, list[str]]:
+    import h5py
+
+    group = f.get("mask")
+    if not isinstance(group, h5py.Group):
+        return {}
+    out = {}
+    for key in group:
+        try:
+            raw = np.asarray(group[key][()]).ravel()
+        except _READ_ERRORS as e:
+            raise UserError(f"{src}: cannot read mask/{key} ({_brief(e)})") from None
+        out[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    return out
+
+
+def _env_args(f: Any, src: Path) -> dict[str, Any]:
+    raw = f["data"].attrs.get("env_args")
+    if raw is None:
+        return {}
+    try:
+        env_args = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{src}: data.attrs['env_args'] is not JSON") from None
+    return env_args if isinstance(env_args, dict) else {}
+
+
+def _meta(f: Any) -> dict[str, Any] | None:
+    if META_DATASET not in f:
+        return None
+    try:
+        raw = f[META_DATASET][()]
+        meta = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except (*_READ_ERRORS, KeyError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def camera_name(obs_key: str) -> str:
+    """``agentview_image`` -> ``agentview`` (a key without the suffix is kept whole)."""
+    return (
+        obs_key[: -len("_image")] if obs_key.endswith("_image") and obs_key != "_image" else obs_key
+    )
+
+
+def _action_semantics(env_args: Mapping[str, Any], key: str, dim: int) -> list[str]:
+    ctrl = (env_args.get("env_kwargs") or {}).get("controller_configs") or {}
+    if isinstance(ctrl, Mapping) and ctrl.get("type") == "OSC_POSE" and dim == 7:
+        if ctrl.get("control_delta", True):
+            return [
+                "eef_dx",
+                "eef_dy",
+                "eef_dz",
+                "eef_drot_x",
+                "eef_drot_y",
+                "eef_drot_z",
+                "gripper",
+            ]
+        return ["eef_x", "eef_y", "eef_z", "eef_rot_x", "eef_rot_y", "eef_rot_z", "gripper"]
+    return column_names(key, (dim,))
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence | np.ndarray) or hasattr(value, "__iter__"):
+        return [str(v) for v in value]
+    raise UserError(f"{name}={value!r} must be a list of keys, e.g. {name}=[a,b]")
+
+
+def _resolve_layout(
+    meta_layout: Mapping[str, Any] | None,
+    image_key: str | None,
+    extra_image_keys: Any,
+    proprio_keys: Any,
+    extra_keys: Any,
+) -> tuple[str | None, list[str], list[str], dict[str, str]]:
+    """The ``auto`` choices: what a robo_s2 export recorded, else robosuite's keys."""
+    layout = meta_layout or {}
+    images = dict(layout.get("images") or {})
+    if image_key == AUTO:
+        image_key = images.get("image") if layout else ROBOSUITE_IMAGE_KEY
+    if extra_image_keys == AUTO:
+        extra_image_keys = [v for k, v in images.items() if k != "image"]
+    if proprio_keys == AUTO:
+        proprio_keys = (
+            [p[0] for p in layout.get("proprio", [])] if layout else list(ROBOSUITE_PROPRIO_KEYS)
+        )
+    if extra_keys == AUTO:
+        extra_keys = dict(layout.get("extra") or {})
+    if extra_keys is None:
+        extra_keys = {}
+    if not isinstance(extra_keys, Mapping):
+        raise UserError(
+            f"extra_keys={extra_keys!r} must map dataset paths to store keys, e.g. "
+            "extra_keys={rewards:reward,dones:done}"
+        )
+    extra = {str(k): str(v) for k, v in extra_keys.items()}
+    return (
+        image_key,
+        _as_list(extra_image_keys, "extra_image_keys"),
+        _as_list(proprio_keys, "proprio_keys"),
+        extra,
+    )
+
+
+def _missing(group: Any, key: str, where: str, option: str) -> UserError:
+    keys = sorted(group.keys())
+    return UserError(
+        f"{where} has no {key!r}; the keys there are {keys}; pass {option} with one of them"
+    )
+
+
+def import_robomimic(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    image_key: str | None = AUTO,
+    extra_image_keys: Sequence[str] | str = AUTO,
+    proprio_keys: Sequence[str] | str = AUTO,
+    action_key: str = "actions",
+    extra_keys: Mapping[str, str] | str | None = AUTO,
+    filter_key: str | None = None,
+    env_id: str | None = None,
+    skip_bad: bool = False,
+    zarr_format: int = 3,
+    on_episode: Callable[[ImportResult], None] | None = None,
+) -> ImportResult:
+    """Import a robomimic HDF5 file into the demo store ``out`` (resuming an interrupted import).
+
+    ``auto`` keys are robosuite's (``agentview_image``; ``robot0_eef_pos``, ``robot0_eef_quat``,
+    ``robot0_gripper_qpos``; no extra cameras), or what robo_s2 recorded when it exported the file.
+    ``image_key=None`` imports no images (robomimic's low-dim datasets). ``filter_key`` imports only
+    the demos of that mask. ``extra_keys`` maps more per-demo datasets (``rewards``, ``obs/object``)
+    to store keys. ``env_id`` overrides the foreign env's name (default: ``env_args.env_name``).
+    """
+    src_path = Path(src).expanduser().resolve()
+    try:
+        f = _open(src_path)
+        try:
+            return _import(
+                f, src_path, Path(out).expanduser(), image_key, extra_image_keys, proprio_keys,
+                action_key, extra_keys, filter_key, env_id, skip_bad, zarr_format, on_episode,
+            )  # fmt: skip
+        finally:
+            f.close()
+    except UserError as e:
+        raise finish_error(e) from None
+
+
+def _import(
+    f: Any,
+    src: Path,
+    out: Path,
+    image_key: str | None,
+    extra_image_keys: Any,
+    proprio_keys: Any,
+    action_key: str,
+    extra_keys: Any,
+    filter_key: str | None,
+    env_id: str | None,
+    skip_bad: bool,
+    zarr_format: int,
+    on_episode: Callable[[ImportResult], None] | None,
+) -> ImportResult:
+    import h5py
+
+    all_names = _demo_names(f, src)
+    masks = _masks(f, src)
+    env_args = _env_args(f, src)
+    meta = _meta(f)
+    meta_layout = meta.get("layout") if meta else None
+    image_key, extra_images, proprio, extras = _resolve_layout(
+        meta_layout, image_key, extra_image_keys, proprio_keys, extra_keys
+    )
+    if image_key in ("", "null", "none", "None"):
+        image_key = None
+
+    names = all_names
+    if filter_key is not None:
+        if filter_key not in masks:
+            raise UserError(
+                f"{src} has no filter key {filter_key!r}; its masks are {sorted(masks) or 'none'}"
+                " (or leave filter_key=null to import every demo)"
+            )
+        chosen = set(masks[filter_key])
+        unknown = sorted(chosen - set(all_names))
+        if unknown:
+            raise UserError(f"{src}: mask/{filter_key} names demos not in data/: {unknown[:5]}")
+        names = [n for n in all_names if n in chosen]
+        if not names:
+            raise UserError(f"{src}: mask/{filter_key} is empty; choose another filter_key")
+
+    # check the mapping against the first demo, where the options can be named
+    first = f["data"][names[0]]
+    where = f"{src}: data/{names[0]}"
+    obs = first.get("obs")
+    if not isinstance(obs, h5py.Group):
+        raise UserError(f"{where} has no obs/ group (keys there: {sorted(first.keys())})")
+    if action_key not in first:
+        raise _missing(first, action_key, where, "action_key=")
+    image_obs = [k for k in obs if obs[k].ndim == 4]
+    if image_key is not None and image_key not in obs:
+        if not image_obs:
+            raise UserError(
+                f"{where}/obs has no images (obs keys: {sorted(obs.keys())}), so {image_key!r} "
+                "cannot be imported; use an image dataset (e.g. robomimic's image.hdf5), or pass "
+                "image_key=null to import without images"
+            )
+        raise _missing(obs, image_key, f"{where}/obs", "image_key=")
+    for key in extra_images:
+        if key not in obs:
+            raise _missing(obs, key, f"{where}/obs", "extra_image_keys=[...]")
+    for key in proprio:
+        if key not in obs:
+            raise _missing(obs, key, f"{where}/obs", "proprio_keys=[...]")
+    for path in extras:
+        if path not in first:
+            raise UserError(
+                f"{where} has no {path!r} for extra_keys; datasets there: "
+                f"{sorted(first.keys())} (and obs/<key>)"
+            )
+    if not proprio:
+        raise UserError("proprio_keys is empty; name the low-dim obs keys that form proprio")
+    state_key = "states" if isinstance(first.get("states"), h5py.Dataset) else None
+
+    image_keys: dict[str, str] = {}  # our key -> obs key
+    if image_key is not None:
+        image_keys["image"] = image_key
+    for key in extra_images:
+        ours = f"image_{camera_name(key)}"
+        if ours in image_keys or key == image_key:
+            raise UserError(f"extra_image_keys lists {key!r} twice (or it is image_key)")
+        image_keys[ours] = key
+    layout_cols, col = [], 0
+    for key in proprio:
+        shape = list(obs[key].shape[1:])
+        width = int(np.prod(shape)) if shape else 1
+        layout_cols.append([key, col, col + width, shape])
+        col += width
+    proprio_semantics = [n for key, _, _, shape in layout_cols for n in column_names(key, shape)]
+    action_dim = int(np.prod(first[action_key].shape[1:])) if first[action_key].ndim > 1 else 1
+    image_shape = list(obs[image_key].shape[1:]) if image_key else None
+    cameras = [camera_name(v) for v in image_keys.values()]
+    env_kwargs = env_args.get("env_kwargs") or {}
+    env_name = env_id or env_args.get("env_name") or "unknown"
+
+    clash = sorted(set(extras.values()) & {*image_keys, "action", "proprio", "state"})
+    if clash:
+        raise UserError(f"extra_keys maps onto store keys that are already taken: {clash}")
+
+    robomimic_info: dict[str, Any] = {
+        "env_args": env_args,
+        "image_keys": image_keys,
+        "proprio_layout": layout_cols,
+        "action_key": action_key,
+        "state_key": state_key,
+        "extra_keys": extras,
+        "filter_key": filter_key,
+        "demos": [],
+        "masks": {},
+    }
+    attrs: dict[str, Any] = {
+        "source": f"robomimic HDF5 {src}",
+        "env": {
+            "id": env_name,
+            "foreign": True,
+            "format": "robomimic",
+            "type": env_args.get("type"),
+        },
+        "control_hz": env_kwargs.get("control_freq") if isinstance(env_kwargs, Mapping) else None,
+        "action_semantics": _action_semantics(env_args, action_key, action_dim),
+        "proprio_semantics": proprio_semantics,
+        "state_semantics": None,
+        "cameras": cameras,
+        "image_keys": {camera_name(v): k for k, v in image_keys.items()},
+        "image_shape": image_shape,
+        "robomimic": robomimic_info,
+    }
+    if meta and isinstance(meta.get("attrs"), Mapping) and meta_layout:
+        recorded = _resolve_layout(meta_layout, AUTO, AUTO, AUTO, AUTO)
+        if recorded == (image_key, extra_images, proprio, extras):
+            # a file robo_s2 exported, read back with its own layout: restore the store's attrs
+            base = {k: v for k, v in meta["attrs"].items() if k not in BOOKKEEPING_ATTRS}
+            attrs = {**attrs, **base, "robomimic": robomimic_info}
+            attrs["source"] = (
+                f"robomimic HDF5 {src} (exported by robo_s2 from {base.get('source')})"
+            )
+    config = {
+        "format": "robomimic",
+        "src": str(src),
+        "src_bytes": src.stat().st_size,
+        "n_demos": len(all_names),
+        "image_key": image_key,
+        "extra_image_keys": extra_images,
+        "proprio_keys": proprio,
+        "action_key": action_key,
+        "extra_keys": extras,
+        "filter_key": filter_key,
+    }
+
+    def load(name: str) -> dict[str, np.ndarray]:
+        where = f"{name} of {src}"
+        try:
+            g = f["data"][name]
+            o = g.get("obs")
+            if not isinstance(o, h5py.Group):
+                raise UserError(f"{where} has no obs/ group (keys there: {sorted(g.keys())})")
+            if action_key not in g:
+                raise _missing(g, action_key, where, "action_key=")
+            ep = {"action": as_lowdim(g[action_key][()], f"{where}: {action_key}")}
+            for ours, key in image_keys.items():
+                if key not in o:
+                    raise _missing(o, key, f"{where}: obs/", "image keys")
+                ep[ours] = as_image(o[key][()], f"{where}: obs/{key}")
+            parts = []
+            for key in proprio:
+                if key not in o:
+                    raise _missing(o, key, f"{where}: obs/", "proprio_keys=[...]")
+                parts.append(as_lowdim(o[key][()], f"{where}: obs/{key}"))
+            lengths = {f"obs/{k}": len(p) for k, p in zip(proprio, parts, strict=True)}
+            lengths.update({f"obs/{image_keys[k]}": len(ep[k]) for k in image_keys})
+            lengths[action_key] = len(ep["action"])
+            if state_key is not None:
+                if state_key not in g:
+                    raise _missing(g, state_key, where, "a file whose demos all have states")
+                raw = g[state_key][()]
+                dtype = np.float64 if np.asarray(raw).dtype == np.float64 else np.float32
+                ep["state"] = as_lowdim(raw, f"{where}: {state_key}", dtype=dtype)
+                lengths[state_key] = len(ep["state"])
+            for path, ours in extras.items():
+                if path not in g:
+                    raise _missing(g, path, where, "extra_keys")
+                ep[ours] = as_lowdim(g[path][()], f"{where}: {path}")
+                lengths[path] = len(ep[ours])
+            num_samples = g.attrs.get("num_samples")
+        except _READ_ERRORS as e:
+            raise UserError(
+                f"cannot read {where} ({_brief(e)}); the file is truncated or corrupt: download "
+                "or export it again"
+            ) from None
+        if len(set(lengths.values())) > 1:
+            raise UserError(
+                f"{where} has arrays of different lengths ({lengths}); every array of a demo needs "
+                "one row per step"
+            )
+        n = next(iter(lengths.values()))
+        if num_samples is not None and int(num_samples) != n:
+            raise UserError(
+                f"{where} says num_samples={int(num_samples)} but its arrays have {n} steps; the "
+                "demo is inconsistent"
+            )
+        if parts:
+            ep["proprio"] = np.concatenate(parts, axis=1)
+        return ep
+
+    def commit_attrs(done: list[str]) -> dict[str, Any]:
+        index = {n: i for i, n in enumerate(done)}
+        info = dict(robomimic_info)
+        info["demos"] = done
+        info["masks"] = {k: [index[n] for n in v if n in index] for k, v in masks.items()}
+        return {"robomimic": info}
+
+    result = ImportResult(src=str(src), out=str(out), format="robomimic", n_source=len(names))
+    return ingest(
+        out, config=config, attrs=attrs, names=names, load=load, commit_attrs=commit_attrs,
+        result=result, zarr_format=zarr_format, skip_bad=skip_bad, on_episode=on_episode,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+
+
+def _export_layout(
+    store: Any, image_key: str, proprio_key: str, split_proprio: bool
+) -> tuple[dict[str, str], list[list[Any]], dict[str, str]]:
+    """(images: our key -> obs key, proprio: [[obs key, start, stop, shape]], extra: path -> ours)."""
+    attrs = store.attrs
+    rm = attrs.get("robomimic") if isinstance(attrs.get("robomimic"), Mapping) else {}
+    recorded_images = rm.get("image_keys") or {}
+    keys = store.keys()
+    images: dict[str, str] = {}
+    for key in keys:
+        if key == "image":
+            obs_key = (
+                image_key if image_key != AUTO else recorded_images.get(key, ROBOSUITE_IMAGE_KEY)
+            )
+        elif key.startswith("image_"):
+            obs_key = recorded_images.get(key, f"{key[len('image_') :]}_image")
+        else:
+            continue
+        images[key] = obs_key
+    proprio: list[list[Any]] = []
+    if "proprio" in keys:
+        width = int(np.prod(store.array("proprio").shape[1:]))
+        recorded = rm.get("proprio_layout") or []
+        if (
+            split_proprio
+            and recorded
+            and recorded[-1][2] == width
+            and all(p[1] == q[2] for p, q in zip(recorded[1:], recorded[:-1], strict=False))
+        ):
+            proprio = [list(p) for p in recorded]
+        else:
+            proprio = [[proprio_key, 0, width, [width]]]
+    extra: dict[str, str] = {}
+    taken = {*images, "proprio", "action", "state"}
+    for key in keys:
+        if key in taken:
+            continue
+        extra[{"reward": "rewards", "done": "dones"}.get(key, f"obs/{key}")] = key
+    names = [*images.values(), *(p[0] for p in proprio), *(p[4:] for p in extra if p[:4] == "obs/")]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(
+            f"obs keys {dupes} would be written twice; choose other image_key/proprio_key"
+        )
+    return images, proprio, extra
+
+
+def export_robomimic(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    image_key: str = AUTO,
+    proprio_key: str = "proprio",
+    split_proprio: bool = True,
+    next_obs: bool = True,
+    compression: str | None = "gzip",
+    overwrite: bool = False,
+    on_episode: Callable[[ExportResult], None] | None = None,
+) -> ExportResult:
+    """Write the store as a robomimic HDF5 file at ``out`` (via a temporary file beside it).
+
+    ``image_key`` names the obs key of ``image`` (``auto``: the original key of a store imported from
+    robomimic, else ``agentview_image``); ``proprio`` becomes ``proprio_key``, or is split back into
+    its original keys (``split_proprio``) when the store came from robomimic.
+    """
+    import time
+
+    import h5py
+
+    from robo_s2.store import DemoStore
+
+    start = time.perf_counter()
+    if compression not in (None, "gzip", "lzf"):
+        raise UserError(f"compression={compression!r}: use gzip, lzf or null")
+    out = Path(out).expanduser()
+    s = DemoStore.open(store, mode="r")
+    if "action" not in s.keys():
+        raise UserError(f"{s.path} has no data/action (keys: {s.keys()}); nothing to export")
+    if s.n_episodes == 0:
+        raise UserError(f"{s.path} holds no episodes; nothing to export")
+    check_export_target(out, overwrite)
+    attrs = s.attrs
+    rm = attrs.get("robomimic") if isinstance(attrs.get("robomimic"), Mapping) else {}
+    images, proprio, extra = _export_layout(s, image_key, proprio_key, split_proprio)
+    env = attrs.get("env") if isinstance(attrs.get("env"), Mapping) else {}
+    env_args = rm.get("env_args") or {
+        "env_name": env.get("id", "unknown"),
+        "type": GYM_ENV_TYPE,
+        "env_kwargs": env.get("kwargs", {}),
+    }
+    recorded = [str(n) for n in rm.get("demos") or []]
+    if (
+        len(recorded) == s.n_episodes
+        and len(set(recorded)) == len(recorded)
+        and all(_DEMO_RE.fullmatch(n) for n in recorded)
+        and _demo_order(recorded, "") == recorded
+    ):
+        demo_names = recorded
+    else:
+        demo_names = [f"demo_{i}" for i in range(s.n_episodes)]
+    masks = {
+        k: [demo_names[i] for i in v if 0 <= int(i) < len(demo_names)]
+        for k, v in (rm.get("masks") or {}).items()
+    }
+    layout = {
+        "images": images,
+        "proprio": proprio,
+        "action": "actions",
+        "state": "states" if "state" in s.keys() else None,
+        "extra": {path: ours for path, ours in extra.items()},
+    }
+    result = ExportResult(
+        store=str(s.path), out=str(out), format="robomimic", layout=layout,
+        total_episodes=s.n_episodes,
+    )  # fmt: skip
+    meta = {"attrs": attrs, "layout": layout, "demos": demo_names}
+
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            data.attrs["env_args"] = json.dumps(env_args)
+            for i, name in enumerate(demo_names):
+                ep = s.episode(i)
+                _write_demo(
+                    data.create_group(name), ep, images, proprio, extra, next_obs, compression
+                )
+                result.n_episodes += 1
+                result.n_frames += len(ep["action"])
+                if on_episode is not None:
+                    on_episode(result)
+            data.attrs["total"] = result.n_frames
+            for key, names in masks.items():
+                f.create_dataset(f"mask/{key}", data=np.array(names, dtype="S"))
+            f.create_dataset(META_DATASET, data=json.dumps(meta))
+        replace_path(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    result.bytes = path_size(out)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _write_demo(
+    g: Any,
+    ep: dict[str, np.ndarray],
+    images: dict[str, str],
+    proprio: list[list[Any]],
+    extra: dict[str, str],
+    next_obs: bool,
+    compression: str | None,
+) -> None:
+    n = len(ep["action"])
+    g.attrs["num_samples"] = n
+    g.create_dataset("actions", data=ep["action"])
+    obs: dict[str, np.ndarray] = {}
+    for ours, key in images.items():
+        obs[key] = ep[ours]
+    for key, a, b, shape in proprio:
+        obs[key] = ep["proprio"][:, a:b].reshape(n, *shape)
+    for path, ours in extra.items():
+        if path.startswith("obs/"):
+            obs[path[4:]] = ep[ours]
+    groups = [("obs", obs)]
+    if next_obs:
+        groups.append(("next_obs", {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}))
+    for group_name, arrays in groups:
+        group = g.create_group(group_name)
+        for key, x in arrays.items():
+            if x.ndim == 4:
+                group.create_dataset(key, data=x, chunks=(1, *x.shape[1:]), compression=compression)
+            else:
+                group.create_dataset(key, data=x)
+    rewards = ep["reward"].reshape(n) if "reward" in ep and "rewards" in extra else np.zeros(n)
+    if "done" in ep and "dones" in extra:
+        dones = ep["done"].reshape(n).astype(np.int64)
+    else:
+        dones = np.zeros(n, dtype=np.int64)
+        dones[-1] = 1
+    g.create_dataset("rewards", data=rewards)
+    g.create_dataset("dones", data=dones)
+    if "state" in ep:
+        g.create_dataset("states", data=ep["state"])

@@ -1,0 +1,736 @@
+"""robo-s2 import / export: robomimic HDF5 and diffusion_policy zarr, both ways.
+
+Every foreign file is built here, small, in the real layouts: robomimic's (h5py; non-contiguous demo
+numbering, filter masks, next_obs) and diffusion_policy's ReplayBuffer (zarr v2 directory, .zarr.zip,
+JPEG2000 images via imagecodecs when it is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from robo_s2.errors import UserError
+from robo_s2.interop import NATIVE_ENV_ID, is_foreign, require_native_env
+from robo_s2.interop.dp_zarr import export_dp, import_dp
+from robo_s2.interop.robomimic_hdf5 import export_robomimic, import_robomimic
+from robo_s2.store import DemoStore
+
+H = W = 8
+LENGTHS = {"demo_0": 5, "demo_2": 3, "demo_10": 4}  # non-contiguous; demo_10 sorts last
+PROPRIO = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+ENV_ARGS = {
+    "env_name": "Lift",
+    "type": 1,
+    "env_kwargs": {"control_freq": 20, "controller_configs": {"type": "OSC_POSE"}},
+}
+
+
+def f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """float64 values that float32 holds exactly (robomimic files store float64)."""
+    return rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+
+
+def make_robomimic(path: Path, lengths: dict[str, int] = LENGTHS, seed: int = 0) -> dict:
+    """A robomimic image dataset; returns {demo: {dataset path: array}} as written."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        total = 0
+        for name in sorted(lengths, key=lambda n: -int(n[5:])):  # written out of order on purpose
+            n = lengths[name]
+            g = data.create_group(name)
+            g.attrs["num_samples"] = n
+            arrays = {
+                "actions": f32(rng, n, 7),
+                "rewards": np.arange(n, dtype=np.float64),
+                "dones": np.eye(1, n, n - 1, dtype=np.int64)[0],
+                "states": rng.standard_normal((n, 12)),  # float64 sim states, kept exactly
+                "obs/agentview_image": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+                "obs/robot0_eye_in_hand_image": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+                "obs/object": f32(rng, n, 10),
+                **{f"obs/{k}": f32(rng, n, d) for k, d in PROPRIO.items()},
+            }
+            for key, x in arrays.items():
+                g.create_dataset(key, data=x)
+                if key.startswith("obs/"):
+                    g.create_dataset("next_obs/" + key[4:], data=np.concatenate([x[1:], x[-1:]]))
+            written[name] = arrays
+            total += n
+        data.attrs["total"] = total
+        data.attrs["env_args"] = json.dumps(ENV_ARGS)
+        f.create_dataset("mask/train", data=np.array([b"demo_0", b"demo_10"]))
+        f.create_dataset("mask/valid", data=np.array([b"demo_2"]))
+    return written
+
+
+def make_native_store(path: Path, n_episodes: int = 3, seed: int = 1) -> DemoStore:
+    """A store as robo-s2 collect writes it (two cameras, proprio, action, state)."""
+    rng = np.random.default_rng(seed)
+    attrs = {
+        "env": {"id": NATIVE_ENV_ID, "image_size": H, "kwargs": {"image_size": H}},
+        "source": "robo_s2 collect (scripted expert)",
+        "action_semantics": ["dx", "dy", "dz", "gripper"],
+        "proprio_semantics": [f"p{i}" for i in range(11)],
+        "cameras": ["front", "wrist"],
+    }
+    store = DemoStore.create(path, attrs=attrs)
+    for i in range(n_episodes):
+        n = 4 + i
+        store.append_episode(
+            {
+                "image": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+                "image_wrist": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+                "proprio": rng.standard_normal((n, 11)).astype(np.float32),
+                "action": rng.standard_normal((n, 4)).astype(np.float32),
+                "state": rng.standard_normal((n, 20)).astype(np.float32),
+            }
+        )
+    store.close()
+    return DemoStore.open(path)
+
+
+def assert_same_store(a: DemoStore, b: DemoStore) -> None:
+    assert a.keys() == b.keys()
+    np.testing.assert_array_equal(a.episode_ends, b.episode_ends)
+    for i in range(a.n_episodes):
+        ea, eb = a.episode(i), b.episode(i)
+        for key in a.keys():
+            assert ea[key].dtype == eb[key].dtype, key
+            np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
+
+
+# ------------------------------------------------------------------------------------------------
+# robomimic import
+
+
+def test_robomimic_import_maps_keys_orders_demos_and_keeps_masks(tmp_path):
+    src = tmp_path / "lift.hdf5"
+    written = make_robomimic(src)
+    res = import_robomimic(src, tmp_path / "s.zarr", extra_image_keys=["robot0_eye_in_hand_image"])
+    assert (res.n_new, res.n_total, res.n_frames) == (3, 3, 12)
+    store = DemoStore.open(tmp_path / "s.zarr")
+    assert store.keys() == ["action", "image", "image_robot0_eye_in_hand", "proprio", "state"]
+    order = ["demo_0", "demo_2", "demo_10"]
+    for i, name in enumerate(order):
+        ep, src_ep = store.episode(i), written[name]
+        np.testing.assert_array_equal(ep["image"], src_ep["obs/agentview_image"])
+        np.testing.assert_array_equal(
+            ep["image_robot0_eye_in_hand"], src_ep["obs/robot0_eye_in_hand_image"]
+        )
+        proprio = np.concatenate([src_ep[f"obs/{k}"] for k in PROPRIO], axis=1)
+        assert ep["proprio"].dtype == np.float32 and ep["action"].dtype == np.float32
+        np.testing.assert_array_equal(ep["proprio"], proprio.astype(np.float32))
+        np.testing.assert_array_equal(ep["action"], src_ep["actions"].astype(np.float32))
+        assert ep["state"].dtype == np.float64
+        np.testing.assert_array_equal(ep["state"], src_ep["states"])
+    attrs = store.attrs
+    rm = attrs["robomimic"]
+    assert rm["demos"] == order
+    assert rm["masks"] == {"train": [0, 2], "valid": [1]}
+    assert rm["env_args"] == ENV_ARGS
+    assert rm["proprio_layout"] == [
+        ["robot0_eef_pos", 0, 3, [3]],
+        ["robot0_eef_quat", 3, 7, [4]],
+        ["robot0_gripper_qpos", 7, 9, [2]],
+    ]
+    assert attrs["env"]["id"] == "Lift" and attrs["env"]["foreign"] is True
+    assert attrs["proprio_semantics"][:3] == [
+        "robot0_eef_pos[0]",
+        "robot0_eef_pos[1]",
+        "robot0_eef_pos[2]",
+    ]
+    assert len(attrs["proprio_semantics"]) == 9
+    assert attrs["action_semantics"][-1] == "gripper" and len(attrs["action_semantics"]) == 7
+    assert attrs["control_hz"] == 20
+    assert attrs["source"].startswith("robomimic HDF5") and str(src) in attrs["source"]
+    assert is_foreign(store) and is_foreign(tmp_path / "s.zarr")
+    import envs
+
+    assert NATIVE_ENV_ID == envs.ENV_ID
+    assert not is_foreign({"env": {"id": envs.ENV_ID}}) and is_foreign({})
+    with pytest.raises(UserError, match="cannot evaluate.*Lift.*robo_s2/CubePick-v0"):
+        require_native_env(store)
+
+
+def test_robomimic_filter_key_imports_one_mask(tmp_path):
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    import_robomimic(src, tmp_path / "s.zarr", filter_key="train")
+    store = DemoStore.open(tmp_path / "s.zarr")
+    assert store.attrs["robomimic"]["demos"] == ["demo_0", "demo_10"]
+    assert store.attrs["robomimic"]["masks"] == {"train": [0, 1], "valid": []}
+    with pytest.raises(UserError, match=r"no filter key 'test'.*\['train', 'valid'\]"):
+        import_robomimic(src, tmp_path / "t.zarr", filter_key="test")
+
+
+# ------------------------------------------------------------------------------------------------
+# robomimic export, read by robomimic itself
+
+
+def _robomimic_dataset(path: Path, low_dim: list[str], rgb: list[str], **kwargs):
+    import robomimic.utils.file_utils as FileUtils
+    import robomimic.utils.obs_utils as ObsUtils
+    from robomimic.utils.dataset import SequenceDataset
+
+    ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": low_dim, "rgb": rgb}})
+    shapes = FileUtils.get_shape_metadata_from_dataset(str(path), all_obs_keys=low_dim + rgb)
+    env_meta = FileUtils.get_env_metadata_from_dataset(str(path))
+    ds = SequenceDataset(
+        hdf5_path=str(path),
+        obs_keys=low_dim + rgb,
+        dataset_keys=["actions", "rewards", "dones"],
+        seq_length=1,
+        hdf5_cache_mode=None,
+        hdf5_use_swmr=False,
+        **kwargs,
+    )
+    return ds, shapes, env_meta
+
+
+def test_robomimic_reads_an_export_of_a_collected_store(tmp_path):
+    store = make_native_store(tmp_path / "s.zarr")
+    res = export_robomimic(tmp_path / "s.zarr", tmp_path / "out.hdf5")
+    assert res.n_episodes == 3 and res.n_frames == 4 + 5 + 6
+    ds, shapes, env_meta = _robomimic_dataset(
+        tmp_path / "out.hdf5", ["proprio"], ["agentview_image", "wrist_image"]
+    )
+    assert env_meta["env_name"] == NATIVE_ENV_ID
+    assert shapes["ac_dim"] == 4
+    assert shapes["all_shapes"]["proprio"] == [11]
+    assert list(shapes["all_shapes"]["agentview_image"]) == [3, H, W]
+    assert len(ds) == store.n_frames and ds.n_demos == 3
+    for frame in (0, 5, store.n_frames - 1):
+        i = int(np.searchsorted(store.episode_ends, frame, side="right"))
+        t = frame - (int(store.episode_ends[i - 1]) if i else 0)
+        ep = store.episode(i)
+        item = ds[frame]
+        np.testing.assert_array_equal(item["actions"][0], ep["action"][t])
+        np.testing.assert_array_equal(item["obs"]["proprio"][0], ep["proprio"][t])
+        # SequenceDataset hands out the stored uint8 HWC frames (its models process them later)
+        np.testing.assert_array_equal(item["obs"]["agentview_image"][0], ep["image"][t])
+        np.testing.assert_array_equal(item["obs"]["wrist_image"][0], ep["image_wrist"][t])
+    with h5py.File(tmp_path / "out.hdf5") as f:
+        np.testing.assert_array_equal(f["data/demo_1/states"][()], store.episode(1)["state"])
+        np.testing.assert_array_equal(f["data/demo_1/dones"][()], [0, 0, 0, 0, 1])
+        assert f["data"].attrs["total"] == store.n_frames
+    # ... and importing the export back restores the store exactly, attributes included
+    import_robomimic(tmp_path / "out.hdf5", tmp_path / "back.zarr")
+    back = DemoStore.open(tmp_path / "back.zarr")
+    assert_same_store(store, back)
+    for key in ("env", "action_semantics", "proprio_semantics", "cameras"):
+        assert back.attrs[key] == store.attrs[key], key
+    assert not is_foreign(back)
+    require_native_env(back)  # no error
+
+
+def test_robomimic_round_trip_keeps_names_masks_and_values(tmp_path):
+    src = tmp_path / "lift.hdf5"
+    written = make_robomimic(src)
+    import_robomimic(src, tmp_path / "s.zarr", extra_keys={"rewards": "reward", "dones": "done"})
+    export_robomimic(tmp_path / "s.zarr", tmp_path / "again.hdf5")
+    ds, shapes, env_meta = _robomimic_dataset(
+        tmp_path / "again.hdf5", list(PROPRIO), ["agentview_image"], filter_by_attribute="valid"
+    )
+    assert env_meta == ENV_ARGS
+    assert ds.demos == ["demo_2"] and len(ds) == 3
+    assert shapes["all_shapes"]["robot0_eef_quat"] == [4]
+    item = ds[1]
+    np.testing.assert_array_equal(
+        item["obs"]["robot0_eef_quat"][0], written["demo_2"]["obs/robot0_eef_quat"][1]
+    )
+    with h5py.File(tmp_path / "again.hdf5") as f:
+        assert sorted(f["data"], key=lambda n: int(n[5:])) == ["demo_0", "demo_2", "demo_10"]
+        assert [n.decode() for n in f["mask/train"][()]] == ["demo_0", "demo_10"]
+        for name, arrays in written.items():
+            g = f[f"data/{name}"]
+            assert g.attrs["num_samples"] == LENGTHS[name]
+            for key in (
+                "actions",
+                "rewards",
+                "dones",
+                "states",
+                "obs/agentview_image",
+                *(f"obs/{k}" for k in PROPRIO),
+            ):
+                np.testing.assert_array_equal(g[key][()], arrays[key], err_msg=f"{name}/{key}")
+            np.testing.assert_array_equal(
+                g["next_obs/robot0_eef_pos"][()],
+                arrays["obs/robot0_eef_pos"][[*range(1, LENGTHS[name]), -1]],
+            )
+
+
+def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    make_native_store(tmp_path / "s.zarr")
+    (tmp_path / "out.hdf5").write_bytes(b"precious")
+    with pytest.raises(UserError, match="already exists"):
+        export_robomimic(tmp_path / "s.zarr", tmp_path / "out.hdf5")
+    assert (tmp_path / "out.hdf5").read_bytes() == b"precious"
+
+    def boom(res):
+        if res.n_episodes == 2:
+            raise KeyboardInterrupt
+
+    for out in ("new.hdf5", "new.zarr", "new.zarr.zip"):
+        export = export_robomimic if out.endswith("hdf5") else export_dp
+        with pytest.raises(KeyboardInterrupt):
+            export(tmp_path / "s.zarr", tmp_path / out, on_episode=boom)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.hdf5", "s.zarr"]
+    export_robomimic(tmp_path / "s.zarr", tmp_path / "out.hdf5", overwrite=True)
+    assert h5py.is_hdf5(tmp_path / "out.hdf5")
+
+
+# ------------------------------------------------------------------------------------------------
+# resume
+
+
+def test_import_resumes_after_an_interruption(tmp_path, monkeypatch):
+    import robo_s2.interop.robomimic_hdf5 as rh
+    import robo_s2.store as store_mod
+
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    import_robomimic(src, tmp_path / "full.zarr")
+
+    # 1) interrupted while reading the 2nd demo; 2) Ctrl-C in the middle of the 3rd append
+    calls = {"n": 0}
+    real = rh.as_image
+
+    def flaky_image(x, where):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(x, where)
+
+    monkeypatch.setattr(rh, "as_image", flaky_image)
+    with pytest.raises(KeyboardInterrupt):
+        import_robomimic(src, tmp_path / "s.zarr")
+    monkeypatch.setattr(rh, "as_image", real)
+    store = DemoStore.open(tmp_path / "s.zarr")
+    assert store.n_episodes == 1
+    assert store.attrs["import_progress"]["next_demo"] == "demo_2"
+
+    def crash(stage):
+        if stage == "written:action" and DemoStore.open(tmp_path / "s.zarr").n_episodes == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_crash_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        import_robomimic(src, tmp_path / "s.zarr")
+    monkeypatch.setattr(store_mod, "_crash_point", lambda stage: None)
+    assert DemoStore.open(tmp_path / "s.zarr").n_episodes == 2
+
+    res = import_robomimic(src, tmp_path / "s.zarr")
+    assert (res.done_before, res.n_new, res.n_total) == (2, 1, 3)
+    assert_same_store(DemoStore.open(tmp_path / "full.zarr"), DemoStore.open(tmp_path / "s.zarr"))
+    assert DemoStore.open(tmp_path / "s.zarr").attrs["robomimic"]["masks"] == {
+        "train": [0, 2],
+        "valid": [1],
+    }
+    again = import_robomimic(src, tmp_path / "s.zarr")
+    assert again.n_new == 0 and again.n_total == 3
+
+
+def test_import_resumes_after_sigkill(tmp_path):
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import robo_s2.store as store_mod
+        from robo_s2.interop.robomimic_hdf5 import import_robomimic
+        seen = []
+        def crash(stage):
+            seen.append(stage)
+            if stage == "written:image" and seen.count("marked") == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        store_mod._crash_point = crash
+        import_robomimic({str(src)!r}, {str(tmp_path / "s.zarr")!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert DemoStore.open(tmp_path / "s.zarr").n_episodes == 1  # the half episode is invisible
+    res = import_robomimic(src, tmp_path / "s.zarr")
+    assert (res.done_before, res.n_new) == (1, 2)
+    import_robomimic(src, tmp_path / "full.zarr")
+    assert_same_store(DemoStore.open(tmp_path / "full.zarr"), DemoStore.open(tmp_path / "s.zarr"))
+
+
+def test_a_different_src_for_an_existing_out_is_an_error(tmp_path):
+    make_robomimic(tmp_path / "a.hdf5")
+    make_robomimic(tmp_path / "b.hdf5", seed=1)
+    import_robomimic(tmp_path / "a.hdf5", tmp_path / "s.zarr")
+    with pytest.raises(UserError, match=r"imported from .*a\.hdf5, not .*b\.hdf5"):
+        import_robomimic(tmp_path / "b.hdf5", tmp_path / "s.zarr")
+    with pytest.raises(UserError, match="different import.*proprio_keys"):
+        import_robomimic(tmp_path / "a.hdf5", tmp_path / "s.zarr", proprio_keys=["robot0_eef_pos"])
+    make_native_store(tmp_path / "native.zarr")
+    with pytest.raises(UserError, match="not made by robo-s2 import"):
+        import_robomimic(tmp_path / "a.hdf5", tmp_path / "native.zarr")
+    assert DemoStore.open(tmp_path / "s.zarr").n_episodes == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+
+
+def _edit(path: Path, fn) -> None:
+    with h5py.File(path, "a") as f:
+        fn(f)
+
+
+def _replace(f, key, value):
+    del f[key]
+    f[key] = value
+
+
+@pytest.mark.parametrize(
+    "demo, edit, kwargs, message",
+    [
+        (
+            "demo_0",
+            lambda f: None,
+            {"proprio_keys": ["robot0_joint_pos"]},
+            r"no 'robot0_joint_pos'; the keys there are \['agentview_image', 'object', ",
+        ),
+        (
+            "demo_0",
+            lambda f: None,
+            {"image_key": "frontview_image"},
+            r"no 'frontview_image'.*pass image_key=",
+        ),
+        (
+            "demo_2",
+            lambda f: _replace(f, "data/demo_2/actions", np.zeros((2, 7))),
+            {},
+            r"demo_2 of .* has arrays of different lengths \(.*'actions': 2",
+        ),
+        (
+            "demo_0",
+            lambda f: _replace(f, "data/demo_0/obs/agentview_image", np.full((5, H, W, 3), 0.5)),
+            {},
+            r"demo_0 of .*obs/agentview_image is float64 in \[0.5, 0.5\], not uint8",
+        ),
+        (
+            "demo_10",
+            lambda f: f["data/demo_10/actions"].__setitem__((2, 1), np.nan),
+            {},
+            r"demo_10 of .*: actions has a non-finite value \(nan\) at step 2",
+        ),
+    ],
+)
+def test_bad_robomimic_input_is_one_clear_error(tmp_path, demo, edit, kwargs, message):
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    _edit(src, edit)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(UserError, match=message) as err:
+        import_robomimic(src, out, **kwargs)
+    assert "\n" not in str(err.value)
+    n_before = ["demo_0", "demo_2", "demo_10"].index(demo)
+    if n_before == 0:
+        assert not out.exists() and "nothing was written" in str(err.value)
+    else:  # the episodes before the bad one stay committed
+        assert DemoStore.open(out).n_episodes == n_before
+        assert f"keeps the {n_before} episodes" in str(err.value)
+
+
+def test_skip_bad_leaves_bad_demos_out(tmp_path):
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    _edit(src, lambda f: f["data/demo_2/actions"].__setitem__((0, 0), np.inf))
+    res = import_robomimic(src, tmp_path / "s.zarr", skip_bad=True)
+    assert res.n_total == 2 and res.skipped == ["demo_2"]
+    store = DemoStore.open(tmp_path / "s.zarr")
+    assert store.attrs["robomimic"]["demos"] == ["demo_0", "demo_10"]
+    assert store.attrs["robomimic"]["masks"] == {"train": [0, 1], "valid": []}
+
+
+def test_truncated_and_foreign_files_name_the_file(tmp_path):
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    cut = tmp_path / "cut.hdf5"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"cut\.hdf5.*(truncated or corrupt)"):
+        import_robomimic(cut, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    with pytest.raises(UserError, match=r"no such file: .*nope\.hdf5"):
+        import_robomimic(tmp_path / "nope.hdf5", tmp_path / "s.zarr")
+    with h5py.File(tmp_path / "other.hdf5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(UserError, match=r"other\.hdf5 has no data/ group"):
+        import_robomimic(tmp_path / "other.hdf5", tmp_path / "s.zarr")
+
+
+# ------------------------------------------------------------------------------------------------
+# diffusion_policy zarr
+
+
+def make_pusht(path: Path, ends=(4, 7, 12), codec=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """pusht_cchi_v7_replay.zarr's layout: img float32 (0..255), state (N,5), action, keypoint."""
+    rng = np.random.default_rng(seed)
+    n = ends[-1]
+    arrays = {
+        "img": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.float32),
+        "state": rng.standard_normal((n, 5)).astype(np.float32),
+        "action": rng.standard_normal((n, 2)).astype(np.float32),
+        "keypoint": rng.standard_normal((n, 9, 2)).astype(np.float32),
+    }
+    from numcodecs import Blosc
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    data = root.create_group("data")
+    for key, x in arrays.items():
+        is_img = key == "img"
+        if codec is not None and is_img:
+            x = arrays[key] = x.astype(np.uint8)
+        a = data.create_array(
+            key,
+            shape=x.shape,
+            chunks=(1, *x.shape[1:]) if is_img else x.shape,
+            dtype=x.dtype,
+            compressors=codec if (codec is not None and is_img) else Blosc(cname="lz4"),
+        )
+        a[:] = x
+    meta = root.create_group("meta")
+    e = meta.create_array("episode_ends", shape=(len(ends),), dtype="int64")
+    e[:] = np.array(ends)
+    return arrays
+
+
+def zip_dir(directory: Path, out: Path) -> None:
+    """A .zarr.zip as zarr's ZipStore writes it: the store's keys as member names."""
+    with zipfile.ZipFile(out, "w") as zf:
+        for p in sorted(directory.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(directory).as_posix())
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_pusht_import_with_the_default_mapping(tmp_path, as_zip):
+    src = tmp_path / "pusht.zarr"
+    arrays = make_pusht(src)
+    if as_zip:
+        zip_dir(src, tmp_path / "pusht.zarr.zip")
+        src = tmp_path / "pusht.zarr.zip"
+    res = import_dp(src, tmp_path / "s.zarr")
+    assert (res.n_total, res.n_frames) == (3, 12)
+    store = DemoStore.open(tmp_path / "s.zarr")
+    assert store.keys() == ["action", "image", "proprio", "state"]
+    np.testing.assert_array_equal(store.episode_ends, [4, 7, 12])
+    ep = store.episode(1)
+    np.testing.assert_array_equal(ep["image"], arrays["img"][4:7].astype(np.uint8))
+    np.testing.assert_array_equal(ep["proprio"], arrays["state"][4:7, :2])
+    np.testing.assert_array_equal(ep["state"], arrays["state"][4:7])
+    np.testing.assert_array_equal(ep["action"], arrays["action"][4:7])
+    attrs = store.attrs
+    assert attrs["proprio_semantics"] == ["agent_x", "agent_y"]
+    assert attrs["env"] == {
+        "id": "diffusion_policy:pusht",
+        "foreign": True,
+        "format": "diffusion_policy",
+    }
+    assert attrs["diffusion_policy"]["unmapped"] == ["keypoint"]
+    assert is_foreign(store)
+
+
+def test_dp_import_with_a_custom_mapping(tmp_path):
+    arrays = make_pusht(tmp_path / "p.zarr")
+    keys = {"img": "image", "keypoint": "proprio", "state": "proprio[2:5]", "action": "action"}
+    import_dp(tmp_path / "p.zarr", tmp_path / "s.zarr", keys=keys)
+    store = DemoStore.open(tmp_path / "s.zarr")
+    ep = store.episode(0)
+    want = np.concatenate([arrays["keypoint"][:4].reshape(4, 18), arrays["state"][:4, 2:5]], 1)
+    np.testing.assert_array_equal(ep["proprio"], want)
+    sem = store.attrs["proprio_semantics"]
+    assert sem[:2] == ["keypoint[0,0]", "keypoint[0,1]"] and sem[-3:] == [
+        "state[2]",
+        "state[3]",
+        "state[4]",
+    ]
+    with pytest.raises(
+        UserError,
+        match=r"no data/agent_pos; its data keys are \['action', 'img', 'keypoint', 'state'\]",
+    ):
+        import_dp(
+            tmp_path / "p.zarr",
+            tmp_path / "t.zarr",
+            keys={"agent_pos": "proprio", "action": "action"},
+        )
+    assert not (tmp_path / "t.zarr").exists()
+
+
+def test_dp_jpeg2000_images(tmp_path):
+    pytest.importorskip(
+        "imagecodecs",
+        reason="imagecodecs is not installed (pip install imagecodecs) to write JPEG2000",
+    )
+    from imagecodecs.numcodecs import Jpeg2k, register_codecs
+
+    register_codecs()
+    make_pusht(tmp_path / "p.zarr", codec=Jpeg2k(level=50))
+    zip_dir(tmp_path / "p.zarr", tmp_path / "p.zarr.zip")
+    decoded = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")["data/img"][:]  # lossy, as stored
+    import_dp(tmp_path / "p.zarr.zip", tmp_path / "s.zarr")
+    store = DemoStore.open(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(store.array("image")[:], decoded)
+
+
+def test_dp_jpeg2000_without_imagecodecs_says_what_to_install(tmp_path, monkeypatch):
+    import numcodecs.registry
+
+    import robo_s2.interop.dp_zarr as dz
+
+    root = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=2)
+    root.create_group("meta").create_array("episode_ends", shape=(1,), dtype="int64")[:] = [2]
+    root.create_group("data").create_array("action", shape=(2, 2), dtype="float32")[:] = 0
+    meta = {"zarr_format": 2, "shape": [2, 8, 8, 3], "chunks": [1, 8, 8, 3], "dtype": "|u1",
+            "compressor": {"id": "imagecodecs_jpeg2k", "level": 50}, "fill_value": 0,
+            "filters": None, "order": "C", "dimension_separator": "."}  # fmt: skip
+    (tmp_path / "p.zarr" / "data" / "img").mkdir()
+    (tmp_path / "p.zarr" / "data" / "img" / ".zarray").write_text(json.dumps(meta))
+    monkeypatch.setattr(dz, "register_image_codecs", lambda: False)
+    monkeypatch.delitem(numcodecs.registry.codec_registry, "imagecodecs_jpeg2k", raising=False)
+    with pytest.raises(UserError, match=r"cannot open data/img .*pip install imagecodecs"):
+        import_dp(
+            tmp_path / "p.zarr", tmp_path / "s.zarr", keys={"img": "image", "action": "action"}
+        )
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_dp_round_trips_are_exact(tmp_path):
+    store = make_native_store(tmp_path / "s.zarr")
+    for out in ("dp.zarr", "dp.zarr.zip"):
+        res = export_dp(tmp_path / "s.zarr", tmp_path / out)
+        assert res.n_episodes == 3
+        back = tmp_path / f"back_{out}"
+        import_dp(tmp_path / out, back)
+        assert_same_store(store, DemoStore.open(back))
+        assert DemoStore.open(back).attrs["env"] == store.attrs["env"]
+    # their layout, zarr v2, readable as a plain zarr v2 group (what their zarr 2.x ReplayBuffer opens)
+    root = zarr.open_group(str(tmp_path / "dp.zarr"), mode="r", zarr_format=2)
+    assert root.metadata.zarr_format == 2
+    assert (tmp_path / "dp.zarr" / ".zgroup").is_file()
+    assert (tmp_path / "dp.zarr" / "data" / "image" / ".zarray").is_file()
+    assert root["data/image"].chunks == (1, H, W, 3)
+    np.testing.assert_array_equal(root["meta/episode_ends"][:], store.episode_ends)
+    names = zipfile.ZipFile(tmp_path / "dp.zarr.zip").namelist()
+    assert ".zgroup" in names and "meta/episode_ends/.zarray" in names
+    assert DemoStore.open(tmp_path / "dp.zarr").n_episodes == 3  # ours reads theirs directly
+    # renamed keys for their configs
+    export_dp(
+        tmp_path / "s.zarr",
+        tmp_path / "renamed.zarr",
+        keys={"image": "img", "proprio": "agent_pos"},
+    )
+    assert sorted(
+        zarr.open_group(str(tmp_path / "renamed.zarr"), mode="r")["data"].array_keys()
+    ) == ["action", "agent_pos", "image_wrist", "img", "state"]
+
+
+def test_bad_dp_input_is_one_clear_error(tmp_path):
+    make_pusht(tmp_path / "p.zarr")
+    arr = zarr.open_array(str(tmp_path / "p.zarr" / "data" / "action"), mode="r+")
+    arr[8, 1] = np.nan
+    with pytest.raises(
+        UserError,
+        match=r"episode_2 of .*data/action has a non-finite value \(nan\) at step 1.*keeps the 2 episodes",
+    ):
+        import_dp(tmp_path / "p.zarr", tmp_path / "s.zarr")
+    assert DemoStore.open(tmp_path / "s.zarr").n_episodes == 2
+    img = zarr.open_array(str(tmp_path / "p.zarr" / "data" / "img"), mode="r+")
+    img[0] = 0.25
+    with pytest.raises(
+        UserError, match=r"episode_0 of .*data/img is float32 in \[0, 255\], not uint8"
+    ):
+        import_dp(tmp_path / "p.zarr", tmp_path / "t.zarr")
+    assert not (tmp_path / "t.zarr").exists()
+    # a corrupt chunk
+    make_pusht(tmp_path / "q.zarr")
+    (tmp_path / "q.zarr" / "data" / "state" / "0.0").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"cannot read data/state of episode_0 of .*q\.zarr"):
+        import_dp(tmp_path / "q.zarr", tmp_path / "u.zarr")
+    (tmp_path / "bad.zarr.zip").write_bytes(b"PK-not-really")
+    with pytest.raises(
+        UserError, match=r"bad\.zarr\.zip is neither a zarr directory nor a \.zarr\.zip"
+    ):
+        import_dp(tmp_path / "bad.zarr.zip", tmp_path / "v.zarr")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def robo_s2(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "robo_s2", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def test_cli_import_export_and_one_line_errors(tmp_path):
+    make_robomimic(tmp_path / "lift.hdf5")
+    out = robo_s2(
+        "import",
+        "src=lift.hdf5",
+        "out=s.zarr",
+        "extra_image_keys=[robot0_eye_in_hand_image]",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout.strip().splitlines()[-1].startswith("import: 3 episodes (12 frames) in s.zarr")
+    )
+    assert DemoStore.open(tmp_path / "s.zarr").keys() == [
+        "action",
+        "image",
+        "image_robot0_eye_in_hand",
+        "proprio",
+        "state",
+    ]
+    out = robo_s2("export", "store=s.zarr", "out=x.hdf5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "export: 3 episodes (12 frames) of s.zarr -> x.hdf5 (robomimic HDF5" in out.stdout
+    out = robo_s2("export", "store=s.zarr", "out=x.zarr.zip", "keys={image:img}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = robo_s2(
+        "import",
+        "src=x.zarr.zip",
+        "out=dp.zarr",
+        "keys={img:image,proprio:proprio,action:action}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert DemoStore.open(tmp_path / "dp.zarr").n_frames == 12
+
+    for args, message in [
+        (
+            ("import", "src=lift.hdf5", "out=t.zarr", "proprio_keys=[joint_pos]"),
+            "no 'joint_pos'; the keys there are",
+        ),
+        (("import", "src=nope.hdf5", "out=t.zarr"), "no such file"),
+        (
+            ("import", "src=lift.hdf5", "out=s.zarr", "proprio_keys=[robot0_eef_pos]"),
+            "different import",
+        ),
+        (("export", "store=s.zarr", "out=x.hdf5"), "already exists"),
+    ]:
+        out = robo_s2(*args, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert not (tmp_path / "t.zarr").exists()
