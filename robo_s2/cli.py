@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "a robo_s2 store to robomimic HDF5 or diffusion_policy zarr"),
     "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
     "train": ("train", "behaviour cloning of a policy on a store's (cached) encoder features"),
+    "eval": ("eval", "success rate of a checkpoint in the cube-picking simulation"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
 }
 

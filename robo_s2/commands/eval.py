@@ -1,0 +1,73 @@
+"""``robo-s2 eval``: success rate of a checkpoint (or the scripted expert) in the simulation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from robo_s2.errors import UserError
+from robo_s2.evaluate import EpisodeRecord, EvalResult, evaluate
+
+
+def _run_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not inside a Hydra app (called from Python)
+        return Path.cwd()
+
+
+def _plain(cfg: DictConfig, key: str) -> dict:
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        return {}
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
+
+
+def run(cfg: DictConfig) -> EvalResult:
+    for name in ("OpenGL", "matplotlib"):  # their INFO notes are noise under Hydra's job logging
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint in (None, ""):
+        raise UserError(
+            "checkpoint= is required: <train run>/checkpoints/best, or checkpoint=expert "
+            "for the scripted expert"
+        )
+    bar = tqdm(total=None, desc="eval", unit="ep", dynamic_ncols=True, delay=1.0)
+    counts = {"done": 0, "success": 0}
+
+    def on_start(n: int) -> None:
+        bar.total = n
+        bar.refresh()
+
+    def on_episode(rec: EpisodeRecord) -> None:
+        counts["done"] += 1
+        counts["success"] += int(rec.success)
+        bar.update(1)
+        bar.set_postfix(success=f"{counts['success']}/{counts['done']}")
+
+    try:
+        result = evaluate(
+            checkpoint=str(cfg.checkpoint),
+            n_episodes=cfg.n_episodes,
+            positions=str(cfg.positions),
+            seed=cfg.seed,
+            workers=cfg.workers,
+            pipeline=bool(cfg.pipeline),
+            device=str(cfg.device),
+            n_videos=cfg.n_videos,
+            video_camera=str(cfg.video_camera),
+            env_overrides=_plain(cfg, "env_overrides"),
+            execution=_plain(cfg, "execution") or None,
+            expert=_plain(cfg, "expert"),
+            out_dir=_run_dir(),
+            on_start=on_start,
+            on_episode=on_episode,
+        )
+    finally:
+        bar.close()
+    print(result.summary())
+    return result

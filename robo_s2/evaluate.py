@@ -1,0 +1,660 @@
+"""Success rate of a checkpoint (or of the scripted expert) in the cube-picking simulation.
+
+Protocol. The S² paper evaluates each policy on "16 randomly chosen cube positions" (its Appendix A,
+Table 8). Here the positions come from a named, seeded **position set** (:func:`position_set`):
+
+* ``paper16`` — the paper's protocol: 16 positions drawn uniformly over the env's placement region;
+  it is ``random`` with ``n = 16``.
+* ``random`` — ``n`` positions drawn uniformly over the region (a larger ``n`` narrows the
+  confidence interval: at 50 % success, 16 episodes give about +-22 points, 100 about +-10). Sets
+  are nested: the first 16 positions of ``random`` with any ``n >= 16`` are ``paper16`` of the same
+  seed.
+* ``grid`` — a regular ``m x m`` grid of cell centres over the region, ``m = round(sqrt(n))``
+  (so ``m * m`` episodes), for maps of where a policy fails.
+
+The cube yaw is drawn uniformly in [-pi/4, pi/4) when the env randomizes yaw, else 0; x, y and yaw
+come from separate streams so the same seed gives the same x, y either way. The same seed gives the
+same positions, episode seeds and therefore the same results.
+
+Rollouts. Episode ``i`` resets an env with ``options={"cube_pos", "cube_yaw"}`` and the seed
+:func:`episode_seed` ``(seed, i)``; per step the current image is encoded with
+:func:`robo_s2.feature_cache.encode_frames` (the training cache's exact preprocessing), batched over
+the envs, on the best device (CUDA with bf16 autocast when present), and ``policy.act`` returns one
+action per env from its per-env history (reset when an env starts an episode). ``workers=0`` runs
+one env in this process; ``workers=n`` runs ``n`` env processes, each starting the next pending
+episode as soon as it finishes one; with ``pipeline`` (the default) they form two lanes so that one
+half simulates while the other half's actions are computed, else all step in lockstep. An episode's
+result does not depend on which env ran it, so serial and parallel evaluation give identical
+per-episode records whenever inference is batch-invariant (verified bit-for-bit for fp32 on CPU;
+CUDA kernels may round differently at other batch sizes).
+
+Outputs (``out_dir``): ``eval_info.json`` (LeRobot-style ``pc_success`` and friends, a Wilson 95 %
+interval, per-episode records, what was evaluated and how fast), ``videos/episode_XXX.mp4`` of the
+first ``n_videos`` episodes (front camera), and ``positions.png`` (placements coloured by success).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robo_s2.errors import UserError
+from robo_s2.evaluation.envpool import ResetRequest, make_env_pool
+from robo_s2.interop import NATIVE_ENV_ID as ENV_ID
+from robo_s2.interop import is_foreign
+from robo_s2.stats import wilson_interval
+
+EXPERT = "expert"
+POSITION_SETS = ("paper16", "random", "grid")
+PAPER16_N = 16
+DEFAULT_N = {"paper16": PAPER16_N, "random": 100, "grid": 100}
+YAW_RANGE = (-math.pi / 4, math.pi / 4)
+DEFAULT_REGION = ((0.4, 0.6), (-0.1, 0.1))
+# keys of the seed streams (SeedSequence spawn keys): positions, yaws, episode seeds
+_XY_STREAM, _YAW_STREAM, _EPISODE_STREAM = 0x5059, 0x5941, 0x4550
+
+Placement = tuple[float, float, float]
+
+
+# --- position sets and seeds ---------------------------------------------------------------------
+
+
+def _check_region(region: Sequence[Sequence[float]]) -> tuple[tuple[float, float], ...]:
+    try:
+        (x0, x1), (y0, y1) = ((float(a), float(b)) for a, b in region)
+    except (TypeError, ValueError):
+        raise UserError(f"region {region!r} must be ((x_min, x_max), (y_min, y_max))") from None
+    if not (x0 <= x1 and y0 <= y1):
+        raise UserError(f"region {region!r} must be ((x_min, x_max), (y_min, y_max))")
+    return (x0, x1), (y0, y1)
+
+
+def position_set(
+    name: str,
+    n: int | None = None,
+    seed: int = 0,
+    region: Sequence[Sequence[float]] = DEFAULT_REGION,
+    randomize_yaw: bool = False,
+) -> list[Placement]:
+    """Cube placements ``[(x, y, yaw), ...]`` of a named position set (see the module docstring).
+
+    ``n`` is the number of episodes (``None``: 16 for ``paper16``, 100 otherwise); ``paper16``
+    accepts only 16, ``grid`` rounds to a square number.
+    """
+    if name not in POSITION_SETS:
+        raise UserError(
+            f"unknown position set '{name}'; choose one of: {', '.join(POSITION_SETS)} "
+            "(positions=paper16 is the S2 paper's 16-position protocol)"
+        )
+    if n is None:
+        n = DEFAULT_N[name]
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+        raise UserError(f"n_episodes={n!r} must be an integer > 0")
+    n = int(n)
+    if name == "paper16" and n != PAPER16_N:
+        raise UserError(
+            f"positions=paper16 is the paper's 16 positions, not {n}; leave n_episodes unset or "
+            f"use positions=random n_episodes={n}"
+        )
+    (x0, x1), (y0, y1) = _check_region(region)
+    seed = int(seed)
+    if name == "grid":
+        side = max(1, round(math.sqrt(n)))
+        xs = x0 + (np.arange(side) + 0.5) * (x1 - x0) / side
+        ys = y0 + (np.arange(side) + 0.5) * (y1 - y0) / side
+        xy = np.array([(x, y) for x in xs for y in ys], dtype=np.float64)
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_XY_STREAM,)))
+        u = rng.random((n, 2))
+        xy = np.stack([x0 + u[:, 0] * (x1 - x0), y0 + u[:, 1] * (y1 - y0)], axis=1)
+    if randomize_yaw:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_YAW_STREAM,)))
+        yaw = YAW_RANGE[0] + rng.random(len(xy)) * (YAW_RANGE[1] - YAW_RANGE[0])
+    else:
+        yaw = np.zeros(len(xy))
+    return [(float(x), float(y), float(a)) for (x, y), a in zip(xy, yaw, strict=True)]
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """Env (and expert-noise) seed of evaluation episode ``index``: a function of both only."""
+    ss = np.random.SeedSequence(int(seed), spawn_key=(_EPISODE_STREAM, int(index)))
+    return int(ss.generate_state(1)[0])
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpisodeRecord:
+    index: int
+    seed: int
+    cube_pos: list[float]
+    cube_yaw: float
+    success: bool
+    steps: int
+    max_lift: float  # highest the cube's bottom got above the table (m): how close a failure came
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    records: list[EpisodeRecord]
+    positions: str
+    seed: int
+    seconds: float
+    env_steps: int
+    info: dict[str, Any] = field(default_factory=dict)
+    info_path: Path | None = None
+    video_paths: list[Path] = field(default_factory=list)
+    plot_path: Path | None = None
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.records)
+
+    @property
+    def n_success(self) -> int:
+        return sum(r.success for r in self.records)
+
+    @property
+    def pc_success(self) -> float:
+        return 100.0 * self.n_success / max(self.n_episodes, 1)
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95 % interval of the success rate, percent."""
+        lo, hi = wilson_interval(self.n_success, self.n_episodes)
+        return 100.0 * lo, 100.0 * hi
+
+    def summary(self) -> str:
+        lo, hi = self.ci95
+        where = f" -> {self.info_path}" if self.info_path else ""
+        return (
+            f"eval: {self.n_success}/{self.n_episodes} success ({self.pc_success:.1f}%, "
+            f"95% CI {lo:.1f}\u2013{hi:.1f}%) on {self.positions} in "
+            f"{self.seconds:.{0 if self.seconds >= 10 else 1}f} s{where}"
+        )
+
+
+# --- what is evaluated ---------------------------------------------------------------------------
+
+
+@dataclass
+class EvalTarget:
+    """An actor plus the env it runs in and what to report about it."""
+
+    actor: Any
+    env_kwargs: dict[str, Any]
+    env_description: dict[str, Any]
+    describe: dict[str, Any]
+
+
+def _env_parameters() -> list[str]:
+    from envs.cube_pick import CubePickEnv
+
+    return [p for p in inspect.signature(CubePickEnv).parameters if p != "self"]
+
+
+def checkpoint_env_kwargs(meta: Mapping[str, Any], path: str | Path = "") -> dict[str, Any]:
+    """The env kwargs a checkpoint was trained for; refuses checkpoints of other (foreign) envs."""
+    env = meta.get("env") or {}
+    if is_foreign({"env": env}):
+        raise UserError(
+            f"this checkpoint was trained on {env.get('id') or 'unknown-env'} demos; evaluation "
+            f"needs {ENV_ID} (checkpoint {path})"
+        )
+    kwargs = env.get("kwargs")
+    if kwargs is None:  # an older description: the constructor kwargs at the top level
+        kwargs = {k: env[k] for k in _env_parameters() if k in env}
+    return dict(kwargs)
+
+
+def build_env_kwargs(
+    base: Mapping[str, Any], overrides: Mapping[str, Any] | None, render_images: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``base`` env kwargs with ``overrides`` (None values ignored) applied; returns the kwargs and
+    the env's ``describe()`` (from a probe env without rendering). Bad settings are UserErrors."""
+    from envs.cube_pick import CubePickEnv
+
+    over = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    unknown = sorted(set(over) - set(_env_parameters()))
+    if unknown:
+        raise UserError(
+            f"unknown env_overrides {unknown}; settable: "
+            f"{', '.join(p for p in _env_parameters() if p != 'render_mode')}"
+        )
+    kwargs = {**dict(base), **over, "render_images": bool(render_images), "render_mode": None}
+    try:
+        probe = CubePickEnv(**{**kwargs, "render_images": False})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad env settings {over or dict(base)}: {exc}") from None
+    description = probe.describe()
+    probe.close()
+    return kwargs, description
+
+
+def _check_policy_fits_env(ckpt: Any, env: Mapping[str, Any]) -> None:
+    from envs.cube_pick import image_key
+
+    policy, path = ckpt.policy, ckpt.path
+    action_dim = int(env["action_dim"])
+    proprio_dim = len(env["proprio_semantics"])
+    if policy.action_dim != action_dim:
+        raise UserError(
+            f"the policy in {path} outputs {policy.action_dim}-D actions but the env takes "
+            f"{action_dim}-D ({', '.join(env['action_semantics'])}); the checkpoint was trained "
+            "for another env or action space"
+        )
+    if policy.proprio_dim not in (0, proprio_dim):
+        raise UserError(
+            f"the policy in {path} takes {policy.proprio_dim}-D proprioception but the env gives "
+            f"{proprio_dim}-D; the checkpoint was trained for another env"
+        )
+    keys = [image_key(c) for c in env["cameras"]]
+    if ckpt.image_key not in keys:
+        raise UserError(
+            f"the policy in {path} sees obs '{ckpt.image_key}', the env renders {keys}; "
+            "the checkpoint was trained with another camera"
+        )
+    if ckpt.encoder.image_size > int(env["image_size"]):
+        raise UserError(
+            f"encoder needs {ckpt.encoder.image_size}px images, the env renders "
+            f"{env['image_size']}px; do not lower env_overrides.image_size below the encoder's"
+        )
+
+
+def load_target(
+    checkpoint: str | Path,
+    device: Any,
+    env_overrides: Mapping[str, Any] | None = None,
+    execution: Mapping[str, Any] | None = None,
+    expert: Mapping[str, Any] | None = None,
+) -> EvalTarget:
+    """The actor and env of ``checkpoint`` (a checkpoint directory or ``"expert"``).
+
+    A policy's env renders only the camera the policy sees; the expert's env renders nothing but
+    the recorded episodes' video frames.
+    """
+    from robo_s2.evaluation.actors import ExpertActor, PolicyActor
+
+    if str(checkpoint) == EXPERT:
+        expert = dict(expert or {})
+        env_kwargs, desc = build_env_kwargs({}, env_overrides, render_images=False)
+        actor = ExpertActor(env_kwargs, expert)
+        about = {
+            "checkpoint": EXPERT,
+            "policy": "scripted_expert",
+            "expert": expert,
+            "execution": None,
+            "encoder": None,
+        }
+        return EvalTarget(actor, env_kwargs, desc, about)
+
+    from robo_s2.checkpoint import load_checkpoint, read_meta
+
+    path = Path(checkpoint)
+    base = checkpoint_env_kwargs(read_meta(path), path)  # refuse foreign envs before loading
+    ckpt = load_checkpoint(path, device=device)
+    env_kwargs, desc = build_env_kwargs(base, env_overrides, render_images=True)
+    _check_policy_fits_env(ckpt, desc)
+    # render only the camera the policy sees (an unused camera costs a full render per step)
+    camera = "front" if ckpt.image_key == "image" else ckpt.image_key.removeprefix("image_")
+    env_kwargs["cameras"] = [camera]
+    if execution:
+        ckpt.policy.set_execution({**ckpt.policy.execution, **dict(execution)})
+    enc = ckpt.meta.get("encoder", {})
+    about = {
+        "checkpoint": str(path.resolve()),
+        "policy": ckpt.policy.name,
+        "policy_config": ckpt.policy.config,
+        "execution": dict(ckpt.policy.execution),
+        "encoder": {"label": enc.get("label"), "fingerprint": enc.get("fingerprint")},
+        "image_key": ckpt.image_key,
+        "train_step": ckpt.meta.get("step"),
+    }
+    actor = PolicyActor(ckpt.policy, ckpt.encoder, ckpt.image_key, device)
+    return EvalTarget(actor, env_kwargs, desc, about)
+
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpisodeSpec:
+    """What episode ``index`` is: its env seed and forced cube placement."""
+
+    index: int
+    seed: int
+    x: float
+    y: float
+    yaw: float
+
+
+def episode_specs(placements: Sequence[Placement], seed: int) -> list[EpisodeSpec]:
+    """Episode ``i`` of a position set: placement ``i`` and seed :func:`episode_seed` ``(seed, i)``."""
+    return [
+        EpisodeSpec(i, episode_seed(seed, i), float(x), float(y), float(yaw))
+        for i, (x, y, yaw) in enumerate(placements)
+    ]
+
+
+@dataclass
+class _Running:
+    episode: EpisodeSpec
+    steps: int = 0
+    success: bool = False
+    max_lift: float = 0.0
+    frames: list[np.ndarray] | None = None
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float) -> Path:
+    """Frames ``(H, W, 3)`` uint8 to an H.264 mp4 (imageio-ffmpeg)."""
+    import logging
+
+    import imageio.v2 as iio
+
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)  # macro-block resize notes
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    writer = iio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=16)
+    try:
+        for frame in frames:
+            writer.append_data(np.asarray(frame, np.uint8))
+    finally:
+        writer.close()
+    os.replace(tmp, out)
+    return out
+
+
+@dataclass
+class Rollouts:
+    records: list[EpisodeRecord]
+    env_steps: int
+    videos: list[Path]
+    startup_s: float  # starting the env workers (spawn, imports, env and renderer creation)
+    rollout_s: float  # the episodes themselves (videos included)
+
+    @property
+    def env_steps_per_s(self) -> float:
+        return self.env_steps / max(self.rollout_s, 1e-9)
+
+
+@dataclass
+class _Lane:
+    """A group of env slots with its own actor; lanes take turns so that one lane's envs simulate
+    while the next lane's actions are computed."""
+
+    actor: Any
+    slots: list[int]  # pool slots; the actor numbers them 0..len-1
+    active: dict[int, _Running] = field(default_factory=dict)
+    obs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    in_flight: list[int] = field(default_factory=list)
+
+
+def run_episodes(
+    actor: Any,
+    env_kwargs: dict[str, Any],
+    episodes: Sequence[EpisodeSpec],
+    workers: int = 0,
+    n_videos: int = 0,
+    video_dir: str | Path | None = None,
+    video_camera: str = "front",
+    pipeline: bool = True,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
+) -> Rollouts:
+    """Roll ``actor`` out on ``episodes``: records in episode order, env steps, the written videos
+    (of episodes with ``index < n_videos``) and timings.
+
+    Envs are stepped in lockstep; with ``pipeline`` and two or more workers they form two lanes
+    that alternate: lane A's envs simulate while lane B's actions are computed (batched over lane
+    B), then the other way round, so neither the workers nor this process sit idle. An episode's
+    result does not depend on its lane or slot.
+    """
+    fps = float(env_kwargs.get("control_hz", 10.0))
+    pending = deque(episodes)
+    records: dict[int, EpisodeRecord] = {}
+    videos: list[Path] = []
+    env_steps = 0
+    t0 = time.perf_counter()
+    videos_wanted = video_dir is not None and n_videos > 0
+    with make_env_pool(env_kwargs, actor.obs_keys, workers, video_camera, videos_wanted) as pool:
+        t1 = time.perf_counter()
+        n_lanes = 2 if pipeline and pool.n_slots >= 2 else 1
+        lanes = [
+            _Lane(actor if i == 0 else actor.fork(), list(range(pool.n_slots))[i::n_lanes])
+            for i in range(n_lanes)
+        ]
+
+        def launch(lane: _Lane, local_slots: Sequence[int]) -> None:
+            requests = []
+            for i in local_slots:
+                if not pending:
+                    break
+                ep = pending.popleft()
+                record = video_dir is not None and ep.index < n_videos
+                requests.append(ResetRequest(lane.slots[i], ep.seed, (ep.x, ep.y), ep.yaw, record))
+                lane.active[i] = _Running(ep, frames=[] if record else None)
+            if not requests:
+                return
+            started = list(local_slots)[: len(requests)]
+            lane.actor.start(started, [r.seed for r in requests])
+            for i, tr in zip(started, pool.reset(requests), strict=True):
+                run = lane.active[i]
+                lane.obs[i] = tr.obs
+                run.success, run.max_lift = tr.success, tr.lift
+                if run.frames is not None and tr.frame is not None:
+                    run.frames.append(tr.frame)
+
+        def collect(lane: _Lane) -> None:
+            nonlocal env_steps
+            stepped, lane.in_flight = lane.in_flight, []
+            transitions = pool.step_recv([lane.slots[i] for i in stepped])
+            finished = []
+            for i, tr in zip(stepped, transitions, strict=True):
+                run = lane.active[i]
+                run.steps += 1
+                env_steps += 1
+                run.success = run.success or tr.success
+                run.max_lift = max(run.max_lift, tr.lift)
+                lane.obs[i] = tr.obs
+                if run.frames is not None and tr.frame is not None:
+                    run.frames.append(tr.frame)
+                if not tr.done:
+                    continue
+                ep = run.episode
+                rec = EpisodeRecord(
+                    index=ep.index,
+                    seed=ep.seed,
+                    cube_pos=[ep.x, ep.y],
+                    cube_yaw=ep.yaw,
+                    success=bool(run.success),
+                    steps=run.steps,
+                    max_lift=run.max_lift,
+                )
+                records[ep.index] = rec
+                if run.frames:
+                    name = f"episode_{ep.index:03d}.mp4"
+                    videos.append(write_video(run.frames, Path(video_dir) / name, fps))
+                finished.append(i)
+                del lane.active[i]
+                if on_episode is not None:
+                    on_episode(rec)
+            launch(lane, finished)
+
+        for lane in lanes:
+            lane.actor.begin(len(lane.slots))
+            launch(lane, range(len(lane.slots)))
+        while any(lane.active for lane in lanes):
+            for lane in lanes:
+                if lane.in_flight:
+                    collect(lane)
+                if lane.active:
+                    local = sorted(lane.active)
+                    actions = lane.actor.act(local, [lane.obs[i] for i in local])
+                    pool.step_send([lane.slots[i] for i in local], actions)
+                    lane.in_flight = local
+        t2 = time.perf_counter()
+    return Rollouts(
+        records=[records[i] for i in sorted(records)],
+        env_steps=env_steps,
+        videos=sorted(videos),
+        startup_s=t1 - t0,
+        rollout_s=t2 - t1,
+    )
+
+
+# --- the whole evaluation ------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(
+    checkpoint: str | Path,
+    n_episodes: int | None = None,
+    positions: str = "paper16",
+    seed: int = 0,
+    workers: int = 0,
+    device: str = "auto",
+    n_videos: int = 4,
+    video_camera: str = "front",
+    pipeline: bool = True,
+    env_overrides: Mapping[str, Any] | None = None,
+    execution: Mapping[str, Any] | None = None,
+    expert: Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
+) -> EvalResult:
+    """Evaluate ``checkpoint`` (a checkpoint directory or ``"expert"``) on a position set.
+
+    With ``out_dir`` writes ``eval_info.json``, videos of the first ``n_videos`` episodes and the
+    positions plot there. ``on_start(n)`` is called with the number of episodes once they are known,
+    ``on_episode(record)`` after every finished episode (in completion order).
+    """
+    from robo_s2.device import resolve_device
+
+    if checkpoint is None or str(checkpoint).strip() in ("", "???", "None"):
+        raise UserError(
+            "checkpoint= is required: <run dir>/checkpoints/best (from robo-s2 train), "
+            "or checkpoint=expert for the scripted expert"
+        )
+    if positions not in POSITION_SETS:
+        position_set(positions)  # raises the unknown-set error
+    if n_episodes is not None and (
+        isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes <= 0
+    ):
+        raise UserError(f"n_episodes={n_episodes!r} must be an integer > 0 (or unset)")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UserError(f"workers={workers!r} must be an integer >= 0 (0 = env in this process)")
+    if isinstance(n_videos, bool) or not isinstance(n_videos, int) or n_videos < 0:
+        raise UserError(f"n_videos={n_videos!r} must be an integer >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed={seed!r} must be an integer >= 0")
+    if video_camera not in ("front", "wrist"):
+        raise UserError(f"video_camera={video_camera!r}; choose front or wrist")
+    position_set(positions, n_episodes, seed)  # validates n for the set before loading anything
+
+    torch_device = resolve_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    want_videos = out is not None and n_videos > 0
+    target = load_target(checkpoint, torch_device, env_overrides, execution, expert)
+    desc = target.env_description
+    region = desc["cube_region"]
+    placements = position_set(positions, n_episodes, seed, region, bool(desc["randomize_yaw"]))
+    episodes = episode_specs(placements, seed)
+    if on_start is not None:
+        on_start(len(episodes))
+    workers = min(workers, len(episodes))
+
+    start = time.perf_counter()
+    rollouts = run_episodes(
+        target.actor,
+        target.env_kwargs,
+        episodes,
+        workers=workers,
+        n_videos=n_videos if want_videos else 0,
+        video_dir=out / "videos" if want_videos else None,
+        video_camera=video_camera,
+        pipeline=pipeline,
+        on_episode=on_episode,
+    )
+    seconds = time.perf_counter() - start
+    records, env_steps, videos = rollouts.records, rollouts.env_steps, rollouts.videos
+    result = EvalResult(records, positions, int(seed), seconds, env_steps, video_paths=videos)
+
+    lo, hi = result.ci95
+    lengths = [r.steps for r in records]
+    ok_lengths = [r.steps for r in records if r.success]
+    from robo_s2 import __version__
+
+    result.info = {
+        "pc_success": result.pc_success,
+        "n_success": result.n_success,
+        "n_episodes": result.n_episodes,
+        "ci95": [lo, hi],
+        "ci_method": "wilson score, 95%",
+        "avg_episode_length": float(np.mean(lengths)) if lengths else 0.0,
+        "avg_success_length": float(np.mean(ok_lengths)) if ok_lengths else None,
+        "positions": {
+            "name": positions,
+            "seed": int(seed),
+            "n": len(records),
+            "region": [list(map(float, r)) for r in region],
+            "randomize_yaw": bool(desc["randomize_yaw"]),
+        },
+        **target.describe,
+        "device": str(torch_device),
+        "workers": workers,
+        "pipeline": bool(pipeline and workers >= 2),
+        "eval_s": seconds,
+        "eval_ep_s": seconds / max(len(records), 1),
+        "startup_s": rollouts.startup_s,
+        "rollout_s": rollouts.rollout_s,
+        "env_steps": env_steps,
+        "env_steps_per_s": rollouts.env_steps_per_s,
+        "env": {
+            "id": ENV_ID,
+            "kwargs": {**desc["kwargs"], "render_images": target.env_kwargs["render_images"]},
+        },
+        "env_overrides": {k: v for k, v in dict(env_overrides or {}).items() if v is not None},
+        "per_episode": [r.to_dict() for r in records],
+        "robo_s2_version": __version__,
+    }
+    if out is not None:
+        from robo_s2.plots import plot_positions
+
+        out.mkdir(parents=True, exist_ok=True)
+        title = (
+            f"{Path(str(checkpoint)).name if str(checkpoint) != EXPERT else EXPERT}: "
+            f"{result.n_success}/{result.n_episodes} ({result.pc_success:.1f}%, "
+            f"95% CI {lo:.1f}-{hi:.1f}%) on {positions}, seed {seed}"
+        )
+        result.plot_path = plot_positions(
+            [r.to_dict() for r in records],
+            region,
+            out / "positions.png",
+            title=title,
+            cube_size=float(desc.get("cube_size", 0.04)),
+        )
+        result.info["video_paths"] = [str(p) for p in videos]
+        result.info["plot_path"] = str(result.plot_path)
+        result.info_path = _write_json(out / "eval_info.json", result.info)
+    return result

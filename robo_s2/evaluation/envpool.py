@@ -1,0 +1,321 @@
+"""Env pools for evaluation rollouts: one in-process env, or env worker processes.
+
+Both pools have the same interface: ``n_slots`` envs, :meth:`reset` some slots with a forced cube
+placement and an episode seed, :meth:`step` some slots with one action each (or start the steps
+with :meth:`step_send` and collect them later with :meth:`step_recv`, so that worker processes
+simulate while this process computes the next actions of other slots). A slot's episode is
+independent of every other slot, so which slot runs an episode changes nothing about it; the caller
+decides which episode runs where and when (no autoreset: a finished slot waits until it is reset
+with the next placement or left idle).
+
+Worker processes are spawned (never forked: MuJoCo's GL context and torch's threads do not survive a
+fork), each builds its own env and renderer, ignores Ctrl-C (the parent handles it and closes the
+pool) and exits by itself when its parent dies. Workers import numpy, gymnasium and mujoco, never
+torch. Only the observation keys the caller asks for travel back through the pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+# seconds a worker may take to build its env (EGL on a loaded CPU can be slow to start)
+WORKER_START_TIMEOUT = 300.0
+
+
+@dataclass
+class ResetRequest:
+    """Start an episode in ``slot``: forced cube placement, episode seed, record a video or not."""
+
+    slot: int
+    seed: int
+    cube_pos: tuple[float, float]
+    cube_yaw: float
+    record: bool = False
+
+
+@dataclass
+class Transition:
+    """What an env returns after a reset or a step (``obs`` holds the requested keys only)."""
+
+    obs: dict[str, np.ndarray]
+    success: bool = False
+    lift: float = 0.0  # height of the cube's bottom above the table (m)
+    terminated: bool = False
+    truncated: bool = False
+    frame: np.ndarray | None = None  # the video camera's image when the episode is recorded
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+class EnvRunner:
+    """One ``CubePickEnv`` with evaluation helpers (used in-process and inside the workers)."""
+
+    def __init__(
+        self,
+        env_kwargs: dict[str, Any],
+        obs_keys: tuple[str, ...],
+        video_camera: str = "front",
+        videos: bool = False,
+    ) -> None:
+        from envs.cube_pick import CubePickEnv, image_key
+
+        self.env = CubePickEnv(**env_kwargs)
+        if (
+            self.env.render_images or videos
+        ):  # make the renderer now: GL failures are startup errors
+            self.env.render_camera(self.env.cameras[0] if self.env.render_images else video_camera)
+        self.obs_keys = tuple(obs_keys)
+        self.video_camera = video_camera
+        self._video_key = image_key(video_camera)
+        self.record = False
+
+    def _transition(self, obs: dict[str, np.ndarray], **kw: Any) -> Transition:
+        frame = None
+        if self.record:
+            frame = obs.get(self._video_key)
+            if frame is None:
+                frame = self.env.render_camera(self.video_camera)
+        return Transition(obs={k: obs[k] for k in self.obs_keys}, frame=frame, **kw)
+
+    def reset(self, req: ResetRequest) -> Transition:
+        self.record = bool(req.record)
+        obs, info = self.env.reset(
+            seed=int(req.seed),
+            options={"cube_pos": tuple(req.cube_pos), "cube_yaw": float(req.cube_yaw)},
+        )
+        return self._transition(
+            obs, success=bool(info.get("is_success", False)), lift=float(info["cube_lift"])
+        )
+
+    def step(self, action: np.ndarray) -> Transition:
+        obs, _, terminated, truncated, info = self.env.step(action)
+        return self._transition(
+            obs,
+            success=bool(info.get("is_success", False)),
+            lift=float(info["cube_lift"]),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class SerialEnvPool:
+    """One env in this process (``workers=0``)."""
+
+    def __init__(
+        self,
+        env_kwargs: dict[str, Any],
+        obs_keys: tuple[str, ...],
+        video_camera: str = "front",
+        videos: bool = False,
+    ) -> None:
+        try:
+            self.runner = EnvRunner(env_kwargs, obs_keys, video_camera, videos)
+        except RuntimeError as exc:  # e.g. no usable OpenGL for the renderer
+            from robo_s2.errors import UserError
+
+            raise UserError(f"could not start the env: {exc}") from None
+        self.n_slots = 1
+        self._results: list[Transition] = []
+
+    def reset(self, requests: list[ResetRequest]) -> list[Transition]:
+        return [self.runner.reset(r) for r in requests]
+
+    def step_send(self, slots: list[int], actions: np.ndarray) -> None:
+        self._results = [self.runner.step(a) for a in actions]
+
+    def step_recv(self, slots: list[int]) -> list[Transition]:
+        out, self._results = self._results, []
+        return out
+
+    def step(self, slots: list[int], actions: np.ndarray) -> list[Transition]:
+        self.step_send(slots, actions)
+        return self.step_recv(slots)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> SerialEnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """A worker whose parent was SIGKILLed would otherwise live on, holding its pipe."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_main(
+    conn: Connection,
+    env_kwargs: dict[str, Any],
+    obs_keys: tuple[str, ...],
+    video_camera: str,
+    parent_pid: int,
+    raster_threads: int,
+    videos: bool,
+) -> None:
+    # Mesa's software rasterizer (llvmpipe) starts one thread per CPU in every process; with
+    # several workers sharing the CPUs that oversubscribes them. A user's own setting wins.
+    os.environ.setdefault("LP_NUM_THREADS", str(raster_threads))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    try:
+        runner = EnvRunner(env_kwargs, obs_keys, video_camera, videos)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ok", None))
+    try:
+        while True:
+            try:
+                cmd, payload = conn.recv()
+            except (EOFError, OSError):
+                break
+            if cmd == "close":
+                break
+            try:
+                out = runner.reset(payload) if cmd == "reset" else runner.step(payload)
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+                continue
+            conn.send(("ok", out))
+    finally:
+        runner.close()
+
+
+class ProcessEnvPool:
+    """``workers`` env processes stepped in lockstep (send to all, then receive from all)."""
+
+    def __init__(
+        self,
+        env_kwargs: dict[str, Any],
+        obs_keys: tuple[str, ...],
+        workers: int,
+        video_camera: str = "front",
+        videos: bool = False,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers={workers} must be >= 1")
+        ctx = get_context("spawn")
+        self.n_slots = int(workers)
+        self._conns: list[Connection] = []
+        self._procs = []
+        raster_threads = max(1, (os.cpu_count() or 1) // self.n_slots)
+        try:
+            for i in range(self.n_slots):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(
+                        child,
+                        env_kwargs,
+                        tuple(obs_keys),
+                        video_camera,
+                        os.getpid(),
+                        raster_threads,
+                        videos,
+                    ),
+                    name=f"robo_s2-eval-env-{i}",
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            for i in range(self.n_slots):
+                try:
+                    self._receive(i, timeout=WORKER_START_TIMEOUT)
+                except RuntimeError as exc:
+                    from robo_s2.errors import UserError
+
+                    raise UserError(f"could not start the env workers: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self, slot: int, timeout: float | None = None) -> Any:
+        conn = self._conns[slot]
+        try:
+            if timeout is not None and not conn.poll(timeout):
+                raise RuntimeError(f"env worker {slot} did not answer within {timeout:.0f} s")
+            status, payload = conn.recv()
+        except (EOFError, OSError):
+            code = self._procs[slot].exitcode
+            raise RuntimeError(f"env worker {slot} died (exit code {code})") from None
+        if status != "ok":
+            raise RuntimeError(f"env worker {slot} failed: {payload}")
+        return payload
+
+    def reset(self, requests: list[ResetRequest]) -> list[Transition]:
+        for r in requests:
+            self._conns[r.slot].send(("reset", r))
+        return [self._receive(r.slot) for r in requests]
+
+    def step_send(self, slots: list[int], actions: np.ndarray) -> None:
+        """Start one step in each of ``slots`` (they run while this process does other work)."""
+        for s, a in zip(slots, actions, strict=True):
+            self._conns[s].send(("step", np.asarray(a)))
+
+    def step_recv(self, slots: list[int]) -> list[Transition]:
+        """Wait for the steps started by :meth:`step_send` in ``slots``."""
+        return [self._receive(s) for s in slots]
+
+    def step(self, slots: list[int], actions: np.ndarray) -> list[Transition]:
+        self.step_send(slots, actions)
+        return self.step_recv(slots)
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (OSError, ValueError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> ProcessEnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_env_pool(
+    env_kwargs: dict[str, Any],
+    obs_keys: tuple[str, ...],
+    workers: int,
+    video_camera: str = "front",
+    videos: bool = False,
+) -> SerialEnvPool | ProcessEnvPool:
+    """``workers=0``: one env in this process; ``workers=n``: ``n`` env processes. ``videos``:
+    some episodes will be recorded (so the renderer is needed even without image observations)."""
+    if workers <= 0:
+        return SerialEnvPool(env_kwargs, obs_keys, video_camera, videos)
+    return ProcessEnvPool(env_kwargs, obs_keys, workers, video_camera, videos)

@@ -1,0 +1,307 @@
+"""robo-s2 eval: statistics, position sets, rollouts (serial == parallel), outputs, one-line errors."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from robo_s2.errors import UserError
+from robo_s2.evaluate import episode_seed, evaluate, position_set
+from robo_s2.stats import (
+    compare_rates,
+    fisher_exact_p,
+    newcombe_interval,
+    wilson_interval,
+)
+
+REGION = ((0.4, 0.6), (-0.1, 0.1))
+SHORT = {"max_episode_steps": 10}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The CPUs are shared; restore the setting for the other test modules afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(12, 16)
+    assert (round(100 * lo, 1), round(100 * hi, 1)) == (50.5, 89.8)  # the summary-line example
+    lo, hi = wilson_interval(0, 16)
+    assert lo == 0.0 and hi == pytest.approx(0.1936, abs=1e-4)
+    lo, hi = wilson_interval(16, 16)
+    assert hi == 1.0 and lo == pytest.approx(0.8064, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_rate_comparison_known_values(tmp_path):
+    # Newcombe (1998), method 10: 56/70 vs 48/80 -> 0.2000 (0.0524, 0.3339)
+    d, lo, hi = newcombe_interval(56, 70, 48, 80)
+    assert (d, lo, hi) == (
+        pytest.approx(0.2),
+        pytest.approx(0.0524, abs=1e-4),
+        pytest.approx(0.3339, abs=1e-4),
+    )
+    assert fisher_exact_p(3, 4, 1, 4) == pytest.approx(0.4857, abs=1e-4)  # lady tasting tea
+    assert fisher_exact_p(1, 12, 9, 12) == pytest.approx(0.002759, abs=1e-6)
+    assert fisher_exact_p(8, 16, 8, 16) == pytest.approx(1.0)
+    c = compare_rates(10, 16, 7, 16)  # the paper's 62.5% vs 43.8%: not distinguishable at n=16
+    assert c.diff == pytest.approx(0.1875) and not c.significant and c.p_value > 0.05
+    assert compare_rates(95, 100, 50, 100).significant
+    # the experiment's bar plot of such rates, with the paper's values beside them
+    from robo_s2.plots import plot_success_bars
+
+    png = plot_success_bars(["b", "b_s2"], [7, 10], [16, 16], tmp_path / "bars.png",
+                            reference={"b": 43.8, "b_s2": 62.5})  # fmt: skip
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- position sets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, n", [("paper16", None), ("random", 40), ("grid", 25)])
+def test_position_sets_are_deterministic_and_inside_the_region(name, n):
+    a = position_set(name, n, seed=3, region=REGION, randomize_yaw=True)
+    assert a == position_set(name, n, seed=3, region=REGION, randomize_yaw=True)
+    assert len(a) == {"paper16": 16, "random": 40, "grid": 25}[name]
+    xy = np.array([(x, y) for x, y, _ in a])
+    assert np.all((xy[:, 0] >= 0.4) & (xy[:, 0] <= 0.6) & (xy[:, 1] >= -0.1) & (xy[:, 1] <= 0.1))
+    yaw = np.array([t for *_, t in a])
+    assert np.all((yaw >= -math.pi / 4) & (yaw < math.pi / 4))
+    no_yaw = position_set(name, n, seed=3, region=REGION)
+    assert all(t == 0.0 for *_, t in no_yaw)
+    assert [p[:2] for p in no_yaw] == [p[:2] for p in a]  # yaw does not shift x, y
+    if name != "grid":
+        assert position_set(name, n, seed=4, region=REGION) != no_yaw
+
+
+def test_position_set_details():
+    paper = position_set("paper16", seed=0)
+    assert position_set("random", 100, seed=0)[:16] == paper  # nested sets
+    grid = position_set("grid", 16, region=REGION)
+    xs, ys = sorted({p[0] for p in grid}), sorted({p[1] for p in grid})
+    assert np.allclose(xs, [0.425, 0.475, 0.525, 0.575]) and np.allclose(ys, np.array(xs) - 0.5)
+    assert len(position_set("grid", 20)) == 16  # round(sqrt(20)) = 4 per side
+    assert episode_seed(0, 1) == episode_seed(0, 1) != episode_seed(0, 2) != episode_seed(1, 2)
+    with pytest.raises(UserError, match="unknown position set 'paper17'"):
+        position_set("paper17", 16)
+    with pytest.raises(UserError, match="must be an integer > 0"):
+        position_set("random", 0)
+    with pytest.raises(UserError, match="paper16 is the paper's 16 positions"):
+        position_set("paper16", 20)
+
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+
+def test_expert_succeeds_and_outputs_are_written(tmp_path):
+    res = evaluate(
+        "expert", n_episodes=3, positions="random", seed=0, workers=0,
+        env_overrides={"image_size": 64}, n_videos=1, out_dir=tmp_path,
+    )  # fmt: skip
+    assert res.n_success == 3 and res.pc_success == 100.0
+    info = json.loads((tmp_path / "eval_info.json").read_text())
+    assert info["pc_success"] == 100.0 and info["n_success"] == info["n_episodes"] == 3
+    assert info["policy"] == "scripted_expert"
+    assert (tmp_path / "videos" / "episode_000.mp4").stat().st_size > 1000
+    assert not (tmp_path / "videos" / "episode_001.mp4").exists()
+    assert (tmp_path / "positions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.summary().startswith("eval: 3/3 success (100.0%, 95% CI 43.8\u2013100.0%) on random")
+
+
+def _tiny_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None):
+    from envs.cube_pick import CubePickEnv
+    from policies import create_policy
+    from robo_s2.checkpoint import save_checkpoint
+    from robo_s2.encoders import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder("vit_t", image_size=64)
+    policy = create_policy(
+        "chunk_transformer", feature_dim=encoder.feature_dim, proprio_dim=11,
+        action_dim=action_dim, d_model=32, n_layers=1, n_heads=2, dropout=0.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    policy.fit_normalizer(
+        {
+            "feature": rng.normal(size=(64, encoder.feature_dim)).astype(np.float32),
+            "proprio": rng.normal(size=(64, 11)).astype(np.float32),
+            "action": rng.normal(0, 0.5, size=(64, action_dim)).astype(np.float32),
+        }
+    )
+    env = CubePickEnv(**{"image_size": 64, "render_images": False, **(env_kwargs or {})})
+    desc = env.describe()
+    env.close()
+    if env_id is not None:
+        desc = {**desc, "id": env_id, "foreign": True}
+    return save_checkpoint(directory, policy, encoder, {"env": desc, "image_key": "image"}, {})
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return _tiny_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "best")
+
+
+def test_serial_and_parallel_rollouts_are_identical(tiny_checkpoint, tmp_path):
+    kw = {"n_episodes": 3, "positions": "random", "seed": 1, "env_overrides": SHORT}
+    serial = evaluate(tiny_checkpoint, workers=0, n_videos=1, out_dir=tmp_path / "s", **kw)
+    pipelined = evaluate(tiny_checkpoint, workers=2, n_videos=0, **kw)
+    lockstep = evaluate(tiny_checkpoint, workers=2, pipeline=False, n_videos=0, **kw)
+    a = [r.to_dict() for r in serial.records]
+    assert a == [r.to_dict() for r in pipelined.records] == [r.to_dict() for r in lockstep.records]
+    assert pipelined.info["pipeline"] and not lockstep.info["pipeline"]
+    assert [r["index"] for r in a] == [0, 1, 2] and all(r["steps"] == 10 for r in a)
+    info = json.loads((tmp_path / "s" / "eval_info.json").read_text())
+    for key in (
+        "pc_success", "n_success", "n_episodes", "ci95", "avg_episode_length", "per_episode",
+        "positions", "checkpoint", "encoder", "policy", "execution", "eval_s", "env_steps_per_s",
+    ):  # fmt: skip
+        assert key in info, key
+    assert info["n_episodes"] == 3 and info["ci95"][0] == 0.0 and info["avg_episode_length"] == 10
+    assert info["positions"] == {
+        "name": "random", "seed": 1, "n": 3, "region": [[0.4, 0.6], [-0.1, 0.1]],
+        "randomize_yaw": False,
+    }  # fmt: skip
+    assert info["per_episode"][0].keys() >= {
+        "index", "seed", "cube_pos", "cube_yaw", "success", "steps"
+    }  # fmt: skip
+    assert info["encoder"]["label"] == "vit_t" and len(info["encoder"]["fingerprint"]) >= 12
+    assert info["policy"] == "chunk_transformer" and info["execution"]["mode"] == "receding"
+    assert info["env"]["kwargs"]["max_episode_steps"] == 10
+    assert (tmp_path / "s" / "videos" / "episode_000.mp4").is_file()
+    assert (tmp_path / "s" / "positions.png").is_file()
+    # another execution mode runs through the same machinery
+    ens = evaluate(tiny_checkpoint, workers=0, execution={"mode": "ensemble"}, **kw)
+    assert ens.info["execution"]["mode"] == "ensemble" and ens.n_episodes == 3
+
+
+class _LoggingActor:
+    """Wraps an actor; logs every (proprio, action) pair under the episode seed it belongs to."""
+
+    def __init__(self, inner, log):
+        self.inner, self.log, self.seed_of = inner, log, {}
+        self.obs_keys = inner.obs_keys
+
+    def fork(self):
+        return _LoggingActor(self.inner.fork(), self.log)
+
+    def begin(self, n_slots):
+        self.inner.begin(n_slots)
+
+    def start(self, slots, seeds):
+        self.seed_of.update(zip(slots, seeds, strict=True))
+        self.inner.start(slots, seeds)
+
+    def act(self, slots, obs):
+        actions = self.inner.act(slots, obs)
+        for s, o, a in zip(slots, obs, actions, strict=True):
+            self.log.setdefault(self.seed_of[s], []).append((o["proprio"].copy(), a.copy()))
+        return actions
+
+
+def test_trajectories_are_bit_identical_across_worker_counts(tiny_checkpoint):
+    from robo_s2.evaluate import episode_specs, load_target, run_episodes
+
+    target = load_target(
+        tiny_checkpoint, torch.device("cpu"), env_overrides={"max_episode_steps": 6}
+    )
+    episodes = episode_specs(position_set("random", 3, seed=2, region=REGION), seed=2)
+    logs = []
+    for workers, pipeline in ((0, False), (2, True), (2, False)):
+        log = {}
+        run_episodes(_LoggingActor(target.actor, log), target.env_kwargs, episodes, workers,
+                     pipeline=pipeline)  # fmt: skip
+        logs.append(log)
+    assert sorted(logs[0]) == sorted(e.seed for e in episodes)
+    for log in logs[1:]:
+        assert sorted(log) == sorted(logs[0])
+        for seed, steps in logs[0].items():
+            assert len(log[seed]) == len(steps) == 6
+            for (p0, a0), (p1, a1) in zip(steps, log[seed], strict=True):
+                np.testing.assert_array_equal(p0, p1)
+                np.testing.assert_array_equal(a0, a1)
+    # the untrained policy does act: its actions differ from episode to episode
+    first = [steps[-1][1] for steps in logs[0].values()]
+    assert not np.allclose(first[0], first[1])
+
+
+def test_checkpoint_for_another_env_is_refused(tmp_path):
+    foreign = _tiny_checkpoint(tmp_path / "foreign", env_id="robomimic/Lift")
+    with pytest.raises(
+        UserError, match="trained on robomimic/Lift demos; evaluation needs robo_s2/"
+    ):
+        evaluate(foreign, n_episodes=1, positions="random", workers=0)
+    yaw = _tiny_checkpoint(tmp_path / "yaw", action_dim=5, env_kwargs={"randomize_yaw": True})
+    with pytest.raises(UserError, match="5-D actions but the env takes 4-D"):
+        evaluate(yaw, n_episodes=1, positions="random", env_overrides={"randomize_yaw": False})
+    with pytest.raises(UserError, match="unknown env_overrides"):
+        evaluate("expert", n_episodes=1, positions="random", env_overrides={"cube_colour": 1})
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def robo_s2(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "robo_s2", "eval", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_expert_run_ends_with_one_summary_line(tmp_path):
+    out = robo_s2(
+        "checkpoint=expert", "positions=grid", "n_episodes=4", "workers=2", "n_videos=0",
+        "env_overrides.image_size=64", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("eval: 4/4 success (100.0%, 95% CI 51.0\u2013100.0%) on grid in ")
+    assert last.endswith(f"-> {tmp_path}/run/eval_info.json")
+    assert json.loads((tmp_path / "run" / "eval_info.json").read_text())["n_episodes"] == 4
+
+
+def _corrupt_fingerprint(checkpoint, directory):
+    import shutil
+
+    bad = directory / "bad_fingerprint"
+    shutil.copytree(checkpoint, bad)
+    meta = json.loads((bad / "robo_s2.json").read_text())
+    meta["encoder"]["fingerprint"] = "0" * 64
+    (bad / "robo_s2.json").write_text(json.dumps(meta))
+    return bad
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["checkpoint=nowhere/checkpoints/best"],
+            "checkpoint nowhere/checkpoints/best does not exist",
+        ),
+        ([], "checkpoint= is required"),
+        (["checkpoint=expert", "n_episodes=0"], "n_episodes=0 must be an integer > 0"),
+        (["checkpoint=expert", "positions=paper17"], "unknown position set 'paper17'"),
+        (["checkpoint=BAD"], "now has other weights than the policy"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, tiny_checkpoint, args, message):
+    args = [f"checkpoint={_corrupt_fingerprint(tiny_checkpoint, tmp_path)}" if a == "checkpoint=BAD"
+            else a for a in args]  # fmt: skip
+    out = robo_s2(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
