@@ -24,6 +24,11 @@ Reward 1 on success, else 0. ``info["is_success"]``: the cube's lowest point is 
 
 ``reset(seed=...)`` is reproducible; ``reset(options={"cube_pos": (x, y), "cube_yaw": a})`` forces a
 placement (either key alone is fine).
+
+Scene variety (for pre-training images, never used by the defaults): ``distractors=N`` adds N
+visual-only objects that ``reset`` scatters over the table (drawn after the cube, so the cube's
+placement for a seed does not change), and :meth:`CubePickEnv.randomize_appearance` re-draws the
+lighting and the colours of the cube, table, floor and distractors in place.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class CubePickEnv(gym.Env):
         success_height: lift of the cube bottom above the table that counts as success (m).
         init_ee_pos: end-effector start position (m); the start posture is solved by IK.
         render_mode: None or "rgb_array" (``render()`` returns the front camera image).
+        distractors: visual-only objects (no collisions) scattered over the table at each reset.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -131,6 +137,7 @@ class CubePickEnv(gym.Env):
         success_height: float = 0.04,
         init_ee_pos: tuple[float, float, float] = (0.5, 0.0, 0.25),
         render_mode: str | None = None,
+        distractors: int = 0,
     ) -> None:
         super().__init__()
         cameras = tuple(str(c) for c in ([cameras] if isinstance(cameras, str) else cameras))
@@ -149,6 +156,8 @@ class CubePickEnv(gym.Env):
             raise ValueError("control_hz and max_episode_steps must be > 0")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r}; supported: None, 'rgb_array'")
+        if int(distractors) != distractors or not 0 <= int(distractors) <= 32:
+            raise ValueError(f"distractors={distractors} must be a whole number in 0..32")
 
         self.image_size = image_size
         self.cameras = cameras
@@ -182,11 +191,15 @@ class CubePickEnv(gym.Env):
             "init_ee_pos": list(self.init_ee_pos),
             "render_mode": render_mode,
         }
+        self.distractors = int(distractors)
+        if self.distractors:  # only when used: descriptions of default envs stay as they were
+            self._kwargs["distractors"] = self.distractors
 
         xml = P.build_mjcf(
             cube_size=self.cube_size,
             cube_mass=self.cube_mass,
             offscreen_size=max(640, image_size),
+            distractors=self.distractors,
         )
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.model.opt.timestep = self.PHYSICS_TIMESTEP
@@ -204,6 +217,10 @@ class CubePickEnv(gym.Env):
         cube_jnt = m.joint("cube").id
         self._cube_qpos = m.jnt_qposadr[cube_jnt]
         self._cube_dof = m.jnt_dofadr[cube_jnt]
+        self._distractor_mocap = [
+            int(m.body_mocapid[m.body(f"distractor{i}").id]) for i in range(self.distractors)
+        ]
+        self._appearance0 = self._appearance()
 
         # Start posture: the Menagerie home with joint7 turned so the fingers close along world y,
         # then solved by IK for the start pose (it is also the IK's null-space rest posture).
@@ -336,6 +353,7 @@ class CubePickEnv(gym.Env):
         d.qpos[c + 3 : c + 7] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
         d.ctrl[self._arm_act] = self._start_arm_q
         d.ctrl[self._grip_act] = P.FINGER_RANGE[1]
+        self._place_distractors(x, y)
         mujoco.mj_forward(m, d)
         mujoco.mj_step(m, d, nstep=self.n_substeps)  # settle contacts (0.1 s)
         self._placement = (x, y, yaw)
@@ -406,6 +424,59 @@ class CubePickEnv(gym.Env):
                 ) from exc
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
+
+    def _place_distractors(self, cube_x: float, cube_y: float) -> None:
+        """Scatter the distractors over the table, at least 6 cm from the cube (no RNG draws
+        without distractors)."""
+        for mocap in self._distractor_mocap:
+            for _ in range(20):
+                px = float(self.np_random.uniform(0.3, 0.75))
+                py = float(self.np_random.uniform(-0.35, 0.35))
+                if math.hypot(px - cube_x, py - cube_y) >= 0.06:
+                    break
+            yaw = float(self.np_random.uniform(-math.pi, math.pi))
+            self.data.mocap_pos[mocap] = (px, py, 0.02)
+            self.data.mocap_quat[mocap] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+
+    def _appearance(self) -> dict[str, np.ndarray]:
+        m = self.model
+        return {
+            "light_diffuse": m.light_diffuse.copy(),
+            "light_ambient": m.light_ambient.copy(),
+            "light_dir": m.light_dir.copy(),
+            "headlight_ambient": np.array(m.vis.headlight.ambient),
+            "headlight_diffuse": np.array(m.vis.headlight.diffuse),
+            "mat_rgba": m.mat_rgba.copy(),
+            "geom_rgba": m.geom_rgba.copy(),
+        }
+
+    def reset_appearance(self) -> None:
+        """Undo :meth:`randomize_appearance`: the scene's own lights and colours."""
+        m, a = self.model, self._appearance0
+        m.light_diffuse[:] = a["light_diffuse"]
+        m.light_ambient[:] = a["light_ambient"]
+        m.light_dir[:] = a["light_dir"]
+        m.vis.headlight.ambient[:] = a["headlight_ambient"]
+        m.vis.headlight.diffuse[:] = a["headlight_diffuse"]
+        m.mat_rgba[:] = a["mat_rgba"]
+        m.geom_rgba[:] = a["geom_rgba"]
+
+    def randomize_appearance(self, rng: np.random.Generator) -> None:
+        """Re-draw lighting (brightness, tint, key-light direction) and the colours of the cube,
+        table, floor and distractors, in place; physics and the observation layout are untouched.
+        Call :meth:`reset_appearance` to go back to the defaults."""
+        self.reset_appearance()
+        m, a = self.model, self._appearance0
+        tint = rng.uniform(0.8, 1.2, size=3)
+        m.light_diffuse[:] = np.clip(a["light_diffuse"] * rng.uniform(0.4, 1.5) * tint, 0, 1)
+        d = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), -1.0])
+        m.light_dir[:] = d / np.linalg.norm(d)
+        m.vis.headlight.ambient[:] = np.clip(a["headlight_ambient"] * rng.uniform(0.5, 1.5), 0, 1)
+        m.vis.headlight.diffuse[:] = np.clip(a["headlight_diffuse"] * rng.uniform(0.5, 1.5), 0, 1)
+        for name, lo in (("cube", 0.05), ("table", 0.5), ("floor", 0.05)):
+            m.mat_rgba[m.material(name).id, :3] = rng.uniform(lo, 1.0, size=3)
+        for i in range(self.distractors):
+            m.geom_rgba[m.geom(f"distractor{i}").id, :3] = rng.uniform(0.05, 1.0, size=3)
 
     def ee_pose(self) -> tuple[np.ndarray, float]:
         """End-effector position (3,) and yaw (rad)."""

@@ -93,11 +93,30 @@ FRONT_CAMERA_TARGET = (0.5, 0.0, 0.16)
 FRONT_CAMERA_FOVY = 48.0
 
 
+DISTRACTOR_SHAPES = ("box", "sphere", "cylinder")
+
+
+def _distractor_bodies(n: int) -> str:
+    """Visual-only mocap bodies ``distractor<i>`` parked below the table until placed."""
+    out = []
+    for i in range(int(n)):
+        shape = DISTRACTOR_SHAPES[i % len(DISTRACTOR_SHAPES)]
+        size = {"box": "0.02 0.02 0.02", "sphere": "0.02", "cylinder": "0.018 0.02"}[shape]
+        out.append(
+            f'    <body name="distractor{i}" mocap="true" pos="0 0 -1">\n'
+            f'      <geom name="distractor{i}" type="{shape}" size="{size}" '
+            'rgba="0.2 0.4 0.8 1" contype="0" conaffinity="0"/>\n'
+            "    </body>\n"
+        )
+    return "".join(out)
+
+
 def build_mjcf(
     cube_size: float = 0.04,
     cube_mass: float = 0.07,
     offscreen_size: int = 640,
     cube_rgba: tuple[float, float, float, float] = (0.85, 0.15, 0.12, 1.0),
+    distractors: int = 0,
 ) -> str:
     """The whole scene as an MJCF string.
 
@@ -106,6 +125,8 @@ def build_mjcf(
         cube_mass: cube mass (kg).
         offscreen_size: offscreen framebuffer size; must be >= the largest rendered image side.
         cube_rgba: cube colour.
+        distractors: number of visual-only distractor objects (mocap bodies ``distractor<i>``,
+            box / sphere / cylinder in turn, no collisions); 0 leaves the scene as it was.
     """
     h = cube_size / 2.0
     s2 = math.sqrt(0.5)
@@ -256,7 +277,7 @@ def build_mjcf(
             condim="4" friction="1 0.01 0.0001" solref="0.01 1" solimp="0.95 0.99 0.001"
             contype="1" conaffinity="1"/>
     </body>
-  </worldbody>
+{_distractor_bodies(distractors)}  </worldbody>
 
   <tendon>
     <fixed name="split">

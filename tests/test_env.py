@@ -275,3 +275,32 @@ def test_bad_kwargs_are_refused():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         env.step(np.zeros(5, np.float32))
+
+
+def test_distractors_and_appearance_leave_the_defaults_alone():
+    base = CubePickEnv(image_size=48)
+    assert "distractors" not in base.describe() and "distractors" not in base.describe()["kwargs"]
+    plain, _ = base.reset(seed=5)
+    env = CubePickEnv(image_size=48, distractors=3)
+    assert env.describe()["kwargs"]["distractors"] == 3
+    obs, _ = env.reset(seed=5)
+    # the cube's placement for a seed is unchanged; the distractors lie on the table, off the cube
+    np.testing.assert_array_equal(obs["state"][:2], plain["state"][:2])
+    pos = env.data.mocap_pos[:3]
+    assert np.all(np.abs(pos[:, 2] - 0.02) < 1e-9) and np.all(
+        (0.3 <= pos[:, 0]) & (pos[:, 0] <= 0.75)
+    )
+    assert np.all(np.hypot(pos[:, 0] - obs["state"][0], pos[:, 1] - obs["state"][1]) >= 0.06)
+    for i in range(3):  # visual only: nothing collides with them
+        g = env.model.geom(f"distractor{i}")
+        assert g.contype[0] == 0 and g.conaffinity[0] == 0
+    assert not np.array_equal(obs["image"], plain["image"])
+    env.randomize_appearance(np.random.default_rng(0))
+    changed = env.render_camera("front")
+    assert np.abs(changed.astype(int) - obs["image"].astype(int)).mean() > 5
+    env.reset_appearance()
+    np.testing.assert_array_equal(env.render_camera("front"), obs["image"])
+    with pytest.raises(ValueError, match="distractors"):
+        CubePickEnv(distractors=-1)
+    base.close()
+    env.close()
