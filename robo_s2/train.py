@@ -172,7 +172,9 @@ def feature_tokens(encoder: Any) -> int:
     return int(n) if n else 1
 
 
-def find_resume_checkpoint(cfg: Mapping[str, Any], run_dir: str | Path) -> Path | None:
+def find_resume_checkpoint(
+    cfg: Mapping[str, Any], run_dir: str | Path, command: str = "train"
+) -> Path | None:
     """The ``checkpoints/last`` directory to resume from, or None for a fresh run.
 
     ``resume``: false (fresh), true (``resume_from`` or the run directory must hold a checkpoint
@@ -195,7 +197,7 @@ def find_resume_checkpoint(cfg: Mapping[str, Any], run_dir: str | Path) -> Path 
         return None
     raise UserError(
         f"nothing to resume in {src}: no checkpoints/{LAST}/{TRAINING_STATE} there; point "
-        "resume_from= (or hydra.run.dir=) at the run directory of an earlier robo-s2 train, or "
+        f"resume_from= (or hydra.run.dir=) at the run directory of an earlier robo-s2 {command}, or "
         "drop resume=true to start a new run"
     )
 

@@ -20,7 +20,7 @@ from robo_s2.errors import UserError
 from robo_s2.train import TrainResult, find_resume_checkpoint, train
 
 # keys that describe this invocation rather than the run: a resumed run takes them from the command
-PER_INVOCATION = ("resume", "resume_from", "device", "train.stop_at")
+PER_INVOCATION = ("resume", "resume_from", "device", "train.stop_at", "train.stop_at_epoch")
 
 
 def _override_keys(overrides: list[str]) -> list[tuple[str, bool]]:
@@ -36,14 +36,16 @@ def _override_keys(overrides: list[str]) -> list[tuple[str, bool]]:
     return out
 
 
-def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+def resume_config(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], command: str = "train"
+) -> DictConfig:
     """``cfg`` for a fresh run; when resuming, the saved config with ``overrides`` re-applied."""
-    last = find_resume_checkpoint(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    last = find_resume_checkpoint(OmegaConf.to_container(cfg, resolve=True), run_dir, command)
     if last is None:
         return cfg
     saved_file = last / "config.yaml"
     if not saved_file.is_file():
-        raise UserError(f"{last} has no config.yaml; it was not written by robo-s2 train")
+        raise UserError(f"{last} has no config.yaml; it was not written by robo-s2 {command}")
     saved = OmegaConf.load(saved_file)
     for key, delete in _override_keys(overrides):
         if delete:
@@ -57,7 +59,10 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictC
             value = OmegaConf.to_container(value, resolve=True)
         OmegaConf.update(saved, key, value, merge=False, force_add=True)
     for key in PER_INVOCATION:  # how and where this invocation runs, never inherited
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node:  # (train.stop_at: train; stop_at_epoch: pretrain)
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
     return saved
 
 

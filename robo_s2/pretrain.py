@@ -1,0 +1,474 @@
+"""MVP-style masked visual pre-training of a ViT encoder: the engine of ``robo-s2 pretrain``.
+
+:func:`pretrain` takes the resolved ``configs/pretrain.yaml`` and a run directory::
+
+    <run>/encoder.pth                         the encoder in MVP's format ({"model": timm-keyed
+                                              state dict, "robo_s2": meta}), rewritten every epoch
+    <run>/checkpoints/last/training_state.pt  MAE (encoder + decoder), optimizer, schedule, sampler
+    <run>/reconstructions.png                 held-out images | masked input | reconstruction
+    <run>/tb/                                 TensorBoard: train/{loss,lr,images_per_s},
+                                              val/loss (step 0 = the random init), images
+    <run>/metrics.jsonl                       one JSON line per epoch
+    <run>/scenes.npz                          randomized-scene frames (when scenes.episodes > 0)
+
+Images come from demo stores, image folders and optional randomized scenes
+(:mod:`robo_s2.image_sources`), split by episode / file into training and held-out images.
+Training is MAE (:mod:`robo_s2.mae`): random-resized crops and flips, 75 % masking, AdamW with
+linear warmup and cosine decay (per step), bf16 autocast on CUDA. Every random draw of step ``s``
+(crops, flips, masks) comes from a generator seeded with ``(seed, s)`` and the batch order from a
+:class:`~robo_s2.training.optim.BatchSampler`, so resuming (``resume=true``) continues exactly:
+``epochs=2`` straight and ``epochs=1`` + resume to 2 give bit-identical weights on the CPU.
+
+Load the result as a frozen encoder: ``encoder=mvp_s encoder.weights=<run>/encoder.pth`` for MVP
+architectures (``arch=vit_s16|vit_b16|vit_l16``), or ``encoder=vit_t encoder.pretrained=true
+encoder.weights=<run>/encoder.pth`` for a timm ViT (``arch=vit_tiny_patch16_224``); see
+``configs/encoder/mae_t.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robo_s2.errors import UserError
+from robo_s2.mae import MaskedAutoencoder, save_mvp_checkpoint
+from robo_s2.train import LAST, TRAINING_STATE, _plain, find_resume_checkpoint
+from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
+
+STATE_VERSION = 1
+ENCODER_FILE = "encoder.pth"
+VAL_MASK_SEED = 12_345  # held-out masks are the same at every evaluation (comparable losses)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    encoder_path: Path
+    epoch: int
+    epochs: int
+    start_epoch: int
+    step: int
+    seconds: float
+    images_per_s: float
+    train_loss: float | None
+    val_loss: float | None
+    val_loss_init: float | None  # the random init's held-out loss (fresh runs)
+    n_train: int
+    n_val: int
+    skipped: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of every random draw of one step (crops, flips, masks)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
+@torch.no_grad()
+def reconstruction_loss(
+    model: MaskedAutoencoder,
+    images: np.ndarray,
+    batch_size: int = 64,
+    mask_seed: int = VAL_MASK_SEED,
+    device: torch.device | None = None,
+) -> float:
+    """MAE loss of uint8 ``(N, S, S, 3)`` images (no augmentation, fixed masks), averaged."""
+    from robo_s2.device import autocast
+    from robo_s2.feature_cache import images_to_tensor
+
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(mask_seed)
+    total, n = 0.0, 0
+    for lo in range(0, len(images), batch_size):
+        x = images_to_tensor(images[lo : lo + batch_size], model.img_size, device)
+        with autocast(device):
+            loss, _, _ = model(x, gen)
+        total += float(loss) * x.shape[0]
+        n += x.shape[0]
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray, seed: int) -> Tensor:
+    """``(3, H, W)`` grid, one row per image: original | masked input | reconstruction."""
+    from robo_s2.feature_cache import images_to_tensor
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = images_to_tensor(images, model.img_size, device)
+    _, pred, mask = model(x, torch.Generator().manual_seed(seed))
+    recon = model.reconstruct(x, pred, mask)
+    p = model.patch_size
+    pix_mask = mask.view(-1, model.grid, model.grid).repeat_interleave(p, 1).repeat_interleave(p, 2)
+    masked = x * (1 - pix_mask[:, None]) + 0.5 * pix_mask[:, None]
+    model.train(was_training)
+    rows = torch.cat([x, masked, recon], dim=3)  # (N, 3, S, 3S)
+    return torch.cat(list(rows.float().cpu()), dim=1)
+
+
+def _save_png(grid: Tensor, path: Path) -> None:
+    import os
+
+    from PIL import Image
+
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+
+
+def _image_paths(images: Any) -> list[str]:
+    if images is None or images == "???":
+        return []
+    if isinstance(images, str):
+        return [p.strip() for p in images.split(",") if p.strip()]
+    return [str(p) for p in images]
+
+
+class Pretrainer:
+    """One pre-training run (build with the config, then :meth:`run`)."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path, progress: bool = False) -> None:
+        from robo_s2.device import resolve_device
+
+        self.cfg = _plain(cfg)
+        self.tcfg: dict[str, Any] = dict(self.cfg.get("train") or {})
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = resolve_device(str(self.cfg.get("device", "auto")))
+        self.writer = None
+
+    # -------------------------------------------------------------------------- setup
+    def _load_pool(self) -> None:
+        from robo_s2.image_sources import ImagePool, load_images, scene_frames
+
+        cfg = self.cfg
+        size = self.image_size
+        paths = _image_paths(cfg.get("images"))
+        scfg = dict(cfg.get("scenes") or {})
+        n_scenes = int(scfg.get("episodes") or 0)
+        if not paths and not n_scenes:
+            raise UserError(
+                "no images to pre-train on: set images=<store or image folder> (several: "
+                "images=[a,b]) and/or scenes.episodes=<n> for randomized-scene frames"
+            )
+        keys = cfg.get("image_keys")
+        pool = (
+            load_images(
+                paths,
+                size,
+                image_keys=[keys] if isinstance(keys, str) else keys,
+                frames_per_episode=cfg.get("frames_per_episode"),
+                max_images=cfg.get("max_images"),
+                seed=self.seed,
+            )
+            if paths
+            else ImagePool(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64))
+        )
+        if n_scenes:
+            cache = self.run_dir / "scenes.npz"
+            spec = json.dumps({**scfg, "size": size, "seed": self.seed}, sort_keys=True)
+            frames = None
+            if cache.is_file():
+                z = np.load(cache)
+                if str(z["spec"]) == spec:
+                    frames, groups = z["frames"], z["groups"]
+            if frames is None:
+                if self.progress:
+                    print(f"pretrain: rendering {n_scenes} randomized-scene episodes")
+                frames, groups = scene_frames(
+                    n_scenes, size, seed=self.seed,
+                    frames_per_episode=int(scfg.get("frames_per_episode", 8)),
+                    cameras=tuple(scfg.get("cameras") or ("front", "wrist")),
+                    cube_sizes=tuple(scfg.get("cube_sizes") or (0.03, 0.04, 0.05)),
+                    max_distractors=int(scfg.get("max_distractors", 3)),
+                    steps=tuple(scfg.get("steps") or (20, 60)),
+                )  # fmt: skip
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.run_dir / ".scenes.tmp.npz"
+                np.savez(tmp, frames=frames, groups=groups, spec=np.array(spec))
+                tmp.replace(cache)
+            offset = int(pool.groups.max()) + 1 if len(pool) else 0
+            pool = ImagePool(
+                np.concatenate([pool.images, frames]),
+                np.concatenate([pool.groups, groups + offset]),
+                [*pool.sources, f"randomized scenes: {len(frames)} frames, {n_scenes} episodes"],
+                pool.skipped,
+            )
+        self.pool = pool
+        self.train_ids, self.val_ids = pool.split(float(cfg.get("val_fraction", 0.05)), self.seed)
+        if len(self.train_ids) == 0:
+            raise UserError("no training images left after holding out val_fraction of them")
+
+    def setup(self) -> None:
+        cfg, tcfg = self.cfg, self.tcfg
+        self.seed = int(cfg.get("seed", 0))
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+        self.resume_from = find_resume_checkpoint(cfg, self.run_dir, command="pretrain")
+        state = None
+        if self.resume_from is not None:
+            state = torch.load(
+                self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=False
+            )
+            if state.get("version") != STATE_VERSION or state.get("kind") != "mae":
+                raise UserError(
+                    f"{self.resume_from} is not a robo-s2 pretrain checkpoint this version reads"
+                )
+        self.image_size = int(cfg.get("image_size") or 224)
+        dcfg = dict(cfg.get("decoder") or {})
+        self.model = MaskedAutoencoder(
+            arch=str(cfg.get("arch") or "vit_tiny_patch16_224"),
+            img_size=self.image_size,
+            decoder_dim=int(dcfg.get("dim", 256)),
+            decoder_depth=int(dcfg.get("depth", 4)),
+            decoder_heads=int(dcfg.get("heads", 8)),
+            mask_ratio=float(cfg.get("mask_ratio", 0.75)),
+            norm_pix_loss=bool(cfg.get("norm_pix_loss", True)),
+            seed=self.seed,
+        ).to(self.device)
+        if state is not None and state["mae_config"] != self.model.config:
+            raise UserError(
+                f"the model differs from the run being resumed ({self.resume_from}): "
+                f"{state['mae_config']} vs {self.model.config}; resume with its settings"
+            )
+        self._load_pool()
+        self.batch_size = int(tcfg.get("batch_size", 64))
+        self.epochs = int(tcfg.get("epochs", 1))
+        if self.batch_size < 1 or self.epochs < 1:
+            raise UserError("train.batch_size and train.epochs must be >= 1")
+        stop = tcfg.get("stop_at_epoch")
+        self.stop_epoch = min(self.epochs, int(stop)) if stop else self.epochs
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_ids) / self.batch_size))
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.optimizer = make_optimizer(
+            self.model,
+            lr=float(tcfg.get("lr", 1.5e-4)),
+            weight_decay=float(tcfg.get("weight_decay", 0.05)),
+            betas=tcfg.get("betas", (0.9, 0.95)),
+        )
+        warmup = int(float(tcfg.get("warmup_epochs", 0)) * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(warmup_cosine, warmup=warmup, total=self.total_steps)
+        )
+        self.sampler = BatchSampler(self.train_ids, self.batch_size, self.seed)
+        self.step, self.history, self.val_loss_init = 0, [], None
+        if state is not None:
+            if state["n_images"] != len(self.pool) or state["n_train"] != len(self.train_ids):
+                raise UserError(
+                    f"the images differ from the run being resumed ({self.resume_from}: "
+                    f"{state['n_images']} images, now {len(self.pool)}); resume with its sources"
+                )
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.step = int(state["step"])
+            self.history = list(state["history"])
+            self.val_loss_init = state.get("val_loss_init")
+        self.start_epoch = self.step // self.steps_per_epoch
+
+    # -------------------------------------------------------------------------- pieces
+    def train_step(self) -> Tensor:
+        from robo_s2.device import autocast
+        from robo_s2.image_sources import augment
+
+        ids = self.sampler.next().numpy()
+        gen = step_generator(self.seed, self.step)
+        raw = torch.from_numpy(self.pool.images[ids]).to(self.device)
+        t = self.tcfg
+        x = augment(
+            raw, self.image_size, gen, scale=tuple(t.get("crop_scale", (0.35, 1.0))),
+            hflip=float(t.get("hflip", 0.5)),
+        )  # fmt: skip
+        with autocast(self.device):
+            loss, _, _ = self.model(x, gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = float(t.get("grad_clip") or 0.0)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss.detach()
+
+    def held_out(self) -> np.ndarray:
+        return self.pool.images[self.val_ids]
+
+    def validate(self) -> float | None:
+        if len(self.val_ids) == 0:
+            return None
+        return reconstruction_loss(self.model, self.held_out(), batch_size=self.batch_size)
+
+    def save(self, epoch: int, record: Mapping[str, Any]) -> None:
+        import os
+
+        meta = {
+            **self.model.config,
+            "epoch": epoch,
+            "step": self.step,
+            "val_loss": record.get("val_loss"),
+            "images": self.pool.sources,
+            "format": "MVP/MAE: encoder state dict under 'model', timm key names",
+        }
+        save_mvp_checkpoint(self.model, str(self.run_dir / ENCODER_FILE), meta)
+        state = {
+            "version": STATE_VERSION,
+            "kind": "mae",
+            "step": self.step,
+            "epoch": epoch,
+            "mae_config": self.model.config,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "history": self.history,
+            "val_loss_init": self.val_loss_init,
+            "n_images": len(self.pool),
+            "n_train": len(self.train_ids),
+        }
+        last = self.run_dir / "checkpoints" / LAST
+        last.mkdir(parents=True, exist_ok=True)
+        tmp = last / f".{TRAINING_STATE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, last / TRAINING_STATE)
+        from omegaconf import OmegaConf
+
+        (last / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.cfg)))
+
+    def _recon_png(self, epoch: int) -> None:
+        n = int(self.cfg.get("recon_images", 6) or 0)
+        if n <= 0:
+            return
+        ids = self.val_ids if len(self.val_ids) else self.train_ids
+        pick = ids[np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int)]
+        grid = reconstruction_grid(self.model, self.pool.images[pick], VAL_MASK_SEED)
+        _save_png(grid, self.run_dir / "reconstructions.png")
+        if self.writer is not None:
+            self.writer.add_image("reconstructions", grid, self.step)
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.model.encoder.parameters())
+        return (
+            f"pretrain: {self.model.arch} ({n_params / 1e6:.1f} M encoder params) at "
+            f"{self.image_size}px on {len(self.train_ids)} images, {len(self.val_ids)} held out "
+            f"[{'; '.join(self.pool.sources)}]"
+            + (f"; skipped {len(self.pool.skipped)} unreadable" if self.pool.skipped else "")
+            + f"; {self.device.type}; run dir {self.run_dir}"
+        )
+
+    # -------------------------------------------------------------------------- the loop
+    def run(self) -> PretrainResult:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.setup()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.progress:
+            print(self.describe())
+        self.writer = SummaryWriter(
+            str(self.run_dir / "tb"), purge_step=self.step if self.step else None
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.step == 0:
+            self.val_loss_init = self.validate()
+            if self.val_loss_init is not None:
+                self.writer.add_scalar("val/loss", self.val_loss_init, 0)
+        result = PretrainResult(
+            run_dir=self.run_dir, encoder_path=self.run_dir / ENCODER_FILE,
+            epoch=self.start_epoch, epochs=self.epochs, start_epoch=self.start_epoch,
+            step=self.step, seconds=0.0, images_per_s=0.0, train_loss=None, val_loss=None,
+            val_loss_init=self.val_loss_init, n_train=len(self.train_ids),
+            n_val=len(self.val_ids), skipped=list(self.pool.skipped), history=self.history,
+        )  # fmt: skip
+        log_every = max(1, int(self.tcfg.get("log_every") or 10))
+        bar = tqdm(
+            total=self.stop_epoch * self.steps_per_epoch, initial=self.step, desc="pretrain",
+            unit="step", dynamic_ncols=True, delay=1.0, disable=not self.progress,
+        )  # fmt: skip
+        self.model.train()
+        start, train_time, images_done = time.perf_counter(), 0.0, 0
+        try:
+            for epoch in range(self.start_epoch + 1, self.stop_epoch + 1):
+                loss_sum, n, t_epoch = torch.zeros((), device=self.device), 0, 0.0
+                while self.step < epoch * self.steps_per_epoch:
+                    t0 = time.perf_counter()
+                    loss = self.train_step()
+                    dt = time.perf_counter() - t0
+                    t_epoch += dt
+                    loss_sum += loss
+                    n += 1
+                    bar.update(1)
+                    if self.step % log_every == 0:
+                        value = float(loss)
+                        if not math.isfinite(value):
+                            raise UserError(
+                                f"pre-training diverged: the loss is {value} at step "
+                                f"{self.step}; lower train.lr or raise train.warmup_epochs"
+                            )
+                        self.writer.add_scalar("train/loss", value, self.step)
+                        self.writer.add_scalar(
+                            "train/lr", self.scheduler.get_last_lr()[0], self.step
+                        )
+                        self.writer.add_scalar(
+                            "train/images_per_s", self.batch_size / dt, self.step
+                        )
+                        bar.set_postfix(loss=f"{value:.4f}", epoch=epoch, refresh=False)
+                train_loss = float(loss_sum) / max(n, 1)
+                val = self.validate()
+                ips = n * self.batch_size / max(t_epoch, 1e-9)
+                record = {
+                    "epoch": epoch, "step": self.step, "train_loss": train_loss,
+                    "val_loss": val, "images_per_s": ips, "epoch_s": t_epoch,
+                }  # fmt: skip
+                self.history.append(record)
+                if val is not None:
+                    self.writer.add_scalar("val/loss", val, self.step)
+                self.writer.add_scalar("train/epoch_loss", train_loss, self.step)
+                self._recon_png(epoch)
+                self.save(epoch, record)
+                with open(self.run_dir / "metrics.jsonl", "w") as f:
+                    f.writelines(json.dumps(h) + "\n" for h in self.history)
+                train_time += t_epoch
+                images_done += n * self.batch_size
+                result.epoch, result.train_loss, result.val_loss = epoch, train_loss, val
+        finally:
+            bar.close()
+        result.step = self.step
+        result.seconds = time.perf_counter() - start
+        result.images_per_s = images_done / max(train_time, 1e-9)
+        if result.val_loss is None and self.history:
+            result.val_loss = self.history[-1]["val_loss"]
+            result.train_loss = self.history[-1]["train_loss"]
+        return result
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def pretrain(cfg: Any, run_dir: str | Path, *, progress: bool = False) -> PretrainResult:
+    """Pre-train the encoder that ``cfg`` (``configs/pretrain.yaml``, resolved) describes."""
+    trainer = Pretrainer(cfg, run_dir, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
