@@ -1,0 +1,37 @@
+"""``robo-s2 experiment``: an encoder comparison (Table 8) — train and evaluate every row and seed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from robo_s2.errors import UserError
+from robo_s2.experiment import ExperimentResult, missing_values, run_experiment
+
+
+def run(cfg: DictConfig) -> ExperimentResult:
+    from hydra.core.hydra_config import HydraConfig
+
+    for name in ("OpenGL", "matplotlib"):  # their INFO notes are noise under Hydra's job logging
+        logging.getLogger(name).setLevel(logging.WARNING)
+    missing = missing_values(OmegaConf.to_container(cfg.experiment, resolve=False))
+    if missing:
+        keys = ", ".join(f"experiment.{k}" for k in missing)
+        raise UserError(
+            f"{keys} must be set (e.g. experiment.{missing[0]}=/path/to/file) for experiment "
+            f"{cfg.experiment.get('name', '?')}"
+        )
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = run_experiment(
+        OmegaConf.to_container(cfg.experiment, resolve=True),
+        out_dir,
+        workers=int(cfg.workers),
+        device=str(cfg.device),
+    )
+    print()
+    print(result.table_path.read_text().strip())
+    print()
+    print(result.summary())
+    return result

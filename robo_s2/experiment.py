@@ -1,0 +1,506 @@
+"""Encoder comparison experiments (the S² paper's Table 8): same demos, same evaluation positions,
+one policy per encoder row and training seed, one table and one plot.
+
+An experiment config (``configs/experiment/*.yaml``) names the demo store (collected here when it
+is missing or short), the encoder rows (an encoder config plus overrides), the training seeds, the
+train-config overrides shared by every row and the evaluation protocol. Every stage resumes: the
+store fills up to its episode count, a training run with a finished ``checkpoints/last`` is not
+retrained (an interrupted one continues exactly), and an evaluation whose ``eval_info.json``
+matches the protocol is read back, so rerunning an interrupted experiment finishes it.
+
+Layout of the output directory::
+
+    runs/<row>/seed<k>/          the training run (checkpoints/, tb/)
+    runs/<row>/seed<k>/eval/     eval_info.json, videos, positions plot
+    results.{md,csv,json}        one row per encoder: params, GFLOPs, success per seed, pooled
+                                 success with its Wilson 95 % interval, and the difference to the
+                                 first (baseline) row with a Newcombe interval and Fisher's p
+    success.png                  bar plot with intervals (paper numbers as markers when given)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from robo_s2.errors import UserError
+from robo_s2.stats import compare_rates, wilson_interval
+
+
+@dataclass(frozen=True)
+class Row:
+    """One encoder of the comparison."""
+
+    label: str  # table label, e.g. "ViT-T-S2"
+    encoder: str  # an encoder config name (configs/encoder/<name>.yaml)
+    overrides: dict[str, Any] = field(default_factory=dict)  # merged into the encoder config
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label)
+
+
+@dataclass
+class RunOutcome:
+    """One (row, seed): its training run and its evaluation."""
+
+    row: str
+    seed: int
+    run_dir: str
+    n_success: int
+    n_episodes: int
+    train_seconds: float
+    eval_seconds: float
+    val_ratio: float | None  # validation L1 / mean-action L1 of the evaluated checkpoint
+    reused: bool  # training and evaluation were both read back from an earlier invocation
+
+
+@dataclass
+class RowResult:
+    label: str
+    encoder: str
+    params: int
+    gflops: float
+    feature_dim: int
+    runs: list[RunOutcome]
+    reference: float | None = None  # the paper's success rate (percent), if any
+
+    @property
+    def n_success(self) -> int:
+        return sum(r.n_success for r in self.runs)
+
+    @property
+    def n_episodes(self) -> int:
+        return sum(r.n_episodes for r in self.runs)
+
+    @property
+    def pc_success(self) -> float:
+        return 100.0 * self.n_success / max(self.n_episodes, 1)
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        lo, hi = wilson_interval(self.n_success, self.n_episodes)
+        return 100.0 * lo, 100.0 * hi
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    out_dir: Path
+    rows: list[RowResult]
+    seconds: float
+    table_path: Path
+    csv_path: Path
+    json_path: Path
+    plot_path: Path | None
+
+    def summary(self) -> str:
+        best = max(self.rows, key=lambda r: r.pc_success)
+        parts = ", ".join(f"{r.label} {r.pc_success:.1f}%" for r in self.rows)
+        return (
+            f"experiment {self.name}: {parts} (best {best.label}); {self.seconds / 60:.1f} min "
+            f"-> {self.table_path}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def parse_rows(rows: Any) -> list[Row]:
+    """The experiment's rows; labels must be unique and every encoder config must exist."""
+    from robo_s2.encoders import list_encoder_configs
+
+    rows = _plain(rows)
+    if not rows:
+        raise UserError("the experiment has no rows: list encoders under experiment.rows")
+    known = list_encoder_configs()
+    out: list[Row] = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, Mapping) or "encoder" not in r:
+            raise UserError(
+                f"experiment.rows[{i}] = {r!r} needs at least 'encoder: <config name>' "
+                "(and optionally 'label' and 'overrides')"
+            )
+        encoder = str(r["encoder"])
+        if encoder not in known:
+            raise UserError(
+                f"experiment.rows[{i}]: unknown encoder config '{encoder}'; choose one of: "
+                f"{', '.join(sorted(known))}"
+            )
+        overrides = r.get("overrides") or {}
+        if not isinstance(overrides, Mapping):
+            raise UserError(f"experiment.rows[{i}].overrides must be a mapping, got {overrides!r}")
+        out.append(Row(str(r.get("label") or encoder), encoder, dict(overrides)))
+    labels = [r.label for r in out]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise UserError(f"experiment rows need distinct labels; repeated: {', '.join(dupes)}")
+    return out
+
+
+def missing_values(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of a plain (unresolved) config whose value is still ``???``."""
+    found: list[str] = []
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            found += missing_values(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += missing_values(v, f"{prefix}{i}.")
+    elif node == "???":
+        found.append(prefix.rstrip("."))
+    return found
+
+
+def train_config(
+    exp: Mapping[str, Any], row: Row, seed: int, store: str | Path, device: str
+) -> DictConfig:
+    """``configs/train.yaml`` composed for one (row, seed) of the experiment."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robo_s2.paths import config_dir
+
+    overrides = [
+        f"encoder={row.encoder}",
+        *[str(o) for o in exp.get("train_overrides") or []],
+        f"data.store={store}",
+        f"seed={seed}",
+        f"device={device}",
+        "resume=auto",
+    ]
+    # compose() needs its own GlobalHydra; inside a running Hydra app, borrow it for the call
+    previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if previous is not None:
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            try:
+                cfg = compose("train", overrides=overrides)
+            except Exception as exc:  # Hydra's override/config errors
+                raise UserError(
+                    f"experiment row {row.label}: the train overrides do not compose: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+    finally:
+        if previous is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(previous)
+    with open_dict(cfg):
+        cfg.encoder = OmegaConf.merge(cfg.encoder, row.overrides)
+    missing = missing_values(_plain(cfg.encoder))
+    if missing:
+        keys = ", ".join(missing)
+        raise UserError(
+            f"experiment row {row.label} (encoder {row.encoder}) needs a value for {keys}, e.g. "
+            f"the path of an MVP .pth checkpoint (real MVP weights or one from robo-s2 pretrain); "
+            f"set it in the experiment config or on the command line"
+        )
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+
+
+def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path:
+    """Collect expert demos into ``demos.store`` up to ``demos.n_episodes`` (a no-op when full)."""
+    from tqdm import tqdm
+
+    from robo_s2.collect import collect
+
+    store = Path(str(demos["store"])).expanduser()
+    n = int(demos["n_episodes"])
+    bar = tqdm(total=n, desc="collect", unit="ep", dynamic_ncols=True, disable=not progress)
+    try:
+        res = collect(
+            store,
+            n_episodes=n,
+            env_kwargs=dict(_plain(demos.get("env")) or {}),
+            expert_kwargs=dict(_plain(demos.get("expert")) or {}),
+            seed=int(demos.get("seed", 0)),
+            workers=workers,
+            on_episode=lambda r: (setattr(bar, "n", r.n_total), bar.refresh()),
+        )
+    finally:
+        bar.close()
+    if res.n_new:
+        print(f"experiment: {res.n_total} demos in {store} ({res.n_new} new, {res.seconds:.0f} s)")
+    return store
+
+
+def run_one(
+    exp: Mapping[str, Any],
+    row: Row,
+    seed: int,
+    store: Path,
+    out_dir: Path,
+    workers: int,
+    device: str,
+    progress: bool,
+) -> RunOutcome:
+    """Train (or resume, or reuse) one policy and evaluate it (or read its evaluation back)."""
+    from robo_s2.evaluate import evaluate
+    from robo_s2.train import train
+
+    run_dir = out_dir / "runs" / row.slug / f"seed{seed}"
+    cfg = train_config(exp, row, seed, store, device)
+    t0 = time.perf_counter()
+    result = train(cfg, run_dir, progress=progress, encoder_name=row.encoder)
+    train_s = time.perf_counter() - t0
+    ckpt = run_dir / "checkpoints" / "best"
+    if not ckpt.is_dir():
+        ckpt = run_dir / "checkpoints" / "last"
+
+    protocol = dict(_plain(exp.get("eval")) or {})
+    protocol.setdefault("positions", "paper16")
+    protocol.setdefault("seed", 0)
+    protocol.setdefault("n_episodes", None)
+    eval_dir = run_dir / "eval"
+    info_path, protocol_path = eval_dir / "eval_info.json", eval_dir / "protocol.json"
+    reused_eval = False
+    if result.steps_run == 0 and info_path.is_file() and protocol_path.is_file():
+        # the evaluation of this very checkpoint under this very protocol is on disk already
+        reused_eval = json.loads(protocol_path.read_text()) == {**protocol, "checkpoint": str(ckpt)}
+        info = json.loads(info_path.read_text())
+    if reused_eval:
+        n_success, n_episodes, eval_s = info["n_success"], info["n_episodes"], info["eval_s"]
+    else:
+        protocol_path.unlink(missing_ok=True)  # an interrupted evaluation must not look finished
+        t1 = time.perf_counter()
+        res = evaluate(
+            checkpoint=ckpt,
+            n_episodes=protocol["n_episodes"],
+            positions=str(protocol["positions"]),
+            seed=int(protocol["seed"]),
+            workers=workers,
+            device=device,
+            n_videos=int(protocol.get("n_videos", 2)),
+            env_overrides=dict(protocol.get("env_overrides") or {}),
+            out_dir=eval_dir,
+        )
+        n_success, n_episodes, eval_s = res.n_success, res.n_episodes, time.perf_counter() - t1
+        protocol_path.write_text(json.dumps({**protocol, "checkpoint": str(ckpt)}, indent=2))
+    metrics = result.best if ckpt.name == "best" and result.best else result.final
+    ratio = metrics.get("ratio") if metrics else None
+    outcome = RunOutcome(
+        row=row.label,
+        seed=seed,
+        run_dir=str(run_dir),
+        n_success=int(n_success),
+        n_episodes=int(n_episodes),
+        train_seconds=round(train_s, 1),
+        eval_seconds=round(float(eval_s), 1),
+        val_ratio=None if ratio is None else round(float(ratio), 4),
+        reused=result.steps_run == 0 and reused_eval,
+    )
+    pc = 100.0 * outcome.n_success / max(outcome.n_episodes, 1)
+    state = "reused" if outcome.reused else f"train {train_s:.0f} s, eval {eval_s:.0f} s"
+    print(
+        f"experiment: {row.label} seed {seed}: {outcome.n_success}/{outcome.n_episodes} "
+        f"({pc:.1f}%) [{state}]"
+    )
+    return outcome
+
+
+def encoder_cost(row: Row, cfg: DictConfig) -> tuple[int, float, int]:
+    """Parameters, GFLOPs per frame and feature width of a row's encoder (as configured)."""
+    from robo_s2.encoders import create_encoder
+    from robo_s2.encoders.profile import count_gflops, count_params
+
+    encoder = create_encoder(_plain(cfg.encoder)).eval()
+    return count_params(encoder), count_gflops(encoder), int(encoder.feature_dim)
+
+
+# ------------------------------------------------------------------------------------------------
+# reports
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M"
+
+
+def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
+    """One flat record per row (CSV/markdown), including the comparison with the first row."""
+    base = rows[0]
+    table = []
+    for r in rows:
+        lo, hi = r.ci95
+        rec: dict[str, Any] = {
+            "encoder": r.label,
+            "config": r.encoder,
+            "params": _fmt_params(r.params),
+            "gflops": round(r.gflops, 2),
+            "feature_dim": r.feature_dim,
+            "per_seed": " ".join(f"{o.n_success}/{o.n_episodes}" for o in r.runs),
+            "success": f"{r.n_success}/{r.n_episodes}",
+            "pc_success": round(r.pc_success, 1),
+            "ci95": f"{lo:.1f}-{hi:.1f}",
+        }
+        if r is base:
+            rec["vs_first"] = "baseline"
+            rec["p_value"] = ""
+        else:
+            c = compare_rates(r.n_success, r.n_episodes, base.n_success, base.n_episodes)
+            rec["vs_first"] = (
+                f"{100 * c.diff:+.1f} ({100 * c.diff_ci95[0]:+.1f}, {100 * c.diff_ci95[1]:+.1f})"
+            )
+            rec["p_value"] = f"{c.p_value:.3g}"
+        rec["paper"] = "" if r.reference is None else f"{r.reference:.1f}"
+        table.append(rec)
+    return table
+
+
+HEADERS = {
+    "encoder": "encoder",
+    "config": "config",
+    "params": "params",
+    "gflops": "GFLOPs",
+    "feature_dim": "feature",
+    "per_seed": "success per seed",
+    "success": "pooled",
+    "pc_success": "success %",
+    "ci95": "95% CI",
+    "vs_first": "diff vs first row (95% CI)",
+    "p_value": "Fisher p",
+    "paper": "paper %",
+}
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
+    keys = [k for k in HEADERS if any(str(r.get(k, "")) != "" for r in records)]
+    lines = [
+        "| " + " | ".join(HEADERS[k] for k in keys) + " |",
+        "|" + "|".join("---" for _ in keys) + "|",
+    ]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def write_reports(
+    name: str, title: str, rows: Sequence[RowResult], out_dir: Path, protocol: str
+) -> tuple[Path, Path, Path, Path | None]:
+    from robo_s2.plots import plot_success_bars
+
+    records = results_table(rows)
+    md = out_dir / "results.md"
+    n_eps = sorted({o.n_episodes for r in rows for o in r.runs})
+    seeds = sorted({o.seed for r in rows for o in r.runs})
+    md.write_text(
+        f"# {title or name}\n\n{markdown_table(records)}\n\n"
+        f"Evaluation: {protocol}, {'/'.join(map(str, n_eps))} episodes per run; training seeds "
+        f"{', '.join(map(str, seeds))}; success pooled over seeds with a Wilson 95% interval; the "
+        "difference to the first row is a Newcombe 95% interval with Fisher's exact p.\n"
+    )
+    csv_path = out_dir / "results.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(HEADERS))
+        writer.writeheader()
+        writer.writerows(records)
+    json_path = out_dir / "results.json"
+    json_path.write_text(
+        json.dumps(
+            {
+                "name": name,
+                "title": title,
+                "protocol": protocol,
+                "table": records,
+                "rows": [
+                    {**{k: v for k, v in asdict(r).items() if k != "runs"},
+                     "runs": [asdict(o) for o in r.runs]}
+                    for r in rows
+                ],
+            },
+            indent=2,
+        )
+    )  # fmt: skip
+    plot: Path | None = out_dir / "success.png"
+    try:
+        reference = {r.label: r.reference for r in rows if r.reference is not None}
+        plot_success_bars(
+            [r.label for r in rows],
+            [r.n_success for r in rows],
+            [r.n_episodes for r in rows],
+            plot,
+            title=title or name,
+            reference=reference or None,
+        )
+    except Exception as exc:  # a plot must never cost the table
+        print(f"experiment: note: no plot ({type(exc).__name__}: {exc})")
+        plot = None
+    return md, csv_path, json_path, plot
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole experiment
+
+
+def run_experiment(
+    exp: Mapping[str, Any],
+    out_dir: str | Path,
+    workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+    on_run: Callable[[RunOutcome], None] | None = None,
+) -> ExperimentResult:
+    """Collect (if needed), then train and evaluate every (row, seed), then write the reports."""
+    exp = _plain(exp)
+    name = str(exp.get("name") or "experiment")
+    rows = parse_rows(exp.get("rows"))
+    seeds = [int(s) for s in exp.get("seeds", [0]) or []]
+    if not seeds:
+        raise UserError("experiment.seeds is empty: give at least one training seed")
+    if workers < 0:
+        raise UserError(f"workers={workers} must be >= 0 (0 runs the envs in this process)")
+    if "demos" not in exp or "store" not in exp["demos"]:
+        raise UserError("the experiment needs demos.store (and demos.n_episodes to collect)")
+    references = dict(exp.get("reference") or {})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # every row's encoder must build (configs compose, weights load) before hours of work start
+    costs = {
+        r.label: encoder_cost(r, train_config(exp, r, seeds[0], exp["demos"]["store"], device))
+        for r in rows
+    }
+
+    t0 = time.perf_counter()
+    store = ensure_demos(exp["demos"], workers, progress)
+    results: list[RowResult] = []
+    for row in rows:
+        runs = []
+        for seed in seeds:
+            outcome = run_one(exp, row, seed, store, out, workers, device, progress)
+            runs.append(outcome)
+            if on_run is not None:
+                on_run(outcome)
+        params, gflops, dim = costs[row.label]
+        ref = references.get(row.label)
+        results.append(
+            RowResult(row.label, row.encoder, params, gflops, dim, runs,
+                      None if ref is None else float(ref))
+        )  # fmt: skip
+    protocol = dict(exp.get("eval") or {})
+    described = f"positions={protocol.get('positions', 'paper16')} seed={protocol.get('seed', 0)}"
+    md, csv_path, json_path, plot = write_reports(
+        name, str(exp.get("title") or ""), results, out, described
+    )
+    seconds = time.perf_counter() - t0
+    if not math.isfinite(seconds):
+        seconds = 0.0
+    return ExperimentResult(name, out, results, seconds, md, csv_path, json_path, plot)

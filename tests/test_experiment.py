@@ -1,0 +1,186 @@
+"""The encoder-comparison experiment and the quickstart built on it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robo_s2.errors import UserError
+from robo_s2.experiment import (
+    Row,
+    RowResult,
+    RunOutcome,
+    markdown_table,
+    results_table,
+    run_experiment,
+)
+from robo_s2.stats import compare_rates
+
+IMG = 64
+TINY_TRAIN = [
+    "policy.d_model=32",
+    "policy.n_layers=1",
+    "policy.n_heads=2",
+    "policy.history=4",
+    "policy.chunk=4",
+    "train.batch_size=8",
+    "train.steps=6",
+    "train.warmup_steps=2",
+    "train.eval_every=3",
+    "train.save_every=3",
+    "data.val_fraction=0.34",
+]
+
+
+def tiny_experiment(tmp_path: Path, **changes) -> dict:
+    exp = {
+        "name": "tiny",
+        "title": "tiny test experiment",
+        "demos": {"store": str(tmp_path / "demos.zarr"), "n_episodes": 3, "seed": 0,
+                  "env": {"image_size": IMG}},
+        "rows": [
+            {"label": "ViT-T", "encoder": "vit_t",
+             "overrides": {"image_size": IMG, "pooling": "grid:2"}},
+            {"label": "ViT-T-S2", "encoder": "vit_t_s2",
+             "overrides": {"backbone": {"image_size": 32}, "pooling": "grid:2"}},
+        ],
+        "seeds": [0],
+        "train_overrides": TINY_TRAIN,
+        "eval": {"positions": "random", "n_episodes": 2, "seed": 3, "n_videos": 0,
+                 "env_overrides": {"max_episode_steps": 8}},
+        "reference": {"ViT-T-S2": 62.5},
+    }  # fmt: skip
+    exp.update(changes)
+    return exp
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    exp = tiny_experiment(tmp_path)
+    out = tmp_path / "out"
+    res = run_experiment(exp, out, workers=0, device="cpu", progress=False)
+
+    assert [r.label for r in res.rows] == ["ViT-T", "ViT-T-S2"]
+    for row in res.rows:
+        (run,) = row.runs
+        assert run.n_episodes == 2 and 0 <= run.n_success <= 2 and not run.reused
+        run_dir = Path(run.run_dir)
+        assert run_dir == out / "runs" / Row(row.label, row.encoder).slug / "seed0"
+        assert (run_dir / "checkpoints" / "best" / "model.safetensors").is_file()
+        info = json.loads((run_dir / "eval" / "eval_info.json").read_text())
+        assert info["n_episodes"] == 2 and info["positions"]["name"] == "random"
+        assert info["positions"]["seed"] == 3
+        assert row.params > 5e6 and row.gflops > 0
+    # S² concatenates two scales of the same ViT-T: its parameters (but for the position
+    # embeddings of a 32² instead of a 64² input: 12 fewer tokens x 192), twice the feature width
+    t, s2 = res.rows
+    assert t.params - s2.params == 12 * 192 and s2.feature_dim == 2 * t.feature_dim
+    assert s2.reference == 62.5 and t.reference is None
+
+    table = res.table_path.read_text()
+    assert "| ViT-T |" in table and "| ViT-T-S2 |" in table and "baseline" in table
+    with open(res.csv_path) as f:
+        records = list(csv.DictReader(f))
+    assert [r["encoder"] for r in records] == ["ViT-T", "ViT-T-S2"]
+    assert records[1]["paper"] == "62.5" and records[0]["vs_first"] == "baseline"
+    saved = json.loads(res.json_path.read_text())
+    assert [len(r["runs"]) for r in saved["rows"]] == [1, 1]
+    assert res.plot_path is not None and res.plot_path.stat().st_size > 1000
+
+    # a second invocation reads every run and evaluation back instead of redoing them
+    infos = sorted(out.glob("runs/*/seed0/eval/eval_info.json"))
+    stamps = [p.stat().st_mtime_ns for p in infos]
+    again = run_experiment(exp, out, workers=0, device="cpu", progress=False)
+    assert all(run.reused for row in again.rows for run in row.runs)
+    assert [p.stat().st_mtime_ns for p in infos] == stamps
+    assert [(r.n_success, r.n_episodes) for r in again.rows] == [
+        (r.n_success, r.n_episodes) for r in res.rows
+    ]
+
+    # a changed evaluation protocol re-evaluates the trained policies, without retraining
+    exp["eval"] = {**exp["eval"], "seed": 4}
+    third = run_experiment(exp, out, workers=0, device="cpu", progress=False)
+    assert not any(run.reused for row in third.rows for run in row.runs)
+    assert json.loads(infos[0].read_text())["positions"]["seed"] == 4
+
+
+def test_results_table_reports_pooled_rates_and_the_comparison():
+    def row(label, counts):
+        runs = [RunOutcome(label, i, "", k, n, 0.0, 0.0, None, False)
+                for i, (k, n) in enumerate(counts)]  # fmt: skip
+        return RowResult(label, label.lower(), 5_700_000, 1.26, 192, runs)
+
+    rows = [row("A", [(7, 16), (5, 16)]), row("B", [(12, 16), (13, 16)])]
+    records = results_table(rows)
+    assert records[0]["success"] == "12/32" and records[1]["success"] == "25/32"
+    assert records[0]["per_seed"] == "7/16 5/16" and records[1]["pc_success"] == 78.1
+    assert records[0]["params"] == "5.7M"
+    c = compare_rates(25, 32, 12, 32)
+    assert records[1]["p_value"] == f"{c.p_value:.3g}" and c.p_value < 0.01
+    assert records[1]["vs_first"].startswith(f"{100 * c.diff:+.1f} (")
+    md = markdown_table(records)
+    assert md.splitlines()[0].startswith("| encoder |") and len(md.splitlines()) == 4
+    assert "paper %" not in md  # no row has a reference: the column is left out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rows": []}, "has no rows"),
+        ({"rows": [{"encoder": "vit_q"}]}, "unknown encoder config 'vit_q'"),
+        (
+            {"rows": [{"encoder": "vit_t"}, {"encoder": "vit_t"}]},
+            "distinct labels; repeated: vit_t",
+        ),
+        ({"rows": [{"encoder": "mvp_b"}]}, "needs a value for weights"),
+        ({"rows": [{"encoder": "vit_t"}], "train_overrides": ["train.stepz=3"]}, "do not compose"),
+        ({"seeds": []}, "at least one training seed"),
+    ],
+)
+def test_bad_experiment_configs_fail_before_any_work(tmp_path, change, message):
+    exp = tiny_experiment(tmp_path, **change)
+    with pytest.raises(UserError, match=message):
+        run_experiment(exp, tmp_path / "out", workers=0, device="cpu", progress=False)
+    assert not (tmp_path / "demos.zarr").exists()  # nothing collected
+
+
+def test_cli_names_the_missing_weights_in_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "robo_s2", "experiment", "experiment=table8",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "experiment.weights.base" in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_succeeds_on_a_cpu(tmp_path):
+    """The README's main job: collect, encode, train, evaluate; success clearly above zero."""
+    out = subprocess.run(
+        [sys.executable, "-m", "robo_s2", "quickstart", f"hydra.run.dir={tmp_path / 'run'}",
+         f"experiment.demos.store={tmp_path / 'demos.zarr'}"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    (row,) = saved["rows"]
+    (run,) = row["runs"]
+    assert run["n_episodes"] == 16 and run["n_success"] >= 3, run
