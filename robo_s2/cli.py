@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("import_", "robomimic HDF5 or diffusion_policy zarr demos into a robo_s2 store"),
     "export": ("export", "a robo_s2 store to robomimic HDF5 or diffusion_policy zarr"),
     "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
+    "pretrain": ("pretrain", "MAE pre-training of a ViT encoder on store frames and image folders"),
     "train": ("train", "behaviour cloning of a policy on a store's (cached) encoder features"),
     "eval": ("eval", "success rate of a checkpoint in the cube-picking simulation"),
     "experiment": ("experiment", "an encoder comparison (Table 8): every row and seed, one table"),
