@@ -42,7 +42,9 @@ def f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32).astype(np.float64)
 
 
-def make_robomimic(path: Path, lengths: dict[str, int] = LENGTHS, seed: int = 0) -> dict:
+def make_robomimic(
+    path: Path, lengths: dict[str, int] = LENGTHS, seed: int = 0, size: int = H
+) -> dict:
     """A robomimic image dataset; returns {demo: {dataset path: array}} as written."""
     rng = np.random.default_rng(seed)
     written = {}
@@ -58,8 +60,10 @@ def make_robomimic(path: Path, lengths: dict[str, int] = LENGTHS, seed: int = 0)
                 "rewards": np.arange(n, dtype=np.float64),
                 "dones": np.eye(1, n, n - 1, dtype=np.int64)[0],
                 "states": rng.standard_normal((n, 12)),  # float64 sim states, kept exactly
-                "obs/agentview_image": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
-                "obs/robot0_eye_in_hand_image": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+                "obs/agentview_image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                "obs/robot0_eye_in_hand_image": rng.integers(
+                    0, 256, (n, size, size, 3), dtype=np.uint8
+                ),
                 "obs/object": f32(rng, n, 10),
                 **{f"obs/{k}": f32(rng, n, d) for k, d in PROPRIO.items()},
             }
@@ -114,6 +118,35 @@ def assert_same_store(a: DemoStore, b: DemoStore) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # robomimic import
+
+
+def test_imported_demos_train_and_evaluation_says_why_it_cannot_run(tmp_path):
+    """Foreign demos train like collected ones (their own action and proprio sizes); evaluating
+    the policy in our env is refused with a reason, before any env starts."""
+    from hydra import compose, initialize_config_dir
+
+    from robo_s2.evaluate import evaluate
+    from robo_s2.paths import config_dir
+    from robo_s2.train import train
+
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src, lengths={"demo_0": 9, "demo_1": 8, "demo_2": 7}, size=32)
+    import_robomimic(src, tmp_path / "lift.zarr")
+    overrides = [
+        f"data.store={tmp_path / 'lift.zarr'}", "encoder=vit_t", "encoder.image_size=32",
+        "policy.d_model=32", "policy.n_layers=1", "policy.n_heads=2", "policy.history=4",
+        "policy.chunk=4", "train.batch_size=8", "train.steps=4", "train.warmup_steps=1",
+        "train.eval_every=2", "data.val_fraction=0.34", "device=cpu",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose("train", overrides=overrides)
+    res = train(cfg, tmp_path / "run")
+    assert res.step == 4 and res.final["l1"] > 0
+    assert res.checkpoint is not None
+    with pytest.raises(
+        UserError, match="trained on .*Lift.* demos; evaluation needs robo_s2/CubePick"
+    ):
+        evaluate(res.checkpoint, n_episodes=1, positions="random", workers=0)
 
 
 def test_robomimic_import_maps_keys_orders_demos_and_keeps_masks(tmp_path):
