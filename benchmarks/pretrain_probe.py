@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
                 "train.warmup_epochs=2", "val_fraction=0.1", "resume=auto",
             ])  # fmt: skip
         r = pretrain(cfg, run_dir, progress=True)
+        speed = f"{r.images_per_s:.0f} images/s" if r.epoch > r.start_epoch else "trained before"
         print(
             f"pretrained {ARCHS[key]}: {r.epoch} epochs, held-out loss {r.val_loss:.4f} "
-            f"(random init {r.val_loss_init}), {r.images_per_s:.0f} images/s"
+            f"(random init {r.val_loss_init:.4f}), {speed}"
         )
         runs[key] = run_dir / "encoder.pth"
     if args.only:
