@@ -80,7 +80,7 @@ def bench(
         loss, _, _ = train_step(model, batch, opt, sched, params, 1.0, device)
         if ema is not None:
             ema.update(model)
-        float(loss)  # wait for the step (CUDA)
+        float(loss.detach())  # wait for the step (CUDA)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     ms = 1000 * statistics.median(times)
