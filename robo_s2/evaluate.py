@@ -52,7 +52,7 @@ from robo_s2.errors import UserError
 from robo_s2.evaluation.envpool import ResetRequest, make_env_pool
 from robo_s2.interop import NATIVE_ENV_ID as ENV_ID
 from robo_s2.interop import is_foreign
-from robo_s2.stats import wilson_interval
+from robo_s2.stats import SuccessRate
 
 EXPERT = "expert"
 POSITION_SETS = ("paper16", "random", "grid")
@@ -149,7 +149,7 @@ class EpisodeRecord:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(SuccessRate):
     records: list[EpisodeRecord]
     positions: str
     seed: int
@@ -167,16 +167,6 @@ class EvalResult:
     @property
     def n_success(self) -> int:
         return sum(r.success for r in self.records)
-
-    @property
-    def pc_success(self) -> float:
-        return 100.0 * self.n_success / max(self.n_episodes, 1)
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        """Wilson 95 % interval of the success rate, percent."""
-        lo, hi = wilson_interval(self.n_success, self.n_episodes)
-        return 100.0 * lo, 100.0 * hi
 
     def summary(self) -> str:
         lo, hi = self.ci95

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_s2.errors import UserError
-from robo_s2.stats import compare_rates, wilson_interval
+from robo_s2.stats import SuccessRate, compare_rates
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class RunOutcome:
 
 
 @dataclass
-class RowResult:
+class RowResult(SuccessRate):
     label: str
     encoder: str
     params: int
@@ -81,15 +80,6 @@ class RowResult:
     @property
     def n_episodes(self) -> int:
         return sum(r.n_episodes for r in self.runs)
-
-    @property
-    def pc_success(self) -> float:
-        return 100.0 * self.n_success / max(self.n_episodes, 1)
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        lo, hi = wilson_interval(self.n_success, self.n_episodes)
-        return 100.0 * lo, 100.0 * hi
 
 
 @dataclass
@@ -308,7 +298,7 @@ def run_one(
         train_seconds=round(train_s, 1),
         eval_seconds=round(float(eval_s), 1),
         val_ratio=None if ratio is None else round(float(ratio), 4),
-        reused=result.steps_run == 0 and reused_eval,
+        reused=reused_eval,  # (only possible when training had nothing left to do)
     )
     pc = 100.0 * outcome.n_success / max(outcome.n_episodes, 1)
     state = "reused" if outcome.reused else f"train {train_s:.0f} s, eval {eval_s:.0f} s"
@@ -319,7 +309,7 @@ def run_one(
     return outcome
 
 
-def encoder_cost(row: Row, cfg: DictConfig) -> tuple[int, float, int]:
+def encoder_cost(cfg: DictConfig) -> tuple[int, float, int]:
     """Parameters, GFLOPs per frame and feature width of a row's encoder (as configured)."""
     from robo_s2.encoders import create_encoder
     from robo_s2.encoders.profile import count_gflops, count_params
@@ -475,7 +465,7 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     # every row's encoder must build (configs compose, weights load) before hours of work start
     costs = {
-        r.label: encoder_cost(r, train_config(exp, r, seeds[0], exp["demos"]["store"], device))
+        r.label: encoder_cost(train_config(exp, r, seeds[0], exp["demos"]["store"], device))
         for r in rows
     }
 
@@ -501,6 +491,4 @@ def run_experiment(
         name, str(exp.get("title") or ""), results, out, described
     )
     seconds = time.perf_counter() - t0
-    if not math.isfinite(seconds):
-        seconds = 0.0
     return ExperimentResult(name, out, results, seconds, md, csv_path, json_path, plot)

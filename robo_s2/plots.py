@@ -26,6 +26,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, ax, title: str, path: str | Path) -> Path:
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
 def plot_positions(
     records: Sequence[Mapping[str, Any]],
     region: Sequence[Sequence[float]],
@@ -82,15 +92,9 @@ def plot_positions(
             loc="upper right",
             fontsize=7,
         )
-        if title:
-            ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
+        return _save(fig, ax, title, path)
     finally:
         plt.close(fig)
-    return out
 
 
 def plot_success_bars(
@@ -130,12 +134,6 @@ def plot_success_bars(
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylim(0, 105)
         ax.set_ylabel("success rate (%), Wilson 95% CI")
-        if title:
-            ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
+        return _save(fig, ax, title, path)
     finally:
         plt.close(fig)
-    return out

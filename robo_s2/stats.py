@@ -105,6 +105,24 @@ def fisher_exact_p(k1: int, n1: int, k2: int, n2: int) -> float:
     return min(1.0, p)
 
 
+class SuccessRate:
+    """``pc_success`` and its Wilson ``ci95`` (percent) for a class with ``n_success`` and
+    ``n_episodes``."""
+
+    n_success: int
+    n_episodes: int
+
+    @property
+    def pc_success(self) -> float:
+        return 100.0 * self.n_success / max(self.n_episodes, 1)
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95 % interval of the success rate, percent."""
+        lo, hi = wilson_interval(self.n_success, self.n_episodes)
+        return 100.0 * lo, 100.0 * hi
+
+
 @dataclass(frozen=True)
 class RateComparison:
     """Success rate A versus B; proportions in [0, 1]."""
