@@ -34,12 +34,7 @@ TINY = {"depth": 1, "embed_dim": 48, "num_heads": 3}
 OURS = ["vit_t", "vit_t_s2", "vit_s", "vit_b", "vit_b_s2", "vit_l", "mvp_b", "mvp_b_s2", "mvp_l"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kw):

@@ -22,13 +22,7 @@ REGION = ((0.4, 0.6), (-0.1, 0.1))
 SHORT = {"max_episode_steps": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The CPUs are shared; restore the setting for the other test modules afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- statistics ----------------------------------------------------------------------------------

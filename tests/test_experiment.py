@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from robo_s2.errors import UserError
 from robo_s2.experiment import (
@@ -61,12 +60,7 @@ def tiny_experiment(tmp_path: Path, **changes) -> dict:
     return exp
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):

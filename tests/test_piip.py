@@ -20,7 +20,7 @@ from robo_s2.encoders.piip import PIIPEncoder, even_interaction_indexes, piip_en
 from robo_s2.encoders.registry import resolve_encoder_config
 from robo_s2.errors import UserError
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # tiny random-init ViTs (patch 8 so that small images still give a few tokens); widths 24/48/96 all

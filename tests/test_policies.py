@@ -16,12 +16,7 @@ from robo_s2.errors import UserError
 DF, DP, DA = 6, 3, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fit_data(seed: int = 0, n: int = 64) -> dict[str, torch.Tensor]:

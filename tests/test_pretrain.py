@@ -38,12 +38,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scene(colours: np.ndarray, x: float, y: float, size: int = IMG) -> np.ndarray:
