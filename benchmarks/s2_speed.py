@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (bf16 autocast on CUDA)")
     ap.add_argument("--tiles-per-pass", type=int, default=4, help="tiles per pass, chunked rows")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add rows with the model torch.compile'd (static shapes) for ours and the wrapper",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,6 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         f"ours/{tiles}": f"ours, passes of {tiles} tiles (S2Encoder's CPU default)",
         f"native/{tiles}": f"ours, native {big}² render area-downsized, passes of {tiles} tiles",
     }
+    if args.compile:
+        variants["s2w+c"] = "s2wrapper.forward on the torch.compile'd model (a graph per shape)"
+        variants["ours+c"] = "ours, one pass, on the torch.compile'd model (one graph)"
+        compiled_w = torch.compile(model, dynamic=False)
+        compiled_o = torch.compile(model, dynamic=False)
     for k, v in variants.items():
         print(f"  {k:<10} {v}")
     cols = list(variants)
@@ -92,10 +102,25 @@ def main(argv: list[str] | None = None) -> None:
                 downsample="area", max_tiles_per_pass=tiles,
             ),
         }  # fmt: skip
+        if args.compile:
+            calls["s2w+c"] = lambda x=x: s2wrapper.forward(
+                compiled_w, x, scales=scales, num_prefix_token=p
+            )
+            calls["ours+c"] = lambda x=x: s2_forward(
+                compiled_o, x, scales=scales, num_prefix_token=p
+            )
         times: dict[str, list[float]] = {k: [] for k in calls}
         with torch.inference_mode(), autocast(device):
             ref = calls[cols[0]]().float()
-            diff = max((calls[c]().float() - ref).abs().max().item() for c in cols[1:3])
+            first: dict[str, float] = {}  # the first call compiles for the +c rows
+            diffs = []
+            for c in cols[1:]:
+                start = time.perf_counter()
+                out = calls[c]().float()
+                first[c] = time.perf_counter() - start
+                if not c.startswith("native"):
+                    diffs.append((out - ref).abs().max().item())
+            diff = max(diffs)
             for fn in calls.values():  # warm-up
                 fn()
             for _ in range(args.repeats):
@@ -105,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         row = f"{b:>5} | " + " | ".join(f"{med[c]:>13.1f}" for c in cols)
         row += " | " + " | ".join(f"{med[cols[0]] / med[c]:>11.2f}x" for c in cols[1:])
         print(row + f" | {diff:.1e}")
+        compiled = [c for c in cols if c.endswith("+c")]
+        if compiled:
+            print(
+                "      first call (compiling): "
+                + ", ".join(f"{c} {first[c]:.0f} s" for c in compiled)
+            )
 
 
 if __name__ == "__main__":
