@@ -100,15 +100,8 @@ def encode_store(
     batch_size: int = 64,
     device: str = "auto",
     on_batch: Callable[[CacheStatus], None] | None = None,
-    compile: bool = False,  # noqa: A002 - the config key's name
 ) -> CacheStatus:
-    """Encode every frame not yet in the cache; a no-op when the cache is complete.
-
-    ``compile`` runs the encoder through ``torch.compile`` with static shapes: one graph for
-    ``batch_size`` frames (the last, shorter batch is padded with its last frame and the padding
-    dropped), compiled once before the first batch. Features match the eager ones to float
-    rounding, so they share the cache entry.
-    """
+    """Encode every frame not yet in the cache; a no-op when the cache is complete."""
     import time
 
     if encoder.trainable:
@@ -141,14 +134,10 @@ def encode_store(
     if array.shape[0] < store.n_frames:
         array.resize((store.n_frames, encoder.feature_dim))
     images = store.array(image_key)
-    forward = torch.compile(encoder, dynamic=False) if compile else encoder
     start = time.perf_counter()
     for lo in range(status.n_done, store.n_frames, batch_size):
         hi = min(lo + batch_size, store.n_frames)
-        frames = images[lo:hi]
-        if compile and hi - lo < batch_size:  # keep the compiled shape
-            frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - (hi - lo), 0)])
-        array[lo:hi] = encode_frames(forward, frames, torch_device)[: hi - lo]
+        array[lo:hi] = encode_frames(encoder, images[lo:hi], torch_device)
         group.attrs["n_done"] = hi  # the commit point: rows below n_done are final
         status.n_encoded_now += hi - lo
         status.n_done = hi

@@ -46,20 +46,6 @@ def test_cached_features_equal_the_encoder_output(tmp_path):
     np.testing.assert_allclose(feats, expected.numpy(), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_compiled_encode_matches_eager_and_pads_the_last_batch(tmp_path):
-    eager_store = make_store(tmp_path / "eager.zarr")
-    compiled_store = make_store(tmp_path / "compiled.zarr")
-    enc = tiny_encoder()
-    encode_store(eager_store, enc, batch_size=4)
-    status = encode_store(compiled_store, enc, batch_size=4, compile=True)  # 15 frames: 4+4+4+3
-    assert status.complete and status.n_encoded_now == 15
-    assert status.key == cache_status(eager_store, enc).key
-    np.testing.assert_allclose(
-        load_features(compiled_store, enc), load_features(eager_store, enc), atol=1e-4
-    )
-
-
 def test_rerun_is_a_noop_and_a_changed_encoder_gets_a_new_entry(tmp_path):
     store = make_store(tmp_path / "s.zarr")
     enc = tiny_encoder()

@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> CacheStatus:
     try:
         status = encode_store(
             store, encoder, image_key=cfg.image_key, batch_size=cfg.batch_size,
-            device=cfg.device, on_batch=on_batch, compile=cfg.compile,
+            device=cfg.device, on_batch=on_batch,
         )  # fmt: skip
     finally:
         bar.close()
