@@ -111,12 +111,19 @@ def _distractor_bodies(n: int) -> str:
     return "".join(out)
 
 
+def _bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
 def build_mjcf(
     cube_size: float = 0.04,
     cube_mass: float = 0.07,
     offscreen_size: int = 640,
     cube_rgba: tuple[float, float, float, float] = (0.85, 0.15, 0.12, 1.0),
     distractors: int = 0,
+    shadows: bool = True,
+    shadow_size: int = 1024,
+    msaa_samples: int = 4,
 ) -> str:
     """The whole scene as an MJCF string.
 
@@ -127,6 +134,9 @@ def build_mjcf(
         cube_rgba: cube colour.
         distractors: number of visual-only distractor objects (mocap bodies ``distractor<i>``,
             box / sphere / cylinder in turn, no collisions); 0 leaves the scene as it was.
+        shadows: whether the key light casts shadows (most of a CPU render's cost).
+        shadow_size: side of the shadow map (texels).
+        msaa_samples: multisample anti-aliasing samples of the offscreen buffer (0 = off).
     """
     h = cube_size / 2.0
     s2 = math.sqrt(0.5)
@@ -150,7 +160,7 @@ def build_mjcf(
   <visual>
     <global offwidth="{offscreen_size}" offheight="{offscreen_size}"/>
     <headlight ambient="0.35 0.35 0.35" diffuse="0.45 0.45 0.45" specular="0.05 0.05 0.05"/>
-    <quality shadowsize="1024"/>
+    <quality shadowsize="{int(shadow_size)}" offsamples="{int(msaa_samples)}"/>
   </visual>
 
   <default>
@@ -186,7 +196,8 @@ def build_mjcf(
   </asset>
 
   <worldbody>
-    <light name="key" pos="0.6 -0.6 1.6" dir="-0.2 0.4 -1" directional="true" castshadow="true"
+    <light name="key" pos="0.6 -0.6 1.6" dir="-0.2 0.4 -1" directional="true"
+           castshadow="{_bool(shadows)}"
            diffuse="0.6 0.6 0.6"/>
     <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" material="floor"
           contype="1" conaffinity="1"/>
