@@ -367,7 +367,7 @@ class BasePolicy(nn.Module):
     ) -> BasePolicy:
         """Rebuild a saved policy; ``overrides`` replace config entries that do not change weights
         (e.g. ``execution``). Called on a subclass, the saved type must match it."""
-        from safetensors.torch import load_file
+        from robo_s2.safe_io import fit_state_dict, read_safetensors
 
         src = Path(directory)
         if not (src / CONFIG_NAME).is_file() or not (src / WEIGHTS_NAME).is_file():
@@ -377,17 +377,27 @@ class BasePolicy(nn.Module):
             )
         try:
             config = json.loads((src / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{src / CONFIG_NAME} is not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(
+                f"{src / CONFIG_NAME} is not valid JSON ({e}); re-save or delete it"
+            ) from None
+        if not isinstance(config, dict):
+            raise UserError(f"{src / CONFIG_NAME} is not a policy config; re-save or delete it")
         config.update(overrides)
         name = config.pop("name", None)
         if cls is not BasePolicy and name != cls.name:
             raise UserError(f"{src} holds a '{name}' policy, not a '{cls.name}' one")
         policy = create_policy(name, **config)
-        try:
-            policy.load_state_dict(load_file(str(src / WEIGHTS_NAME)), strict=True)
-        except RuntimeError as e:
-            raise UserError(f"{src / WEIGHTS_NAME} does not match its config: {e}") from None
+        weights = src / WEIGHTS_NAME
+        state = fit_state_dict(
+            read_safetensors(weights, "policy weights"),
+            policy.state_dict(),
+            source=str(weights),
+            target=f"the '{name}' policy of {src / CONFIG_NAME}",
+            fix="the two files do not belong together: restore them or retrain",
+            exact=True,
+        )
+        policy.load_state_dict(state, strict=True)
         return policy.to(device)
 
 

@@ -7,15 +7,21 @@ A checkpoint is a directory (``<run>/checkpoints/{last,best}``)::
     robo_s2.json                     meta: encoder (label, config, fingerprint), env description, image
                                      key, data store, step, metrics, software version
     config.yaml                      the training run's full resolved config
-    training_state.pt                optimizer, scheduler, EMA, RNG states, step (``last`` only)
+    training_state.safetensors       optimizer, scheduler, EMA, RNG states, step (``last`` only):
+                                     tensors plus JSON, no pickle (:func:`robo_s2.safe_io.save_state`)
 
 Directories are written beside their final place and renamed into it, so a crash mid-save never
 leaves a half checkpoint where a good one was.
+
+Everything is read back as data: JSON, safetensors, YAML through OmegaConf's safe loader. A trust
+key inside a checkpoint's stored encoder config (``trust_weights``, ``trust_checkpoint``) is
+dropped: only the user's command line can allow a weights file that needs pickle.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -26,11 +32,13 @@ import torch
 
 from robo_s2 import __version__
 from robo_s2.errors import UserError
+from robo_s2.safe_io import fit_state_dict, read_safetensors, save_state, strip_trust
 
 META_NAME = "robo_s2.json"
 CONFIG_NAME = "config.yaml"
 ENCODER_WEIGHTS = "encoder.safetensors"
-TRAINING_STATE = "training_state.pt"
+TRAINING_STATE = "training_state.safetensors"
+LEGACY_TRAINING_STATE = "training_state.pt"  # robo_s2 <= 0.x: a pickle, never loaded
 
 
 @dataclass
@@ -87,7 +95,7 @@ def save_checkpoint(
             config = OmegaConf.create(config)
         (tmp / CONFIG_NAME).write_text(OmegaConf.to_yaml(config, resolve=True))
     if training_state is not None:
-        torch.save(training_state, tmp / TRAINING_STATE)
+        save_state(tmp / TRAINING_STATE, training_state)
     old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
     if final.exists():
         final.rename(old)
@@ -107,24 +115,42 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not meta_file.is_file():
         raise UserError(f"{path} is not a robo_s2 checkpoint (no {META_NAME}); use one from train")
     try:
-        return json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{meta_file} is corrupt ({exc}); use another checkpoint") from None
+    info = meta.get("encoder") if isinstance(meta, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise UserError(f"{meta_file} has no encoder config; it was not written by robo-s2 train")
+    return meta
 
 
 def build_encoder(meta: dict[str, Any], directory: Path | None = None):
-    """The encoder a checkpoint was trained with, with its trained weights when it has any."""
+    """The encoder a checkpoint was trained with, with its trained weights when it has any.
+
+    Trust keys in the stored config are dropped (a file never enables unsafe loading)."""
     from robo_s2.encoders import create_encoder
 
     info = meta["encoder"]
-    encoder = create_encoder({**info["config"], "_label": info.get("label")})
+    config, trusted = strip_trust(info["config"])
+    if trusted:
+        logging.getLogger("robo_s2").warning(
+            f"ignoring {', '.join(trusted)} stored in checkpoint {directory}: only the command "
+            "line can trust a weights file"
+        )
+    encoder = create_encoder({**config, "_label": info.get("label")})
     if info.get("trainable") and directory is not None:
-        from safetensors.torch import load_file
-
         weights = directory / ENCODER_WEIGHTS
         if not weights.is_file():
             raise UserError(f"{directory} lacks {ENCODER_WEIGHTS} for its trainable encoder")
-        encoder.load_state_dict(load_file(str(weights)), strict=True)
+        state = fit_state_dict(
+            read_safetensors(weights, "encoder weights"),
+            encoder.state_dict(),
+            source=str(weights),
+            target=f"the checkpoint's encoder '{info.get('label')}'",
+            fix="the checkpoint is damaged: restore it or retrain",
+            exact=True,
+        )
+        encoder.load_state_dict(state, strict=True)
     return encoder
 
 

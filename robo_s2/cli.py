@@ -2,15 +2,24 @@
 
 Each command is a Hydra app whose primary config is ``configs/<command>.yaml`` and whose task
 function is ``run(cfg)`` in ``robo_s2.commands.<module>``. Overrides are checked against the config
-before Hydra starts so that a typo costs one clear line, not a screen of Hydra's message.
+before Hydra starts so that a typo costs one clear line, not a screen of Hydra's message: unknown
+keys, unknown config-group options (the available ones are listed), and ``+key=value`` additions of
+keys the config does not have (Hydra would accept and silently ignore ``+train.stepz=5``; options
+under ``encoder.`` and ``policy.`` may be added, their factories check them).
+
+``encoder.trust_weights=true`` (or ``trust_weights=true``) is taken off the command line before
+Hydra sees it: it lets weights files that need pickle load (:func:`robo_s2.safe_io.trusted_weights`)
+and is never part of any config, so no file (a checkpoint, a saved run config) can switch it on.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from robo_s2.errors import UserError
 from robo_s2.paths import config_dir
@@ -49,10 +58,86 @@ _HYDRA_FLAGS_WITH_VALUE = {
 }  # fmt: skip
 
 
+TRUST_KEYS = ("encoder.trust_weights", "trust_weights")
+# config subtrees whose options may be added with +key=value (the factories check the names)
+OPEN_GROUPS = ("encoder", "policy")
+
+
+def pop_trust_flag(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` without ``encoder.trust_weights=...`` / ``trust_weights=...``, and its value."""
+    out, trust = [], False
+    for arg in args:
+        key, eq, value = arg.lstrip("+").partition("=")
+        if not eq or key not in TRUST_KEYS:
+            out.append(arg)
+            continue
+        v = value.strip().lower()
+        if v not in ("true", "false", "1", "0", "yes", "no"):
+            fail(f"{key}={value} must be true or false")
+        trust = v in ("true", "1", "yes")
+    return out, trust
+
+
+def _missing_option(command: str, exc: Any) -> str:
+    """Hydra's 'Could not find encoder/foo' with the group's options, on one line."""
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    group, _, name = missing.rpartition("/")
+    options = list(getattr(exc, "options", None) or [])
+    if not group or not options:
+        return ""
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"unknown {group} '{name}' for 'robo-s2 {command}'; {hint}available: {', '.join(options)}"
+    )
+
+
+def _added_keys(command: str, overrides: list[str]) -> None:
+    """Refuse ``+a.b=v`` / ``++a.b=v`` for a key the composed config does not have (outside
+    :data:`OPEN_GROUPS` and config-group appends)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    adds = [i for i, o in enumerate(parsed) if o.is_add() or o.is_force_add()]
+    if not adds:
+        return
+    base = compose(
+        config_name=command, overrides=[ov for i, ov in enumerate(overrides) if i not in adds]
+    )
+    absent = object()
+    for o in (parsed[i] for i in adds):
+        key = o.key_or_group
+        if key.split(".")[0] in OPEN_GROUPS or (config_dir() / key.replace(".", "/")).is_dir():
+            continue
+        if OmegaConf.select(base, key, default=absent, throw_on_missing=False) is not absent:
+            continue  # ++key=value of an existing key is a plain override
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if node is None and parent:
+            fail(
+                f"bad override '{o.input_line}' for 'robo-s2 {command}': there is no '{parent}' "
+                f"to add '{leaf}' to (see 'robo-s2 {command} --cfg job' for the valid keys)"
+            )
+            return  # pragma: no cover - fail exits
+        keys = list(node.keys()) if isinstance(node, DictConfig) else []
+        if isinstance(node, DictConfig) and not keys:
+            continue  # an open (empty) mapping
+        close = difflib.get_close_matches(leaf, [str(k) for k in keys], n=1, cutoff=0.6)
+        hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+        where = f"'{parent}'" if parent else "the config"
+        fail(
+            f"bad override '{o.input_line}' for 'robo-s2 {command}': {where} has no key "
+            f"'{leaf}'{hint}, and adding keys to it would be silently ignored; valid keys: "
+            f"{', '.join(map(str, keys))}"
+        )
+
+
 def _check_overrides(command: str, args: list[str]) -> None:
     """Compose the config with the user's overrides; Hydra's multi-line errors become one line."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides, skip_next = [], False
@@ -68,7 +153,10 @@ def _check_overrides(command: str, args: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             compose(config_name=command, overrides=overrides)
+            _added_keys(command, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
+        if isinstance(exc, MissingConfigException) and _missing_option(command, exc):
+            fail(_missing_option(command, exc))
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         fail(
@@ -103,13 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         fail(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
     os.environ.setdefault("MUJOCO_GL", "egl")
+    rest, trust = pop_trust_flag(rest)
     _check_overrides(command, rest)
     module = importlib.import_module(f"robo_s2.commands.{COMMANDS[command][0]}")
     sys.argv = [f"robo-s2-{command}", *rest]
     app = hydra.main(version_base=None, config_path=str(config_dir()), config_name=command)(
         guarded(module.run)
     )
-    app()
+    from robo_s2.safe_io import trusted_weights
+
+    with trusted_weights(trust):
+        app()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 
     <run>/encoder.pth                         the encoder in MVP's format ({"model": timm-keyed
                                               state dict, "robo_s2": meta}), rewritten every epoch
-    <run>/checkpoints/last/training_state.pt  MAE (encoder + decoder), optimizer, schedule, sampler
+    <run>/checkpoints/last/training_state.safetensors
+                                              MAE (encoder + decoder), optimizer, schedule,
+                                              sampler (tensors + JSON, no pickle)
     <run>/reconstructions.png                 held-out images | masked input | reconstruction
     <run>/tb/                                 TensorBoard: train/{loss,lr,images_per_s},
                                               val/loss (step 0 = the random init), images
@@ -18,6 +20,9 @@ linear warmup and cosine decay (per step), bf16 autocast on CUDA. Every random d
 (crops, flips, masks) comes from a generator seeded with ``(seed, s)`` and the batch order from a
 :class:`~robo_s2.training.optim.BatchSampler`, so resuming (``resume=true``) continues exactly:
 ``epochs=2`` straight and ``epochs=1`` + resume to 2 give bit-identical weights on the CPU.
+The training state is written after every epoch and, with ``train.save_every_steps=N``, every N
+steps inside an epoch too (with the epoch's running loss, so a run resumed mid-epoch reports the
+same epoch loss); ``encoder.pth`` is rewritten at the end of each epoch only.
 
 Load the result as a frozen encoder: ``encoder=mvp_s encoder.weights=<run>/encoder.pth`` for MVP
 architectures (``arch=vit_s16|vit_b16|vit_l16``), or ``encoder=vit_t encoder.pretrained=true
@@ -43,10 +48,13 @@ from torch import Tensor
 
 from robo_s2.errors import UserError
 from robo_s2.mae import MaskedAutoencoder, save_mvp_checkpoint
-from robo_s2.train import LAST, TRAINING_STATE, _plain, find_resume_checkpoint
+from robo_s2.safe_io import save_state
+from robo_s2.train import LAST, TRAINING_STATE, _plain, find_resume_checkpoint, read_training_state
 from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
 
 STATE_VERSION = 1
+STATE_KEYS = ("version", "kind", "step", "mae_config", "model", "optimizer", "scheduler")
+STATE_KEYS += ("sampler", "history", "n_images", "n_train")
 ENCODER_FILE = "encoder.pth"
 VAL_MASK_SEED = 12_345  # held-out masks are the same at every evaluation (comparable losses)
 
@@ -224,10 +232,8 @@ class Pretrainer:
         self.resume_from = find_resume_checkpoint(cfg, self.run_dir, command="pretrain")
         state = None
         if self.resume_from is not None:
-            state = torch.load(
-                self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=False
-            )
-            if state.get("version") != STATE_VERSION or state.get("kind") != "mae":
+            state = read_training_state(self.resume_from, STATE_KEYS, STATE_VERSION, "pretrain")
+            if state.get("kind") != "mae":
                 raise UserError(
                     f"{self.resume_from} is not a robo-s2 pretrain checkpoint this version reads"
                 )
@@ -269,19 +275,29 @@ class Pretrainer:
         )
         self.sampler = BatchSampler(self.train_ids, self.batch_size, self.seed)
         self.step, self.history, self.val_loss_init = 0, [], None
+        self.partial: dict[str, Any] | None = None  # the running loss of an epoch saved mid-way
         if state is not None:
             if state["n_images"] != len(self.pool) or state["n_train"] != len(self.train_ids):
                 raise UserError(
                     f"the images differ from the run being resumed ({self.resume_from}: "
                     f"{state['n_images']} images, now {len(self.pool)}); resume with its sources"
                 )
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.sampler.load_state_dict(state["sampler"])
+            try:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.sampler.load_state_dict(state["sampler"])
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                raise UserError(
+                    f"the training state in {self.resume_from} does not fit this run "
+                    f"({type(exc).__name__}: {str(exc).strip()[:160]}); resume with the run's "
+                    "own settings, or delete the state and start a new run"
+                ) from None
             self.step = int(state["step"])
             self.history = list(state["history"])
             self.val_loss_init = state.get("val_loss_init")
+            if self.step % self.steps_per_epoch:
+                self.partial = state.get("partial")
         self.start_epoch = self.step // self.steps_per_epoch
 
     # -------------------------------------------------------------------------- pieces
@@ -318,8 +334,7 @@ class Pretrainer:
         return reconstruction_loss(self.model, self.held_out(), batch_size=self.batch_size)
 
     def save(self, epoch: int, record: Mapping[str, Any]) -> None:
-        import os
-
+        """End of an epoch: ``encoder.pth`` and the training state."""
         meta = {
             **self.model.config,
             "epoch": epoch,
@@ -329,6 +344,10 @@ class Pretrainer:
             "format": "MVP/MAE: encoder state dict under 'model', timm key names",
         }
         save_mvp_checkpoint(self.model, str(self.run_dir / ENCODER_FILE), meta)
+        self.save_state(epoch)
+
+    def save_state(self, epoch: int, partial: Mapping[str, Any] | None = None) -> None:
+        """``checkpoints/last``: everything resuming needs (``partial``: mid-epoch running loss)."""
         state = {
             "version": STATE_VERSION,
             "kind": "mae",
@@ -343,12 +362,11 @@ class Pretrainer:
             "val_loss_init": self.val_loss_init,
             "n_images": len(self.pool),
             "n_train": len(self.train_ids),
+            "partial": None if partial is None else dict(partial),
         }
         last = self.run_dir / "checkpoints" / LAST
         last.mkdir(parents=True, exist_ok=True)
-        tmp = last / f".{TRAINING_STATE}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, last / TRAINING_STATE)
+        save_state(last / TRAINING_STATE, state)
         from omegaconf import OmegaConf
 
         (last / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.cfg)))
@@ -399,6 +417,7 @@ class Pretrainer:
             n_val=len(self.val_ids), skipped=list(self.pool.skipped), history=self.history,
         )  # fmt: skip
         log_every = max(1, int(self.tcfg.get("log_every") or 10))
+        save_every_steps = int(self.tcfg.get("save_every_steps") or 0)
         bar = tqdm(
             total=self.stop_epoch * self.steps_per_epoch, initial=self.step, desc="pretrain",
             unit="step", dynamic_ncols=True, delay=1.0, disable=not self.progress,
@@ -408,6 +427,10 @@ class Pretrainer:
         try:
             for epoch in range(self.start_epoch + 1, self.stop_epoch + 1):
                 loss_sum, n, t_epoch = torch.zeros((), device=self.device), 0, 0.0
+                if self.partial is not None:  # resumed inside this epoch
+                    loss_sum = self.partial["loss_sum"].to(self.device)
+                    n, t_epoch = int(self.partial["n"]), float(self.partial["epoch_s"])
+                    self.partial = None
                 while self.step < epoch * self.steps_per_epoch:
                     t0 = time.perf_counter()
                     loss = self.train_step()
@@ -431,6 +454,10 @@ class Pretrainer:
                             "train/images_per_s", self.batch_size / dt, self.step
                         )
                         bar.set_postfix(loss=f"{value:.4f}", epoch=epoch, refresh=False)
+                    in_epoch = self.step < epoch * self.steps_per_epoch
+                    if save_every_steps and self.step % save_every_steps == 0 and in_epoch:
+                        partial = {"loss_sum": loss_sum, "n": n, "epoch_s": t_epoch}
+                        self.save_state(epoch - 1, partial)
                 train_loss = float(loss_sum) / max(n, 1)
                 val = self.validate()
                 ips = n * self.batch_size / max(t_epoch, 1e-9)

@@ -2,7 +2,8 @@
 
 :func:`train` takes the resolved ``configs/train.yaml`` config and a run directory::
 
-    <run>/checkpoints/last   policy (+ trainable encoder), meta, config.yaml, training_state.pt
+    <run>/checkpoints/last   policy (+ trainable encoder), meta, config.yaml,
+                             training_state.safetensors (tensors + JSON, no pickle)
     <run>/checkpoints/best   the same at the best validation loss (no training state)
     <run>/tb/                TensorBoard: train/{loss,l1,lr,grad_norm,samples_per_s}, val/...
     <run>/metrics.jsonl      one JSON line per validation
@@ -32,6 +33,11 @@ the training-mean action as a baseline, with their ratio (< 1: the policy beats 
 scheduler, step, the batch sampler and every RNG (python, numpy, torch, CUDA; per rank), so
 training N steps straight and N/2 + resume to N give bit-identical weights. ``train.stop_at``
 stops early at a step while the schedule still spans ``train.steps`` (for job time limits).
+``checkpoints/last`` is written every ``train.save_every`` steps, at the end, and when the run is
+stopped by Ctrl-C (SIGINT) or SIGTERM (a job scheduler's stop): the current step finishes, is
+saved, and training stops, so an interrupted run loses no finished step. The training state is
+read back as data only (:func:`robo_s2.safe_io.load_state`); an older ``training_state.pt``
+(a pickle) is refused rather than unpickled.
 
 **Distributed.** Under ``torchrun`` each rank trains a DistributedDataParallel replica on a
 disjoint shard of every global batch (``train.batch_size`` is global and must divide by the
@@ -54,7 +60,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from robo_s2.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
 from robo_s2.errors import UserError
+from robo_s2.safe_io import load_state
 from robo_s2.training import distributed as D
 from robo_s2.training.data import FrameSource, SequenceData, Split, check_finite, split_episodes
 from robo_s2.training.optim import (
@@ -68,7 +76,9 @@ from robo_s2.training.optim import (
 
 STATE_VERSION = 1
 LAST, BEST = "last", "best"
-TRAINING_STATE = "training_state.pt"
+# what a training state must hold for this version to resume from it
+STATE_KEYS = ("version", "step", "model", "optimizer", "scheduler", "sampler", "rng", "split")
+STATE_KEYS += ("feature_dim", "encoder_fingerprint", "policy_config")
 
 
 @dataclass
@@ -155,6 +165,26 @@ def train_step(
 # config helpers
 
 
+def read_training_state(
+    directory: Path, keys: tuple[str, ...], version: int, command: str = "train"
+) -> dict[str, Any]:
+    """``<directory>/training_state.safetensors`` as data, checked for the entries it must hold."""
+    path = directory / TRAINING_STATE
+    state = load_state(path, "training state")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise UserError(
+            f"training state {path} lacks entries this version needs (has {have}); it was not "
+            f"written by robo-s2 {command}: delete it or start a new run"
+        )
+    if state.get("version") != version:
+        raise UserError(
+            f"{directory} was written by an incompatible robo_s2 "
+            f"(training state v{state.get('version')}, this one reads v{version}); start a new run"
+        )
+    return state
+
+
 def _plain(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
@@ -193,6 +223,12 @@ def find_resume_checkpoint(
     last = src / "checkpoints" / LAST
     if (last / TRAINING_STATE).is_file():
         return last
+    if (last / LEGACY_TRAINING_STATE).is_file():
+        raise UserError(
+            f"{last / LEGACY_TRAINING_STATE} is a training state in the old pickle format, which "
+            "robo_s2 no longer loads (unpickling can run code from the file); start a new run "
+            f"(its checkpoints can still be evaluated), or delete it to use resume=auto"
+        )
     if mode == "auto":
         return None
     raise UserError(
@@ -243,14 +279,7 @@ class Trainer:
         self.resume_from = find_resume_checkpoint(cfg, self.run_dir)
         state = None
         if self.resume_from is not None:
-            state = torch.load(
-                self.resume_from / TRAINING_STATE, map_location="cpu", weights_only=False
-            )
-            if state.get("version") != STATE_VERSION:
-                raise UserError(
-                    f"{self.resume_from} was written by an incompatible robo_s2 "
-                    f"(training state v{state.get('version')}, this one reads v{STATE_VERSION})"
-                )
+            state = read_training_state(self.resume_from, STATE_KEYS, STATE_VERSION)
 
         # ---- store, actions, proprioception
         store_path = dcfg.get("store")
@@ -371,7 +400,14 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []
         if state is not None:
-            self._load_state(state)
+            try:
+                self._load_state(state)
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                raise UserError(
+                    f"the training state in {self.resume_from} does not fit this run "
+                    f"({type(exc).__name__}: {str(exc).strip()[:160]}); resume with the run's "
+                    "own settings, or delete the state and start a new run"
+                ) from None
         # per-rank dropout streams (rank 0 keeps the single-process stream)
         if state is None and self.dist.rank:
             torch.manual_seed(self.seed + 1_000_003 * self.dist.rank)
@@ -889,9 +925,9 @@ class Trainer:
         return result
 
     def _catch_interrupt(self, on: bool) -> None:
-        """Single process: the first Ctrl-C lets the current step finish, saves checkpoints/last
-        (an exact resume point) and stops; a second one stops at once. Under torchrun Ctrl-C keeps
-        its default (the ranks could not agree on a step to stop at)."""
+        """Single process: the first Ctrl-C (SIGINT) or SIGTERM lets the current step finish,
+        saves checkpoints/last (an exact resume point) and stops; a second one stops at once.
+        Under torchrun both keep their default (the ranks could not agree on a step to stop at)."""
         import signal
         import threading
 
@@ -899,9 +935,9 @@ class Trainer:
         if self.dist.enabled or threading.current_thread() is not threading.main_thread():
             return
         if not on:
-            if getattr(self, "_previous_sigint", None) is not None:
-                signal.signal(signal.SIGINT, self._previous_sigint)
-                self._previous_sigint = None
+            for signum, previous in (self._previous_sigint or {}).items():
+                signal.signal(signum, previous)
+            self._previous_sigint = None
             return
 
         def handler(signum: int, frame: Any) -> None:
@@ -909,9 +945,12 @@ class Trainer:
                 raise KeyboardInterrupt
             self._interrupted = True
             if self.dist.is_main and self.progress:
-                print("\ntrain: stopping after this step (Ctrl-C again to stop at once)")
+                name = signal.Signals(signum).name
+                print(f"\ntrain: {name}: stopping after this step ({name} again to stop at once)")
 
-        self._previous_sigint = signal.signal(signal.SIGINT, handler)
+        self._previous_sigint = {
+            s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+        }
 
     def close(self) -> None:
         if self.writer is not None:

@@ -264,6 +264,37 @@ def test_resume_continues_exactly(store, tmp_path):
         pretrain(cfg_of(*common, "resume=true", "decoder.dim=32"), tmp_path / "b")
 
 
+def test_resume_mid_epoch_continues_exactly(store, tmp_path, monkeypatch):
+    """train.save_every_steps saves inside an epoch; a run killed after such a save and resumed
+    ends bit-identical to a straight one, with the same per-epoch losses."""
+    import robo_s2.pretrain as pretrain_module
+    from robo_s2.safe_io import load_state
+
+    common = [f"images=[{store}]", "frames_per_episode=4", "train.epochs=2"]
+    straight = pretrain(cfg_of(*common), tmp_path / "a")
+    per_epoch = straight.step // 2
+    assert per_epoch >= 3
+    real_step = pretrain_module.Pretrainer.train_step
+
+    def killed_in_epoch_2(self):
+        if self.step == per_epoch + 2:  # one step after the save at per_epoch + 1
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(pretrain_module.Pretrainer, "train_step", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg_of(*common, f"train.save_every_steps={per_epoch + 1}"), tmp_path / "b")
+    monkeypatch.setattr(pretrain_module.Pretrainer, "train_step", real_step)
+    state = load_state(tmp_path / "b/checkpoints/last/training_state.safetensors")
+    assert state["step"] == per_epoch + 1 and state["epoch"] == 1 and state["partial"]["n"] == 1
+    rest = pretrain(cfg_of(*common, "resume=true"), tmp_path / "b")
+    assert rest.step == straight.step and rest.epoch == 2
+    a = torch.load(tmp_path / "a" / "encoder.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "encoder.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in rest.history]
+
+
 def test_reconstruction_loss_is_deterministic(store):
     pool = load_images([store], IMG, frames_per_episode=2)
     mae = MaskedAutoencoder(ARCH, IMG, 32, 1, 2)

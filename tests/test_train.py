@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from robo_s2.errors import UserError
 from robo_s2.paths import config_dir
+from robo_s2.safe_io import load_state
 from robo_s2.store import DemoStore
 from robo_s2.train import Trainer, train
 from robo_s2.training.data import SequenceData, previous_actions, split_episodes
@@ -227,8 +228,8 @@ def test_policy_beats_the_mean_action_on_real_demos(tmp_path, demo_store):
     assert res.best["loss"] == min(h["loss"] for h in res.history)
 
     last = tmp_path / "run" / "checkpoints" / "last"
-    assert (last / "training_state.pt").is_file() and (last / "config.yaml").is_file()
-    assert not (tmp_path / "run" / "checkpoints" / "best" / "training_state.pt").exists()
+    assert (last / "training_state.safetensors").is_file() and (last / "config.yaml").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "best" / "training_state.safetensors").exists()
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     ckpt = load_checkpoint(last)
     meta = ckpt.meta
@@ -250,7 +251,7 @@ def test_policy_beats_the_mean_action_on_real_demos(tmp_path, demo_store):
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     ckpt = run / "checkpoints" / "last"
-    state = torch.load(ckpt / "training_state.pt", weights_only=False)
+    state = load_state(ckpt / "training_state.safetensors")
     out = {f"ema.{k}": v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
     out.update({f"raw.{k}": v for k, v in state["model"].items()})
     for i, s in state["optimizer"]["state"].items():
@@ -282,7 +283,7 @@ def test_resume_is_bit_identical(tmp_path, synthetic_store, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
     monkeypatch.setattr(train_module, "train_step", real_step)
-    state = torch.load(tmp_path / "b/checkpoints/last/training_state.pt", weights_only=False)
+    state = load_state(tmp_path / "b/checkpoints/last/training_state.safetensors")
     assert state["step"] == 14
     resumed = train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
     assert resumed.start_step == 14 and resumed.step == 20
@@ -300,6 +301,35 @@ def test_resume_is_bit_identical(tmp_path, synthetic_store, monkeypatch):
     )
     assert more.start_step == 20 and more.step == 24
     assert (tmp_path / "c" / "checkpoints" / "last").is_dir()
+
+
+def test_sigterm_saves_last_and_resumes_exactly(tmp_path, synthetic_store, monkeypatch):
+    """A job scheduler's SIGTERM during step 3: the step completes, checkpoints/last holds it
+    (save_every is far away) and resuming ends where a straight run does."""
+    import signal
+
+    import robo_s2.train as train_module
+
+    common = ["train.steps=6", "train.save_every=100", "train.eval_every=0"]
+    real_step, calls = train_module.train_step, []
+
+    def step_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(synthetic_store, *common), tmp_path / "b")
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert load_state(tmp_path / "b/checkpoints/last/training_state.safetensors")["step"] == 3
+    resumed = train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
+    train(make_cfg(synthetic_store, *common), tmp_path / "a")  # straight
+    assert resumed.start_step == 3
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_another_feature_width_or_a_missing_checkpoint(tmp_path, synthetic_store):

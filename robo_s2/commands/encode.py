@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from robo_s2.encoders import create_encoder
+from robo_s2.errors import UserError
 from robo_s2.feature_cache import CacheStatus, encode_store
 from robo_s2.store import DemoStore
 
@@ -21,6 +22,11 @@ def encoder_choice() -> str | None:
 
 def run(cfg: DictConfig) -> CacheStatus:
     store = DemoStore.open(cfg.store, mode="a")
+    if store.n_episodes == 0 or store.n_frames == 0:
+        raise UserError(
+            f"{cfg.store} has no episodes to encode; collect or import some first "
+            f"(robo-s2 collect out={cfg.store})"
+        )
     encoder = create_encoder(OmegaConf.to_container(cfg.encoder, resolve=True))
     encoder.label = encoder_choice() or encoder.label
     bar = tqdm(total=store.n_frames, desc="encode", unit="frame", dynamic_ncols=True, delay=1.0)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robo_s2.commands.encode import encoder_choice
 from robo_s2.errors import UserError
+from robo_s2.safe_io import strip_trust
 from robo_s2.train import TrainResult, find_resume_checkpoint, train
 
 # keys that describe this invocation rather than the run: a resumed run takes them from the command
@@ -46,7 +47,18 @@ def resume_config(
     saved_file = last / "config.yaml"
     if not saved_file.is_file():
         raise UserError(f"{last} has no config.yaml; it was not written by robo-s2 {command}")
-    saved = OmegaConf.load(saved_file)
+    try:  # OmegaConf's YAML loader is yaml.SafeLoader's: tags that would build objects fail
+        saved = OmegaConf.load(saved_file)
+    except Exception as exc:  # noqa: BLE001 - yaml and OmegaConf errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{saved_file} is not a plain YAML config ({first[:160]}); restore it, or start a "
+            "new run"
+        ) from None
+    if not isinstance(saved, DictConfig):
+        raise UserError(f"{saved_file} is not a config mapping; restore it, or start a new run")
+    plain, _ = strip_trust(OmegaConf.to_container(saved, resolve=False))
+    saved = OmegaConf.create(plain)  # a trust key in a file never counts (safe_io.strip_trust)
     for key, delete in _override_keys(overrides):
         if delete:
             parent, _, leaf = key.rpartition(".")

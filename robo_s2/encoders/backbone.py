@@ -5,11 +5,15 @@
 ``(B, P + h*w, C)`` (after the network's final norm) and pools it (:mod:`robo_s2.encoders.pooling`).
 The S² wrapper drives any :class:`TokenEncoder` through :meth:`TokenEncoder.pixel_tokens`.
 
-Weights: ``pretrained: true`` loads what timm can load — a local file (``weights: /path/file``,
-passed as ``pretrained_cfg_overlay=dict(file=...)``), the Hugging Face cache, or the hub when
-online. When weights are asked for and cannot be had this is a :class:`UserError` — never a silent
-fall back to random weights. ``pretrained: false`` is the explicit random-init choice. (Offline,
-``HF_HUB_OFFLINE=1`` makes the HF-cache lookup skip the hub's network retries.)
+Weights: ``pretrained: true`` loads a local file (``weights: /path/file``: safetensors or a torch
+state dict, read as data and loaded strictly by :func:`load_weights_file` — every tensor of the
+model from the file with its shape, wrapper prefixes ``module.``/``encoder.``/``model.`` stripped,
+only classifier/decoder keys left unused), or what timm finds in the Hugging Face cache or on the
+hub when online. When weights are asked for and cannot be had, or fit only partly, this is a
+:class:`UserError` — never a silent fall back to random weights. ``pretrained: false`` is the
+explicit random-init choice. (Offline, ``HF_HUB_OFFLINE=1`` makes the HF-cache lookup skip the
+hub's network retries.) timm's own weights for some models expect other pixel statistics than
+ImageNet's (ViT-Ti/S/B augreg: mean = std = 0.5): use ``normalize: model`` with them.
 """
 
 from __future__ import annotations
@@ -113,16 +117,35 @@ def _normalization(normalize: str, pretrained_cfg: dict | None) -> tuple[Any, An
     )
 
 
+def _check_timm_statistics(model: str, pretrained_cfg: dict | None) -> None:
+    """timm's own weights trained on other pixel statistics than ImageNet's need normalize=model."""
+    cfg = pretrained_cfg or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None:
+        return
+    theirs, ours = (*mean, *std), (*IMAGENET_MEAN, *IMAGENET_STD)
+    if len(theirs) == len(ours) and all(
+        abs(a - b) < 1e-3 for a, b in zip(theirs, ours, strict=True)
+    ):
+        return
+    raise UserError(
+        f"timm's weights for '{model}' expect pixels normalised with mean {tuple(mean)} and std "
+        f"{tuple(std)}, not ImageNet's; set normalize=model (the weights' own statistics)"
+    )
+
+
 class _RandomInitWarnings(logging.Handler):
-    """Collects timm's 'using random initialization' warnings (logged by timm, not raised)."""
+    """Collects timm's notes that weights were not (fully) loaded: 'using random initialization'
+    (a warning) and 'Missing keys ...' / 'Unexpected keys ...' after a non-strict load (INFO)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if "random init" in msg.lower():
+        low = msg.lower()
+        if "random init" in low or low.startswith(("missing keys", "unexpected keys")):
             self.messages.append(msg)
 
 
@@ -130,11 +153,15 @@ class _RandomInitWarnings(logging.Handler):
 def _catch_random_init() -> Iterator[_RandomInitWarnings]:
     handler = _RandomInitWarnings()
     logger = logging.getLogger("timm")
+    level = logger.level
     logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # timm reports missing keys at INFO
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _unknown_model(model: str) -> UserError:
@@ -153,6 +180,40 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def _resample_pos_embed(net: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A ViT file's position table resampled to the model's grid (bicubic, as timm does)."""
+    own, pos = getattr(net, "pos_embed", None), state.get("pos_embed")
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if own is None or pos is None or grid is None or pos.dim() != 3 or own.dim() != 3:
+        return state
+    if pos.shape == own.shape or pos.shape[-1] != own.shape[-1]:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(net, "no_embed_class", False) else int(net.num_prefix_tokens)
+    n = pos.shape[1] - prefix
+    if n < 1 or int(round(n**0.5)) ** 2 != n:
+        return state
+    resampled = resample_abs_pos_embed(pos, new_size=tuple(grid), num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}
+
+
+def load_weights_file(net: nn.Module, model: str, path: str) -> None:
+    """Load a weights file into a built timm model strictly (:func:`robo_s2.safe_io.fit_state_dict`)."""
+    from robo_s2.safe_io import fit_state_dict, read_weights, state_dict_in
+
+    state = state_dict_in(read_weights(path, f"weights file for timm model '{model}'"), path)
+    fitted = fit_state_dict(
+        state,
+        net.state_dict(),
+        source=str(path),
+        target=f"timm model '{model}'",
+        adapt=lambda s: _resample_pos_embed(net, s),
+        error_prefix=f"pretrained weights for timm model '{model}' could not be loaded from {path}",
+    )
+    net.load_state_dict(fitted, strict=True)
+
+
 def create_timm_model(
     model: str,
     pretrained: bool,
@@ -162,10 +223,10 @@ def create_timm_model(
 ) -> nn.Module:
     """``timm.create_model`` with weight failures turned into UserErrors, never random weights.
 
-    The random init (all of it with ``pretrained=False``; parts a checkpoint lacks otherwise) is
-    drawn from torch's RNG seeded with ``seed``, so the same config gives the same weights in
-    every process: a policy trained on a random-init encoder's cached features meets the same
-    encoder at evaluation.
+    The random init (all of it with ``pretrained=False``) is drawn from torch's RNG seeded with
+    ``seed``, so the same config gives the same weights in every process: a policy trained on a
+    random-init encoder's cached features meets the same encoder at evaluation. A ``weights``
+    file is loaded by :func:`load_weights_file` (strictly, as data), not by timm.
     """
     import timm
 
@@ -179,10 +240,10 @@ def create_timm_model(
         path = Path(str(weights)).expanduser()
         if not path.is_file():
             raise UserError(f"weights file {path} for timm model '{model}' does not exist")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+    from_timm = pretrained and weights is None
     try:
         with _catch_random_init() as caught, seeded(seed):
-            net = timm.create_model(model, pretrained=pretrained, **kwargs)
+            net = timm.create_model(model, pretrained=from_timm, **kwargs)
     except UserError:
         raise
     except TypeError as exc:
@@ -190,20 +251,25 @@ def create_timm_model(
             f"timm model '{model}' rejected model_kwargs {model_kwargs}: {exc}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - timm/hub/torch raise many kinds
-        if not pretrained:
-            raise UserError(f"could not build timm model '{model}': {exc}") from exc
-        where = f"from {weights}" if weights else "from the local Hugging Face cache or the hub"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if not from_timm:
+            raise UserError(f"could not build timm model '{model}': {first}") from exc
+        where = "from the local Hugging Face cache or the hub"
+        if "weights_only" in str(exc) or "pickle" in str(exc).lower():
+            first = "the file needs pickle to load, which is refused"
         raise UserError(
             f"pretrained weights for timm model '{model}' could not be loaded {where} "
             f"({type(exc).__name__}: {first}); put them in the HF cache, pass "
             "weights=/path/to/file, or set pretrained=false to use random weights on purpose"
         ) from exc
-    if pretrained and caught.messages:
+    if from_timm and caught.messages:
         raise UserError(
-            f"timm could not load pretrained weights for '{model}' ({caught.messages[0]}); "
-            "pass weights=/path/to/file or set pretrained=false to use random weights on purpose"
+            f"timm could not load pretrained weights for '{model}' fully "
+            f"({caught.messages[0][:300]}); pass weights=/path/to/file or set pretrained=false "
+            "to use random weights on purpose"
         )
+    if weights is not None:
+        load_weights_file(net, model, str(path))
     return net
 
 
@@ -251,6 +317,8 @@ class TimmEncoder(TokenEncoder):
         self.model = create_timm_model(model, bool(pretrained), weights, model_kwargs, int(seed))
         if normalize == "model":
             mean, std = _normalization(normalize, getattr(self.model, "pretrained_cfg", None))
+        elif normalize == "imagenet" and pretrained and weights is None:
+            _check_timm_statistics(model, getattr(self.model, "pretrained_cfg", None))
         net = self.model
         input_size = getattr(net, "pretrained_cfg", {}).get("input_size", (3, 224, 224))
         patch_embed = getattr(net, "patch_embed", None)

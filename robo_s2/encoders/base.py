@@ -56,8 +56,15 @@ def to_float_images(images: Tensor | Any, image_size: int | None = None) -> Tens
         images = images.float().div_(255.0)
     elif not images.is_floating_point():
         raise UserError(f"images must be uint8 or float in [0,1], got dtype {images.dtype}")
-    elif images.dtype == torch.float64:
-        images = images.float()
+    else:
+        if images.dtype != torch.float32:  # float64/float16/bfloat16 frames: the weights are fp32
+            images = images.float()
+        top = float(images.amax()) if images.numel() else 0.0
+        if top > 2.0:  # (resampling may overshoot 1 a little; 0-255 pixels go far beyond)
+            raise UserError(
+                f"float images must be in [0,1], got values up to {top:.4g} "
+                "(0-255 pixels?); divide by 255 or pass the uint8 frames"
+            )
     if images.shape[1] != 3:
         raise UserError(f"images must have 3 colour channels, got shape {tuple(images.shape)}")
     if image_size is not None and (

@@ -20,13 +20,14 @@ runs MVP-L at 224².
 Loading is strict: missing or unexpected keys and shape mismatches are :class:`UserError` s that
 name them. Keys that belong to pre-training only and not to the encoder's feature are dropped:
 the MAE decoder (``decoder*``), ``mask_token``, and a classifier ``head.*`` / ``pre_logits.*``.
-A ``module.`` prefix (DistributedDataParallel) is stripped.
+Wrapper prefixes (``module.`` of DistributedDataParallel, ``encoder.``, ``model.``) are stripped.
+The file is read as data (:func:`robo_s2.safe_io.read_weights`): a ``.pth`` that pickles Python
+objects beyond tensors is refused unless the user passes ``encoder.trust_weights=true``.
 """
 
 from __future__ import annotations
 
-import argparse
-import pickle
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from robo_s2.encoders.backbone import TokenEncoder, seeded
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from robo_s2.encoders.registry import register_encoder
 from robo_s2.errors import UserError
+from robo_s2.safe_io import name_list, read_weights, strip_known_prefixes, unused_ok
 
 PATCH_SIZE = 16
 ARCHS: dict[str, dict[str, int]] = {
@@ -53,7 +55,6 @@ _ARCH_ALIASES = {
     "b": "vit_b16",
 }
 _ARCH_ALIASES.update({"l": "vit_l16", "vit_s": "vit_s16", "vit_b": "vit_b16", "vit_l": "vit_l16"})
-IGNORED_PREFIXES = ("decoder", "mask_token", "head.", "pre_logits.")
 
 
 def build_mvp_vit(arch: str, img_size: int = 224) -> nn.Module:
@@ -90,27 +91,15 @@ def _guess_arch(state: dict[str, Tensor]) -> str | None:
     return None
 
 
-def load_mvp_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Tensor]:
-    """The encoder state dict of an MVP ``.pth`` (key ``model``), with UserErrors for bad files."""
+def load_mvp_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The encoder state dict of an MVP ``.pth`` (key ``model``), with UserErrors for bad files.
+
+    Read as data (``weights_only=True``); a file that needs pickle loads only when the user passed
+    ``encoder.trust_weights=true`` (:func:`robo_s2.safe_io.trusted_weights`)."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise UserError(f"MVP checkpoint {p} does not exist (set weights=/path/to/mvp.pth)")
-    try:
-        if trust_checkpoint:
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        else:
-            # MAE-style training checkpoints may also pickle their argparse.Namespace of arguments
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on non-checkpoints
-        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
-            raise UserError(
-                f"MVP checkpoint {p} pickles Python objects beyond tensors; if you trust the file, "
-                "load it with trust_checkpoint=true"
-            ) from exc
-        raise UserError(
-            f"{p} is not a torch checkpoint (corrupt or another format: {type(exc).__name__})"
-        ) from exc
+    ckpt = read_weights(p, "MVP checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(
@@ -120,8 +109,7 @@ def load_mvp_state_dict(path: str | Path, trust_checkpoint: bool = False) -> dic
     state = ckpt["model"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"'model' in MVP checkpoint {p} is not a state dict of tensors")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    state, _ = strip_known_prefixes(state)
     return state
 
 
@@ -134,14 +122,13 @@ class MVPEncoder(TokenEncoder):
         arch: str = "vit_b16",
         image_size: int | None = None,
         pooling: str = "cls",
-        trust_checkpoint: bool = False,
         trainable: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
         arch = _resolve_arch(arch)
         random_init = weights is None or str(weights).lower() == "none"
-        state = None if random_init else load_mvp_state_dict(weights, trust_checkpoint)
+        state = None if random_init else load_mvp_state_dict(weights)
         native = 224
         if state is not None and "pos_embed" in state:
             n = state["pos_embed"].shape[1] - 1
@@ -159,7 +146,6 @@ class MVPEncoder(TokenEncoder):
             arch=arch,
             image_size=size,
             pooling=pooling,
-            trust_checkpoint=bool(trust_checkpoint),
             trainable=bool(trainable),
             **({"seed": int(seed)} if state is None else {}),
         )
@@ -183,16 +169,16 @@ class MVPEncoder(TokenEncoder):
             self.freeze()
 
     def _load(self, state: dict[str, Tensor], arch: str, path: str, size: int) -> None:
-        state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+        state = {k: v for k, v in state.items() if not unused_ok(k)}
         own = self.model.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
             parts = []
             if missing:
-                parts.append(f"missing keys {_names(missing)}")
+                parts.append(f"missing keys {name_list(missing)}")
             if unexpected:
-                parts.append(f"unexpected keys {_names(unexpected)}")
+                parts.append(f"unexpected keys {name_list(unexpected)}")
             guess = _guess_arch(state)
             hint = (
                 f" (it looks like a {guess} checkpoint; set arch={guess})"
@@ -233,6 +219,9 @@ class MVPEncoder(TokenEncoder):
         ]
         if left:  # pragma: no cover - every tensor of MVP's ViT is in its state dict
             raise RuntimeError(f"MVP encoder tensors not loaded from {path}: {left}")
+        logging.getLogger("robo_s2.weights").info(
+            f"loaded {len(own)}/{len(own)} tensors of MVP {arch} from {path}"
+        )
 
     def _tokens(self, x: Tensor) -> Tensor:
         return self.model.forward_features(x)  # all tokens after the final LayerNorm
@@ -243,18 +232,12 @@ class MVPEncoder(TokenEncoder):
         return d
 
 
-def _names(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"[{shown}{f', ... +{len(keys) - limit} more' if len(keys) > limit else ''}]"
-
-
 @register_encoder("mvp")
 def mvp_encoder(
     weights: str,
     arch: str = "vit_b16",
     image_size: int | None = None,
     pooling: str = "cls",
-    trust_checkpoint: bool = False,
     trainable: bool = False,
     seed: int = 0,
 ) -> MVPEncoder:
@@ -264,7 +247,6 @@ def mvp_encoder(
         arch=arch,
         image_size=image_size,
         pooling=pooling,
-        trust_checkpoint=trust_checkpoint,
         trainable=trainable,
         seed=seed,
     )
