@@ -1,9 +1,12 @@
 """Frozen-encoder features cached inside a demo store, keyed by the encoder's fingerprint.
 
 Layout: ``features/<key>/feature`` float32 ``(N, D)`` beside ``data/``, where ``key`` names the
-encoder, the image key and a fingerprint of the encoder's config and weights, so a changed encoder
-never reads stale features. The group's ``n_done`` attribute counts the frames already encoded (rows
-past it are ignored): encoding resumes after any interruption and extends when the store grows.
+encoder, the image key, the precision the encoder ran in (``fp32`` or ``bf16``, resolved once per
+run by :func:`feature_precision`) and a fingerprint of the encoder's config and weights, so a changed
+encoder never reads stale features and fp32 features are never taken for bf16 ones (or back).
+Features are stored as float32 whatever the compute precision, so numpy readers work. The group's
+``n_done`` attribute counts the frames already encoded (rows past it are ignored): encoding resumes
+after any interruption and extends when the store grows.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robo_s2.device import autocast, resolve_device
+from robo_s2.device import autocast, resolve_device, resolve_precision
 from robo_s2.errors import UserError
 from robo_s2.store import DemoStore
 
@@ -30,6 +33,7 @@ class CacheStatus:
     n_done: int
     n_frames: int
     feature_dim: int
+    precision: str = "fp32"
     n_encoded_now: int = 0
     seconds: float = 0.0
 
@@ -43,9 +47,21 @@ def encoder_label(encoder) -> str:
     return str(getattr(encoder, "label", None) or encoder.name)
 
 
-def cache_key(encoder, image_key: str = "image") -> str:
+def cache_key(encoder, image_key: str = "image", precision: str = "fp32") -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder_label(encoder))
-    return f"{name}-{image_key}-{encoder.fingerprint()[:16]}"
+    return f"{name}-{image_key}-{precision}-{encoder.fingerprint()[:16]}"
+
+
+def feature_precision(
+    encoder, device: torch.device | str, batch_size: int, precision: str | None = None
+) -> str:
+    """The precision (``fp32`` | ``bf16``) a run encoding ``batch_size`` frames per pass on
+    ``device`` computes features in: ``precision`` (default: the encoder's own setting) resolved
+    once, from the nominal batch, so that a short last batch is not computed differently."""
+    device = resolve_device(str(device)) if isinstance(device, str) else device
+    return resolve_precision(
+        precision or encoder.precision, device, encoder.tokens_per_pass(batch_size, device)
+    )
 
 
 def _check_image_key(store: DemoStore, image_key: str) -> None:
@@ -57,12 +73,16 @@ def _check_image_key(store: DemoStore, image_key: str) -> None:
         )
 
 
-def cache_status(store: DemoStore, encoder, image_key: str = "image") -> CacheStatus:
-    key = cache_key(encoder, image_key)
+def cache_status(
+    store: DemoStore, encoder, image_key: str = "image", precision: str = "fp32"
+) -> CacheStatus:
+    key = cache_key(encoder, image_key, precision)
     n_done = 0
     if FEATURES_GROUP in store.root and key in store.root[FEATURES_GROUP]:
         n_done = int(store.root[FEATURES_GROUP][key].attrs.get("n_done", 0))
-    return CacheStatus(key, min(n_done, store.n_frames), store.n_frames, encoder.feature_dim)
+    return CacheStatus(
+        key, min(n_done, store.n_frames), store.n_frames, encoder.feature_dim, precision
+    )
 
 
 def check_frame_size(store: DemoStore, encoder, image_key: str) -> None:
@@ -86,9 +106,12 @@ def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> tor
 
 
 @torch.no_grad()
-def encode_frames(encoder, images: np.ndarray, device: torch.device) -> np.ndarray:
+def encode_frames(
+    encoder, images: np.ndarray, device: torch.device, precision: str = "fp32"
+) -> np.ndarray:
+    """Features (float32 numpy) of uint8 frames, computed in a resolved ``precision``."""
     x = images_to_tensor(images, encoder.image_size, device)
-    with autocast(device):
+    with autocast(device, precision):
         feats = encoder(x)
     return feats.float().cpu().numpy()
 
@@ -100,8 +123,12 @@ def encode_store(
     batch_size: int = 64,
     device: str = "auto",
     on_batch: Callable[[CacheStatus], None] | None = None,
+    precision: str | None = None,
 ) -> CacheStatus:
-    """Encode every frame not yet in the cache; a no-op when the cache is complete."""
+    """Encode every frame not yet in the cache; a no-op when the cache is complete.
+
+    ``precision`` (default: the encoder's own, usually ``auto``) is resolved once for the run
+    (:func:`feature_precision`) and names the cache entry written."""
     import time
 
     if encoder.trainable:
@@ -111,10 +138,11 @@ def encode_store(
         )
     _check_image_key(store, image_key)
     check_frame_size(store, encoder, image_key)
-    status = cache_status(store, encoder, image_key)
+    torch_device = resolve_device(device)
+    precision = feature_precision(encoder, torch_device, batch_size, precision)
+    status = cache_status(store, encoder, image_key, precision)
     if status.complete:
         return status
-    torch_device = resolve_device(device)
     encoder = encoder.to(torch_device).eval()
     group = store.root.require_group(f"{FEATURES_GROUP}/{status.key}")
     if "feature" not in group:
@@ -124,7 +152,14 @@ def encode_store(
             chunks=(ROWS_PER_CHUNK, encoder.feature_dim),
             dtype="float32",
         )
-        group.attrs.update({"encoder": encoder.describe(), "image_key": image_key, "n_done": 0})
+        group.attrs.update(
+            {
+                "encoder": encoder.describe(),
+                "image_key": image_key,
+                "precision": precision,
+                "n_done": 0,
+            }
+        )
     array = group["feature"]
     if array.shape[1] != encoder.feature_dim:
         raise UserError(
@@ -137,7 +172,7 @@ def encode_store(
     start = time.perf_counter()
     for lo in range(status.n_done, store.n_frames, batch_size):
         hi = min(lo + batch_size, store.n_frames)
-        array[lo:hi] = encode_frames(encoder, images[lo:hi], torch_device)
+        array[lo:hi] = encode_frames(encoder, images[lo:hi], torch_device, precision)
         group.attrs["n_done"] = hi  # the commit point: rows below n_done are final
         status.n_encoded_now += hi - lo
         status.n_done = hi
@@ -147,12 +182,16 @@ def encode_store(
     return status
 
 
-def load_features(store: DemoStore, encoder, image_key: str = "image") -> np.ndarray:
-    """All cached features ``(n_frames, D)``; an error says how to compute them when incomplete."""
-    status = cache_status(store, encoder, image_key)
+def load_features(
+    store: DemoStore, encoder, image_key: str = "image", precision: str = "fp32"
+) -> np.ndarray:
+    """All cached features ``(n_frames, D)`` computed in ``precision``; an error says how to
+    compute them when incomplete."""
+    status = cache_status(store, encoder, image_key, precision)
     if not status.complete:
         raise UserError(
             f"{store.path} has features for {status.n_done}/{status.n_frames} frames of encoder "
-            f"{status.key}; run: robo-s2 encode store={store.path} encoder=<that encoder config>"
+            f"{status.key}; run: robo-s2 encode store={store.path} encoder=<that encoder config> "
+            f"encoder.precision={precision}"
         )
     return np.asarray(store.root[FEATURES_GROUP][status.key]["feature"][: store.n_frames])

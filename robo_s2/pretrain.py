@@ -16,7 +16,8 @@
 Images come from demo stores, image folders and optional randomized scenes
 (:mod:`robo_s2.image_sources`), split by episode / file into training and held-out images.
 Training is MAE (:mod:`robo_s2.mae`): random-resized crops and flips, 75 % masking, AdamW with
-linear warmup and cosine decay (per step), bf16 autocast on CUDA. Every random draw of step ``s``
+linear warmup and cosine decay (per step), in ``precision`` (auto: bf16 autocast on CUDA and on
+CPUs with native bf16, see :mod:`robo_s2.device`). Every random draw of step ``s``
 (crops, flips, masks) comes from a generator seeded with ``(seed, s)`` and the batch order from a
 :class:`~robo_s2.training.optim.BatchSampler`, so resuming (``resume=true``) continues exactly:
 ``epochs=2`` straight and ``epochs=1`` + resume to 2 give bit-identical weights on the CPU.
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
 from robo_s2.mae import MaskedAutoencoder, save_mvp_checkpoint
 from robo_s2.safe_io import save_state
@@ -90,8 +92,10 @@ def reconstruction_loss(
     batch_size: int = 64,
     mask_seed: int = VAL_MASK_SEED,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> float:
-    """MAE loss of uint8 ``(N, S, S, 3)`` images (no augmentation, fixed masks), averaged."""
+    """MAE loss of uint8 ``(N, S, S, 3)`` images (no augmentation, fixed masks), averaged, with
+    the model run in a resolved ``precision`` (fp32 | bf16)."""
     from robo_s2.device import autocast
     from robo_s2.feature_cache import images_to_tensor
 
@@ -102,7 +106,7 @@ def reconstruction_loss(
     total, n = 0.0, 0
     for lo in range(0, len(images), batch_size):
         x = images_to_tensor(images[lo : lo + batch_size], model.img_size, device)
-        with autocast(device):
+        with autocast(device, precision):
             loss, _, _ = model(x, gen)
         total += float(loss) * x.shape[0]
         n += x.shape[0]
@@ -259,6 +263,12 @@ class Pretrainer:
         self.epochs = int(tcfg.get("epochs", 1))
         if self.batch_size < 1 or self.epochs < 1:
             raise UserError("train.batch_size and train.epochs must be >= 1")
+        # the encoder sees the visible (unmasked) patches only: those decide whether bf16 pays
+        grid = self.image_size // self.model.patch_size
+        visible = round(grid * grid * (1 - self.model.mask_ratio))
+        self.precision = resolve_precision(
+            str(cfg.get("precision") or "auto"), self.device, self.batch_size * (visible + 1)
+        )
         stop = tcfg.get("stop_at_epoch")
         self.stop_epoch = min(self.epochs, int(stop)) if stop else self.epochs
         self.steps_per_epoch = max(1, math.ceil(len(self.train_ids) / self.batch_size))
@@ -313,7 +323,7 @@ class Pretrainer:
             raw, self.image_size, gen, scale=tuple(t.get("crop_scale", (0.35, 1.0))),
             hflip=float(t.get("hflip", 0.5)),
         )  # fmt: skip
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             loss, _, _ = self.model(x, gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -331,7 +341,9 @@ class Pretrainer:
     def validate(self) -> float | None:
         if len(self.val_ids) == 0:
             return None
-        return reconstruction_loss(self.model, self.held_out(), batch_size=self.batch_size)
+        return reconstruction_loss(
+            self.model, self.held_out(), batch_size=self.batch_size, precision=self.precision
+        )
 
     def save(self, epoch: int, record: Mapping[str, Any]) -> None:
         """End of an epoch: ``encoder.pth`` and the training state."""

@@ -141,23 +141,26 @@ def probe_encoder(
     seed: int = 0,
     batch_size: int = 64,
     device: str = "cpu",
+    precision: str | None = None,
 ) -> ProbeResult:
-    """Encode every frame of ``store`` with ``encoder`` and probe the cube position."""
+    """Encode every frame of ``store`` with ``encoder`` (in ``precision``, default the encoder's
+    own, resolved as a feature cache would) and probe the cube position."""
     import torch
 
     from robo_s2.device import resolve_device
-    from robo_s2.feature_cache import encode_frames
+    from robo_s2.feature_cache import encode_frames, feature_precision
     from robo_s2.training.data import split_episodes
 
     if image_key not in store.keys():
         raise UserError(f"{store.path} has no data/{image_key}; its arrays: {store.keys()}")
     dev = resolve_device(device)
     encoder = encoder.to(dev).eval()
+    precision = feature_precision(encoder, dev, batch_size, precision)
     frames = store.array(image_key)
     n = store.n_frames
     feats = np.concatenate(
         [
-            encode_frames(encoder, frames[lo : lo + batch_size], dev)
+            encode_frames(encoder, frames[lo : lo + batch_size], dev, precision)
             for lo in range(0, n, batch_size)
         ]
     )

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from robo_s2.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
 from robo_s2.errors import UserError
+from robo_s2.feature_cache import feature_precision
 from robo_s2.safe_io import load_state
 from robo_s2.training import distributed as D
 from robo_s2.training.data import FrameSource, SequenceData, Split, check_finite, split_episodes
@@ -113,14 +114,21 @@ class BCModel(nn.Module):
     windows) and ``inverse`` ``(B, H)`` (each step's row in ``frames``) instead of ``feature``.
     """
 
-    def __init__(self, policy: nn.Module, encoder: nn.Module | None = None) -> None:
+    def __init__(
+        self, policy: nn.Module, encoder: nn.Module | None = None, encoder_precision: str = "fp32"
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.encoder = encoder
+        self.encoder_precision = encoder_precision  # resolved: fp32 | bf16
 
     def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         if "frames" in batch:
-            feats = self.encoder(batch["frames"]).float()
+            from robo_s2.device import autocast
+
+            frames = batch["frames"]
+            with autocast(frames.device, self.encoder_precision):
+                feats = self.encoder(frames).float()
             batch = {k: v for k, v in batch.items() if k not in ("frames", "inverse")} | {
                 "feature": feats[batch["inverse"]]
             }
@@ -353,7 +361,12 @@ class Trainer:
             check_frame_size(store, encoder, self.image_key)
             gb = float(dcfg.get("images_in_memory_gb", 4.0))
             self.frames = FrameSource(store.array(self.image_key), gb * 2**30)
-            self.feature_source = f"images ({self.image_key}), encoder trained end to end"
+            self.feature_precision = feature_precision(
+                encoder, self.device, int(dcfg.get("batch_size", 64))
+            )
+            self.feature_source = (
+                f"images ({self.image_key}), encoder trained end to end in {self.feature_precision}"
+            )
         else:
             features = self._cached_features()
 
@@ -366,7 +379,9 @@ class Trainer:
             self._fit_normalizer(policy, features, action, proprio)
 
         # ---- model, EMA, optimizer, schedule, sampler
-        self.model = BCModel(policy, encoder if self.trainable_encoder else None).to(self.device)
+        self.model = BCModel(
+            policy, encoder if self.trainable_encoder else None, self.feature_precision
+        ).to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if self.n_params == 0:
             raise UserError("nothing to train: the policy and encoder have no trainable parameters")
@@ -439,11 +454,18 @@ class Trainer:
     def _cached_features(self) -> np.ndarray:
         from tqdm import tqdm
 
-        from robo_s2.feature_cache import cache_status, encode_store, encoder_label, load_features
+        from robo_s2.feature_cache import (
+            cache_status,
+            encode_store,
+            encoder_label,
+            load_features,
+        )
         from robo_s2.store import DemoStore
 
         store, enc, key = self.store, self.encoder, self.image_key
-        status = cache_status(store, enc, key)
+        batch_size = int(self.dcfg.get("batch_size", 64))
+        self.feature_precision = precision = feature_precision(enc, self.device, batch_size)
+        status = cache_status(store, enc, key, precision)
         if not status.complete:
             if not self.dcfg.get("encode", True):
                 name = self.encoder_name or encoder_label(enc)
@@ -475,9 +497,10 @@ class Trainer:
                         writable,
                         enc,
                         image_key=key,
-                        batch_size=int(self.dcfg.get("batch_size", 64)),
+                        batch_size=batch_size,
                         device=str(self.device),
                         on_batch=on_batch,
+                        precision=precision,
                     )
                 finally:
                     bar.close()
@@ -488,7 +511,7 @@ class Trainer:
                 )
             D.barrier(self.dist)
             self.store = store = DemoStore.open(store.path, mode="r")
-        features = load_features(store, enc, key)
+        features = load_features(store, enc, key, precision)
         check_finite(
             f"cached features {status.key} in {store.path}",
             features,
@@ -521,6 +544,8 @@ class Trainer:
         return {
             "env": attrs.get("env", {}),
             "image_key": self.image_key,
+            # what evaluation runs the encoder in, so its features match the training ones
+            "feature_precision": self.feature_precision,
             "data": {
                 "store": str(Path(self.store.path).resolve()),
                 "n_episodes": int(self.store.n_episodes),
@@ -646,7 +671,7 @@ class Trainer:
         for lo in range(0, len(frames), bs):
             ids = frames[lo : lo + bs]
             x = images_to_tensor(self.frames(ids), self.encoder.image_size, self.device)
-            with autocast(self.device):
+            with autocast(self.device, self.feature_precision):
                 table[torch.as_tensor(ids, device=self.device)] = encoder(x).float()
         encoder.train(was_training)
         return table

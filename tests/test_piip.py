@@ -17,7 +17,7 @@ from robo_s2.encoders.deformable_attention import (
     reference_points,
 )
 from robo_s2.encoders.piip import PIIPEncoder, even_interaction_indexes, piip_encoder
-from robo_s2.encoders.registry import resolve_encoder_config
+from robo_s2.encoders.registry import RUNTIME_OPTIONS, resolve_encoder_config
 from robo_s2.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -311,7 +311,7 @@ def test_describe_fingerprint_and_registry():
         assert len(cfg["branches"]) == len(cfg["resolutions"])
         assert cfg["resolutions"] == sorted(cfg["resolutions"], reverse=True)
         accepted = set(inspect.signature(piip_encoder).parameters)
-        assert set(cfg) - {"name", "_label"} <= accepted
+        assert set(cfg) - {"name", "_label", *RUNTIME_OPTIONS} <= accepted
 
 
 def test_branch_weights_from_files(tmp_path):

@@ -186,6 +186,22 @@ def test_features_cached_by_encode_are_used(tmp_path):
     assert encode.run(enc_cfg).n_encoded_now == 18
     res = train(make_cfg(path, "data.encode=false", "train.steps=2"), tmp_path / "run")
     assert res.step == 2 and res.feature_source.startswith("cached features")
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "last" / "robo_s2.json").read_text())
+    from robo_s2.device import cpu_bf16_supported
+
+    # auto with batches of 64 frames: bf16 where the CPU has it natively, else fp32
+    assert meta["feature_precision"] == ("bf16" if cpu_bf16_supported() else "fp32")
+    # an fp32 cache is never taken for bf16 features: bf16 asks for its own entry
+    other = "fp32" if meta["feature_precision"] == "bf16" else "bf16"
+    with pytest.raises(UserError, match=rf"no cached features .*-{other}-"):
+        train(
+            make_cfg(path, "data.encode=false", "train.steps=2", f"encoder.precision={other}"),
+            tmp_path / "run_other",
+        )
+    res = train(make_cfg(path, "train.steps=2", f"encoder.precision={other}"), tmp_path / "run_b")
+    assert f"-{other}-" in res.feature_source
+    meta = json.loads((tmp_path / "run_b" / "checkpoints" / "last" / "robo_s2.json").read_text())
+    assert meta["feature_precision"] == other
 
 
 # ------------------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
                     device,
                     min_time=float(cfg.get("min_time", 1.0)),
                     name=name,
+                    precision=str(cfg.get("precision") or "auto"),
                 )
             )
             del encoder
@@ -87,7 +88,7 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "device": str(device),
-        "precision": profiles[0].precision,
+        "precision": str(cfg.get("precision") or "auto"),
         "threads": torch.get_num_threads(),
         "random_weights": use_random,
         "batch_sizes": batch_sizes,
@@ -95,7 +96,8 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
     }
     (out / "encoders.json").write_text(json.dumps(record, indent=2) + "\n")
     note = (
-        f"Device: {device} ({profiles[0].precision}, {torch.get_num_threads()} CPU threads). "
+        f"Device: {device} (precision {cfg.get('precision') or 'auto'}, resolved per batch size "
+        f"as shown beside each frames/s; {torch.get_num_threads()} CPU threads). "
         "GFLOPs counted with torch FlopCounterMode (2 per multiply-accumulate); GMACs = GFLOPs / 2 "
         "(the S² paper's #FLOPs).\n"
     )

@@ -96,6 +96,9 @@ class VisionEncoder(nn.Module):
         self._fingerprint_cache: tuple[tuple, str] | None = None
         # the config-file (or timm model) name it was built from; set by create_encoder
         self.label: str | None = None
+        # requested compute precision (auto | fp32 | bf16; robo_s2.device.resolve_precision): how
+        # the weights are run, not what they are, so it is not part of the fingerprint
+        self.precision: str = "auto"
 
     # --- configuration -------------------------------------------------------------------------
     def set_config(self, name: str, **config: Any) -> None:
@@ -147,6 +150,14 @@ class VisionEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """``(B,3,H,W)`` float in [0,1] or ``uint8 (B,H,W,3)`` -> ``(B, feature_dim)``."""
         raise NotImplementedError
+
+    def tokens_per_pass(self, batch: int, device: torch.device | None = None) -> int:
+        """Tokens in the largest matmul of one forward pass over ``batch`` frames (what decides
+        whether CPU bf16 pays). Default: ``batch`` times the patch tokens of one frame."""
+        patch = int(getattr(self, "patch_size", 16) or 16)
+        prefix = int(getattr(self, "num_prefix_tokens", 0))
+        grid = self.image_size // (patch if patch > 1 else 16)
+        return int(batch) * (grid * grid + prefix)
 
     def fingerprint(self) -> str:
         """sha256 over the resolved config JSON and every state_dict tensor (name, dtype, shape,

@@ -537,6 +537,12 @@ class PIIPEncoder(TokenEncoder):
             cls.append(t[:, 0])
         return self.merge(maps, cls if self.num_prefix_tokens else None)
 
+    def tokens_per_pass(self, batch: int, device: torch.device | None = None) -> int:
+        """Branches run one after another: the largest branch's tokens."""
+        return int(batch) * max(
+            h * w + p for (h, w), p in zip(self.grids, self.prefix_counts, strict=True)
+        )
+
     def pixel_tokens(self, x: Tensor) -> Tensor:
         """Float ``(B,3,S,S)`` pixels in [0,1] -> merged token map ``(B, P + S*S, merge_dim)``."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:

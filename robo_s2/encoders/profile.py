@@ -8,8 +8,9 @@ Fused CPU attention (``_scaled_dot_product_flash_attention_for_cpu``) has no for
 counter; we add the standard one so that attention is counted on every device.
 
 Throughput is frames per second of ``encoder(images)`` at a given batch size on a device, under
-``torch.inference_mode`` and — on CUDA — bf16 autocast, after warm-up, over at least ``min_time``
-seconds.
+``torch.inference_mode`` and in the precision the encoder's ``precision`` setting resolves to for
+that batch (:func:`robo_s2.device.resolve_precision`: ``auto`` = bf16 on CUDA and on CPUs with
+native bf16 once a pass is large enough), after warm-up, over at least ``min_time`` seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from robo_s2.device import autocast, resolve_device
+from robo_s2.device import autocast, resolve_device, resolve_precision
 from robo_s2.encoders.base import VisionEncoder
 
 
@@ -46,7 +47,7 @@ class EncoderProfile:
     feature_dim: int
     image_size: int
     device: str
-    precision: str
+    precision: dict[int, str] = field(default_factory=dict)  # batch size -> fp32 | bf16
     fps: dict[int, float] = field(default_factory=dict)  # batch size -> frames per second
     feature_shape: list[int] | None = None
 
@@ -58,6 +59,7 @@ class EncoderProfile:
         d = asdict(self)
         d["gmacs"] = self.gmacs
         d["fps"] = {str(k): v for k, v in self.fps.items()}
+        d["precision"] = {str(k): v for k, v in self.precision.items()}
         return d
 
 
@@ -96,8 +98,10 @@ def measure_fps(
     min_time: float = 1.0,
     min_iters: int = 3,
     warmup: int = 2,
+    precision: str = "fp32",
 ) -> float:
-    """Frames per second of ``encoder(images)`` at ``batch_size`` (inference mode; bf16 on CUDA)."""
+    """Frames per second of ``encoder(images)`` at ``batch_size`` (inference mode) in a resolved
+    ``precision`` (fp32 | bf16)."""
     device = device or _device_of(encoder)
     x = _dummy_images(encoder, batch_size, device)
 
@@ -105,7 +109,7 @@ def measure_fps(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    with autocast(device):
+    with autocast(device, precision):
         for _ in range(warmup):
             encoder(x)
         sync()
@@ -128,17 +132,25 @@ def profile_encoder(
     min_iters: int = 3,
     warmup: int = 2,
     name: str | None = None,
+    precision: str | None = None,
 ) -> EncoderProfile:
-    """Parameters, GFLOPs per frame and frames/s at each batch size on ``device``."""
+    """Parameters, GFLOPs per frame and frames/s at each batch size on ``device``, each in the
+    precision ``precision`` (default: the encoder's own setting) resolves to for that batch."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     encoder = encoder.to(dev).eval()
     gflops = count_gflops(encoder)
-    fps = {
-        int(b): measure_fps(
-            encoder, int(b), dev, min_time=min_time, min_iters=min_iters, warmup=warmup
-        )
+    requested = precision or encoder.precision
+    precisions = {
+        int(b): resolve_precision(requested, dev, encoder.tokens_per_pass(int(b), dev))
         for b in batch_sizes
     }
+    fps = {
+        b: measure_fps(
+            encoder, b, dev, min_time=min_time, min_iters=min_iters, warmup=warmup,
+            precision=precisions[b],
+        )
+        for b in precisions
+    }  # fmt: skip
     shape = getattr(encoder, "feature_shape", None)
     return EncoderProfile(
         name=name or getattr(encoder, "label", None) or encoder.name,
@@ -148,7 +160,7 @@ def profile_encoder(
         feature_dim=int(encoder.feature_dim),
         image_size=int(encoder.image_size),
         device=str(dev),
-        precision="bf16 autocast" if dev.type == "cuda" else "fp32",
+        precision=precisions,
         fps=fps,
         feature_shape=list(shape) if shape is not None else None,
     )
@@ -172,7 +184,7 @@ def format_table(profiles: list[EncoderProfile], markdown: bool = True) -> str:
             feat,
             f"{p.image_size}²",
         ]
-        row += [f"{p.fps[b]:.1f}" if b in p.fps else "-" for b in batch_sizes]
+        row += [f"{p.fps[b]:.1f} {p.precision[b]}" if b in p.fps else "-" for b in batch_sizes]
         rows.append(row)
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
 

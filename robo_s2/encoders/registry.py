@@ -22,10 +22,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from robo_s2.device import check_precision
 from robo_s2.encoders.base import VisionEncoder
 from robo_s2.errors import UserError
 
 EncoderFactory = Callable[..., VisionEncoder]
+# options every encoder takes, handled here rather than by the factories: how to run the weights
+RUNTIME_OPTIONS = ("precision",)
 
 _REGISTRY: dict[str, EncoderFactory] = {}
 _BUILTINS_LOADED = False
@@ -224,6 +227,9 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
             f"config or as an override (e.g. {missing[0]}=/path/to/file)"
         )
     name = cfg.pop("name")
+    # how to run the weights (robo_s2.device), not what they are: kept out of the encoder's config
+    # and fingerprint; feature caches are keyed by the precision a run resolves it to
+    precision = check_precision(cfg.pop(RUNTIME_OPTIONS[0], "auto"))
     factory = _REGISTRY[name]
     _check_kwargs(name, factory, cfg)
     encoder = factory(**cfg)
@@ -234,6 +240,7 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
     if not encoder._config:
         encoder.set_config(name, **cfg)
     encoder.label = label or encoder.name
+    encoder.precision = precision
     return encoder
 
 

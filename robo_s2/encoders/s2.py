@@ -340,6 +340,14 @@ class S2Encoder(VisionEncoder):
             max_tiles_per_pass=self._tiles_per_pass(x.device),
         )
 
+    def tokens_per_pass(self, batch: int, device: torch.device | None = None) -> int:
+        """Tiles of all scales run in passes of ``tiles_per_pass``: one pass's tile tokens."""
+        tiles = int(batch) * sum(plan.num_split**2 for plan in self.plans)
+        per_pass = self._tiles_per_pass(device or torch.device("cpu"))
+        if per_pass:
+            tiles = min(tiles, per_pass)
+        return tiles * self.backbone.tokens_per_pass(1, device)
+
     def _tiles_per_pass(self, device: torch.device) -> int | None:
         if self.tiles_per_pass == "auto":
             return None if device.type == "cuda" else CPU_TILES_PER_PASS
