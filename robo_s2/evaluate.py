@@ -208,7 +208,44 @@ def checkpoint_env_kwargs(meta: Mapping[str, Any], path: str | Path = "") -> dic
     kwargs = env.get("kwargs")
     if kwargs is None:  # an older description: the constructor kwargs at the top level
         kwargs = {k: env[k] for k in _env_parameters() if k in env}
-    return dict(kwargs)
+    from envs.cube_pick import render_profile
+
+    # descriptions from before the render keys were rendered with the legacy profile
+    return {**dict(kwargs), **render_profile(kwargs)}
+
+
+def check_render_profile(
+    trained: Mapping[str, Any], now: Mapping[str, Any], path: str | Path, allow: bool = False
+) -> None:
+    """Refuse to evaluate a policy on frames rendered differently from its demos' (shadows, shadow
+    map, MSAA change what the encoder sees) unless the user allows it."""
+    from envs.cube_pick import render_profile
+
+    a, b = render_profile(trained), render_profile(now)
+    if a != b and not allow:
+        raise UserError(
+            f"the policy in {path} was trained on frames rendered with {_settings(a)}, this "
+            f"evaluation renders {_settings(b)}; evaluate with the demos' profile, or pass "
+            "allow_render_mismatch=true to do it anyway"
+        )
+
+
+def _settings(profile: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in profile.items())
+
+
+def eval_precision(requested: str, trained: str | None, device: Any) -> str:
+    """The precision the encoder runs in at evaluation: ``auto`` = the one its training features
+    were computed in (``feature_precision`` in the checkpoint), where this device runs it
+    natively, else fp32; ``fp32`` / ``bf16`` as asked."""
+    from robo_s2.device import bf16_supported, check_precision, resolve_precision
+
+    requested = check_precision(requested)
+    if requested != "auto":
+        return resolve_precision(requested, device)
+    if trained is None:  # checkpoints from before precisions were recorded
+        trained = "bf16" if device.type == "cuda" else "fp32"
+    return "bf16" if trained == "bf16" and bf16_supported(device) else "fp32"
 
 
 def build_env_kwargs(
@@ -271,11 +308,14 @@ def load_target(
     env_overrides: Mapping[str, Any] | None = None,
     execution: Mapping[str, Any] | None = None,
     expert: Mapping[str, Any] | None = None,
+    precision: str = "auto",
+    allow_render_mismatch: bool = False,
 ) -> EvalTarget:
     """The actor and env of ``checkpoint`` (a checkpoint directory or ``"expert"``).
 
     A policy's env renders only the camera the policy sees; the expert's env renders nothing but
-    the recorded episodes' video frames.
+    the recorded episodes' video frames. A policy is evaluated under its demos' render profile
+    unless ``allow_render_mismatch``; its encoder runs in :func:`eval_precision`.
     """
     from robo_s2.evaluation.actors import ExpertActor, PolicyActor
 
@@ -298,7 +338,10 @@ def load_target(
     base = checkpoint_env_kwargs(read_meta(path), path)  # refuse foreign envs before loading
     ckpt = load_checkpoint(path, device=device)
     env_kwargs, desc = build_env_kwargs(base, env_overrides, render_images=True)
+    check_render_profile(base, env_kwargs, path, allow_render_mismatch)
     _check_policy_fits_env(ckpt, desc)
+    trained_precision = ckpt.meta.get("feature_precision")
+    run_precision = eval_precision(precision, trained_precision, device)
     # render only the camera the policy sees (an unused camera costs a full render per step)
     camera = "front" if ckpt.image_key == "image" else ckpt.image_key.removeprefix("image_")
     env_kwargs["cameras"] = [camera]
@@ -310,11 +353,17 @@ def load_target(
         "policy": ckpt.policy.name,
         "policy_config": ckpt.policy.config,
         "execution": dict(ckpt.policy.execution),
-        "encoder": {"label": enc.get("label"), "fingerprint": enc.get("fingerprint")},
+        "encoder": {
+            "label": enc.get("label"),
+            "fingerprint": enc.get("fingerprint"),
+            "precision": run_precision,
+            "trained_precision": trained_precision,
+        },
+        "render_profile": desc["render_profile"],
         "image_key": ckpt.image_key,
         "train_step": ckpt.meta.get("step"),
     }
-    actor = PolicyActor(ckpt.policy, ckpt.encoder, ckpt.image_key, device)
+    actor = PolicyActor(ckpt.policy, ckpt.encoder, ckpt.image_key, device, run_precision)
     return EvalTarget(actor, env_kwargs, desc, about)
 
 
@@ -529,6 +578,8 @@ def evaluate(
     env_overrides: Mapping[str, Any] | None = None,
     execution: Mapping[str, Any] | None = None,
     expert: Mapping[str, Any] | None = None,
+    precision: str = "auto",
+    allow_render_mismatch: bool = False,
     out_dir: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
@@ -537,7 +588,9 @@ def evaluate(
 
     With ``out_dir`` writes ``eval_info.json``, videos of the first ``n_videos`` episodes and the
     positions plot there. ``on_start(n)`` is called with the number of episodes once they are known,
-    ``on_episode(record)`` after every finished episode (in completion order).
+    ``on_episode(record)`` after every finished episode (in completion order). ``precision``
+    (auto | fp32 | bf16) is the encoder's (:func:`eval_precision`); ``allow_render_mismatch``
+    evaluates under another render profile than the demos' (shadows, MSAA).
     """
     from robo_s2.device import resolve_device
 
@@ -565,7 +618,10 @@ def evaluate(
     torch_device = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     want_videos = out is not None and n_videos > 0
-    target = load_target(checkpoint, torch_device, env_overrides, execution, expert)
+    target = load_target(
+        checkpoint, torch_device, env_overrides, execution, expert, precision,
+        allow_render_mismatch,
+    )  # fmt: skip
     desc = target.env_description
     region = desc["cube_region"]
     placements = position_set(positions, n_episodes, seed, region, bool(desc["randomize_yaw"]))

@@ -207,12 +207,15 @@ class _LoggingActor:
         return actions
 
 
-def test_trajectories_are_bit_identical_across_worker_counts(tiny_checkpoint):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trajectories_are_bit_identical_across_worker_counts(tiny_checkpoint, precision):
     from robo_s2.evaluate import episode_specs, load_target, run_episodes
 
     target = load_target(
-        tiny_checkpoint, torch.device("cpu"), env_overrides={"max_episode_steps": 6}
-    )
+        tiny_checkpoint, torch.device("cpu"), env_overrides={"max_episode_steps": 6},
+        precision=precision,
+    )  # fmt: skip
+    assert target.actor.precision == precision
     episodes = episode_specs(position_set("random", 3, seed=2, region=REGION), seed=2)
     logs = []
     for workers, pipeline in ((0, False), (2, True), (2, False)):

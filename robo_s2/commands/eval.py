@@ -63,6 +63,8 @@ def run(cfg: DictConfig) -> EvalResult:
             env_overrides=_plain(cfg, "env_overrides"),
             execution=_plain(cfg, "execution") or None,
             expert=_plain(cfg, "expert"),
+            precision=str(cfg.precision),
+            allow_render_mismatch=bool(cfg.allow_render_mismatch),
             out_dir=_run_dir(),
             on_start=on_start,
             on_episode=on_episode,

@@ -24,11 +24,14 @@ class PolicyActor:
     always spans every slot and no active slot's window is disturbed.
     """
 
-    def __init__(self, policy: Any, encoder: Any, image_key: str, device: Any) -> None:
+    def __init__(
+        self, policy: Any, encoder: Any, image_key: str, device: Any, precision: str = "fp32"
+    ) -> None:
         self.policy = policy.eval()
         self.encoder = encoder.eval()
         self.image_key = image_key
         self.device = device
+        self.precision = precision  # the encoder's, resolved (fp32 | bf16)
         self.obs_keys: tuple[str, ...] = (image_key, "proprio")
         self.n_slots = 0
 
@@ -37,7 +40,9 @@ class PolicyActor:
         parameters, buffers and submodules, while ``reset(n)`` gives the copy its own rollout."""
         import copy
 
-        return PolicyActor(copy.copy(self.policy), self.encoder, self.image_key, self.device)
+        return PolicyActor(
+            copy.copy(self.policy), self.encoder, self.image_key, self.device, self.precision
+        )
 
     def begin(self, n_slots: int) -> None:
         self.n_slots = int(n_slots)
@@ -56,7 +61,7 @@ class PolicyActor:
         images = np.stack([o[self.image_key] for o in obs])
         with torch.no_grad(), autocast(self.device):  # not inference_mode: the policy's
             # rollout buffers are reset in place between calls
-            feats = encode_frames(self.encoder, images, self.device)
+            feats = encode_frames(self.encoder, images, self.device, self.precision)
             feature = np.zeros((self.n_slots, feats.shape[1]), np.float32)
             proprio = np.zeros((self.n_slots, self.policy.proprio_dim), np.float32)
             feature[slots] = feats
