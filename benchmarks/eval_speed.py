@@ -1,13 +1,23 @@
-"""Env steps/s of ``robo-s2 eval`` with 1 and 2 env worker processes (and in-process), same run.
+"""Env steps/s of ``robo-s2 eval`` (render + physics + encoder + policy): old vs new frame cost.
 
-    python benchmarks/eval_speed.py [--episodes 4] [--steps 40] [--image-size 224] [--encoder vit_t]
+    python benchmarks/eval_speed.py [--encoders vit_t,vit_t_s2] [--sizes 112,224] [--episodes 4]
+        [--steps 30] [--workers 2] [--repeats 2]
+    python benchmarks/eval_speed.py --worker-sweep 0,1,2     # the worker-count comparison instead
 
-Builds a random-init checkpoint (the encoder config given, a default-size chunk transformer) for a
-224-px env in a temporary directory, evaluates it on the same positions with workers=0, 1, 2 (2 both
-in lockstep and pipelined) and prints one table: the median over interleaved rounds (so background
-load on a shared machine hits every setting alike); the ratio column is relative to 1 worker.
-Every episode runs to the horizon (the untrained policy never lifts the cube), so all rows do the
-same work; times exclude starting the worker processes (``rollout_s`` in eval_info.json). Per-episode records are checked to be identical across worker counts.
+Default mode: for every encoder and render size, two random-init checkpoints (a default-size chunk
+transformer) whose demos were rendered with the **old** profile (shadows, 1024² shadow map, MSAA 4;
+encoder in fp32) and the **new** one (no shadows, no MSAA; encoder precision ``auto``), evaluated on
+the same positions in the same run, rounds interleaved so that background load hits every setting
+alike; the median of ``--repeats`` rounds is reported with the ratio new / old. Every episode runs to
+the horizon (the untrained policy never lifts the cube), so both do the same work. Times exclude
+starting the worker processes (``rollout_s`` in eval_info.json).
+
+``--worker-sweep``: one checkpoint, evaluated with each worker count (2 both in lockstep and
+pipelined), ratios against 1 worker, per-episode records checked identical across worker counts.
+
+``--frame-cost``: also print, for each setting, what one frame costs in isolation (render of the
+front camera; encoder forward at batch 1 and at the eval batch), the numbers that say where the
+time goes.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -24,15 +35,28 @@ import torch  # noqa: E402
 
 from robo_s2.evaluate import evaluate  # noqa: E402
 
+OLD_PROFILE = {"shadows": True, "shadow_size": 1024, "msaa_samples": 4}
+NEW_PROFILE = {"shadows": False, "shadow_size": 1024, "msaa_samples": 0}
 
-def build_checkpoint(directory: Path, encoder_name: str, image_size: int) -> Path:
+
+def encoder_overrides(name: str, size: int) -> dict:
+    """The encoder config ``name`` at render size ``size`` (S²: the first scale at ``size``)."""
+    if "s2" in name:
+        return {"backbone": {"image_size": size}}
+    return {"image_size": size}
+
+
+def build_checkpoint(
+    directory: Path, encoder_name: str, image_size: int, env_kwargs: dict, precision: str
+) -> Path:
     from envs.cube_pick import CubePickEnv
     from policies import create_policy
     from robo_s2.checkpoint import save_checkpoint
     from robo_s2.encoders import create_encoder
+    from robo_s2.feature_cache import feature_precision
 
     torch.manual_seed(0)
-    encoder = create_encoder(encoder_name)
+    encoder = create_encoder(encoder_name, **encoder_overrides(encoder_name, image_size))
     policy = create_policy("chunk_transformer", feature_dim=encoder.feature_dim, proprio_dim=11,
                            action_dim=4)  # fmt: skip
     rng = np.random.default_rng(0)
@@ -43,29 +67,120 @@ def build_checkpoint(directory: Path, encoder_name: str, image_size: int) -> Pat
             "action": rng.normal(0, 0.3, size=(64, 4)).astype(np.float32),
         }
     )
-    env = CubePickEnv(image_size=image_size, render_images=False)
-    meta = {"env": env.describe(), "image_key": "image"}
+    env = CubePickEnv(image_size=image_size, render_images=False, **env_kwargs)
+    meta = {
+        "env": env.describe(),
+        "image_key": "image",
+        # what `robo-s2 encode` (batch 64) would have cached the training features in
+        "feature_precision": feature_precision(encoder, torch.device("cpu"), 64, precision),
+    }
     env.close()
     return save_checkpoint(directory / "checkpoints" / "best", policy, encoder, meta, {})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=40, help="max_episode_steps of each episode")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--encoder", default="vit_t")
-    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; the median is reported")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+def frame_cost(ckpt: Path, precision: str, batch: int) -> dict[str, float]:
+    """ms per render, and per encoder forward at batch 1 and ``batch`` (median of 7)."""
+    from envs.cube_pick import CubePickEnv
+    from robo_s2.checkpoint import load_checkpoint, read_meta
+    from robo_s2.evaluate import checkpoint_env_kwargs, eval_precision
+    from robo_s2.feature_cache import encode_frames
 
+    meta = read_meta(ckpt)
+    env = CubePickEnv(**{**checkpoint_env_kwargs(meta), "render_images": True})
+    obs, _ = env.reset(seed=0)
+
+    def median_ms(fn, n=7) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+    out = {"render": median_ms(lambda: env.render_camera("front"))}
+    out["physics"] = median_ms(lambda: env.step(np.zeros(4, np.float32)))  # step includes a render
+    out["physics"] -= out["render"]
+    env.close()
+    enc = load_checkpoint(ckpt).encoder
+    run = eval_precision(precision, meta.get("feature_precision"), torch.device("cpu"))
+    for b in (1, batch):
+        frames = np.repeat(obs["image"][None], b, axis=0)
+        out[f"encoder@{b}"] = median_ms(
+            lambda f=frames: encode_frames(enc, f, torch.device("cpu"), run)
+        )
+    out["precision"] = run
+    return out
+
+
+def profile_comparison(args: argparse.Namespace) -> None:
+    settings = [
+        (enc, int(size), arm)
+        for enc in args.encoders.split(",")
+        for size in args.sizes.split(",")
+        for arm in ("old", "new")
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_checkpoint(Path(tmp), args.encoder, args.image_size)
+        ckpts = {}
+        for enc, size, arm in settings:
+            profile = OLD_PROFILE if arm == "old" else NEW_PROFILE
+            precision = "fp32" if arm == "old" else "auto"
+            path = Path(tmp) / f"{enc}-{size}-{arm}"
+            ckpts[(enc, size, arm)] = (
+                build_checkpoint(path, enc, size, profile, precision),
+                precision,
+            )
+        seconds: dict[tuple, list[float]] = {s: [] for s in settings}
+        info: dict[tuple, dict] = {}
+        for _ in range(args.repeats):
+            for setting in settings:
+                ckpt, precision = ckpts[setting]
+                res = evaluate(
+                    ckpt, n_episodes=args.episodes, positions="random", seed=0,
+                    workers=args.workers, n_videos=0, precision=precision,
+                    env_overrides={"max_episode_steps": args.steps},
+                )  # fmt: skip
+                seconds[setting].append(res.info["rollout_s"])
+                info[setting] = {
+                    "steps": res.env_steps,
+                    "precision": res.info["encoder"]["precision"],
+                }
+        costs = {}
+        if args.frame_cost:
+            n_envs = max(args.workers, 1)
+            costs = {s: frame_cost(*ckpts[s], n_envs) for s in settings}
+    print(
+        f"eval speed, old frame cost (shadows 1024, MSAA 4, fp32) vs new (no shadows, no MSAA, "
+        f"precision auto): chunk_transformer, {args.episodes} episodes x {args.steps} steps, "
+        f"workers {args.workers}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+        f"median of {args.repeats}, load average after {os.getloadavg()[0]:.2f}"
+    )
+    print(f"{'encoder':>10} {'size':>5} {'arm':>4} {'precision':>9} {'steps':>6} {'seconds':>8} "
+          f"{'steps/s':>8} {'new/old':>8}")  # fmt: skip
+    for enc, size, arm in settings:
+        secs = float(np.median(seconds[(enc, size, arm)]))
+        rate = info[(enc, size, arm)]["steps"] / secs
+        old = info[(enc, size, "old")]["steps"] / float(np.median(seconds[(enc, size, "old")]))
+        ratio = f"{rate / old:.2f}x" if arm == "new" else ""
+        print(
+            f"{enc:>10} {size:>5} {arm:>4} {info[(enc, size, arm)]['precision']:>9} "
+            f"{info[(enc, size, arm)]['steps']:>6} {secs:>8.1f} {rate:>8.1f} {ratio:>8}"
+        )
+    if costs:
+        print("\nwhere one step's time goes (ms, median of 7, in this process):")
+        keys = [k for k in next(iter(costs.values())) if k != "precision"]
+        print(f"{'encoder':>10} {'size':>5} {'arm':>4} " + " ".join(f"{k:>11}" for k in keys))
+        for (enc, size, arm), c in costs.items():
+            print(f"{enc:>10} {size:>5} {arm:>4} " + " ".join(f"{c[k]:>11.1f}" for k in keys))
+
+
+def worker_sweep(args: argparse.Namespace) -> None:
+    encoder = args.encoders.split(",")[0]
+    size = int(args.sizes.split(",")[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_checkpoint(Path(tmp), encoder, size, NEW_PROFILE, "auto")
         runs = []
-        for workers in (int(w) for w in args.workers.split(",")):
+        for workers in (int(w) for w in args.worker_sweep.split(",")):
             runs.append((workers, False))
             if workers >= 2:
                 runs.append((workers, True))
@@ -90,10 +205,9 @@ def main() -> None:
         rows.append((workers, mode, steps, best, steps / best))
     base = next((r[4] for r in rows if r[0] == 1), rows[0][4])
     print(
-        f"eval speed: {args.encoder} + chunk_transformer, {args.image_size}px, {args.episodes} "
-        f"episodes x {args.steps} steps, torch threads {args.threads}, {os.cpu_count()} CPUs, "
-        f"device {res.info['device']}, median of {args.repeats}, load average before "
-        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}"
+        f"eval speed by workers: {encoder} + chunk_transformer, {size}px, {args.episodes} "
+        f"episodes x {args.steps} steps, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs, median of {args.repeats}"
     )
     print(
         f"{'workers':>8} {'mode':>11} {'env steps':>10} {'seconds':>8} {'steps/s':>8} "
@@ -104,6 +218,26 @@ def main() -> None:
             f"{workers:>8} {mode:>11} {steps:>10} {secs:>8.1f} {rate:>8.1f} {rate / base:>11.2f}x"
         )
     print("per-episode records identical across worker counts: yes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", default="vit_t,vit_t_s2")
+    parser.add_argument("--sizes", default="112,224", help="render sizes (S²: its first scale)")
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=30, help="max_episode_steps of each episode")
+    parser.add_argument("--workers", type=int, default=2, help="env processes (eval's default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; the median is reported")
+    parser.add_argument("--frame-cost", action="store_true", help="also time render and encoder")
+    parser.add_argument("--worker-sweep", default=None, help="e.g. 0,1,2: compare worker counts")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker_sweep:
+        worker_sweep(args)
+    else:
+        profile_comparison(args)
 
 
 if __name__ == "__main__":
