@@ -290,7 +290,7 @@ def _check_policy_fits_env(ckpt: Any, env: Mapping[str, Any]) -> None:
             f"{proprio_dim}-D; the checkpoint was trained for another env"
         )
     keys = [image_key(c) for c in env["cameras"]]
-    if ckpt.image_key not in keys:
+    if ckpt.image_key not in keys and ckpt.image_key != getattr(ckpt.encoder, "input_key", None):
         raise UserError(
             f"the policy in {path} sees obs '{ckpt.image_key}', the env renders {keys}; "
             "the checkpoint was trained with another camera"
@@ -337,14 +337,17 @@ def load_target(
     path = Path(checkpoint)
     base = checkpoint_env_kwargs(read_meta(path), path)  # refuse foreign envs before loading
     ckpt = load_checkpoint(path, device=device)
-    env_kwargs, desc = build_env_kwargs(base, env_overrides, render_images=True)
-    check_render_profile(base, env_kwargs, path, allow_render_mismatch)
+    sees_frames = getattr(ckpt.encoder, "input_key", None) is None  # the oracle reads the state
+    env_kwargs, desc = build_env_kwargs(base, env_overrides, render_images=sees_frames)
+    if sees_frames:
+        check_render_profile(base, env_kwargs, path, allow_render_mismatch)
     _check_policy_fits_env(ckpt, desc)
     trained_precision = ckpt.meta.get("feature_precision")
     run_precision = eval_precision(precision, trained_precision, device)
     # render only the camera the policy sees (an unused camera costs a full render per step)
-    camera = "front" if ckpt.image_key == "image" else ckpt.image_key.removeprefix("image_")
-    env_kwargs["cameras"] = [camera]
+    if sees_frames:
+        camera = "front" if ckpt.image_key == "image" else ckpt.image_key.removeprefix("image_")
+        env_kwargs["cameras"] = [camera]
     if execution:
         ckpt.policy.set_execution({**ckpt.policy.execution, **dict(execution)})
     enc = ckpt.meta.get("encoder", {})

@@ -72,6 +72,7 @@ class RowResult(SuccessRate):
     feature_dim: int
     runs: list[RunOutcome]
     reference: float | None = None  # the paper's success rate (percent), if any
+    note: str = ""  # e.g. "oracle ceiling, not vision" for the privileged-state row
 
     @property
     def n_success(self) -> int:
@@ -309,13 +310,15 @@ def run_one(
     return outcome
 
 
-def encoder_cost(cfg: DictConfig) -> tuple[int, float, int]:
-    """Parameters, GFLOPs per frame and feature width of a row's encoder (as configured)."""
+def encoder_cost(cfg: DictConfig) -> tuple[int, float, int, str]:
+    """Parameters, GFLOPs per frame, feature width and table note of a row's encoder (as
+    configured); the note labels a row that does not see images (the oracle) as a ceiling."""
     from robo_s2.encoders import create_encoder
     from robo_s2.encoders.profile import count_gflops, count_params
 
     encoder = create_encoder(_plain(cfg.encoder)).eval()
-    return count_params(encoder), count_gflops(encoder), int(encoder.feature_dim)
+    note = "oracle ceiling, not vision" if encoder.input_key == "state" else ""
+    return count_params(encoder), count_gflops(encoder), int(encoder.feature_dim), note
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
     for r in rows:
         lo, hi = r.ci95
         rec: dict[str, Any] = {
-            "encoder": r.label,
+            "encoder": f"{r.label} ({r.note})" if r.note else r.label,
             "config": r.encoder,
             "params": _fmt_params(r.params),
             "gflops": round(r.gflops, 2),
@@ -424,7 +427,7 @@ def write_reports(
     try:
         reference = {r.label: r.reference for r in rows if r.reference is not None}
         plot_success_bars(
-            [r.label for r in rows],
+            [f"{r.label}\n({r.note})" if r.note else r.label for r in rows],
             [r.n_success for r in rows],
             [r.n_episodes for r in rows],
             plot,
@@ -479,11 +482,11 @@ def run_experiment(
             runs.append(outcome)
             if on_run is not None:
                 on_run(outcome)
-        params, gflops, dim = costs[row.label]
+        params, gflops, dim, note = costs[row.label]
         ref = references.get(row.label)
         results.append(
             RowResult(row.label, row.encoder, params, gflops, dim, runs,
-                      None if ref is None else float(ref))
+                      None if ref is None else float(ref), note)
         )  # fmt: skip
     protocol = dict(exp.get("eval") or {})
     described = f"positions={protocol.get('positions', 'paper16')} seed={protocol.get('seed', 0)}"

@@ -49,7 +49,8 @@ def encoder_label(encoder) -> str:
 
 def cache_key(encoder, image_key: str = "image", precision: str = "fp32") -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder_label(encoder))
-    return f"{name}-{image_key}-{precision}-{encoder.fingerprint()[:16]}"
+    source = input_key(encoder, image_key)
+    return f"{name}-{source}-{precision}-{encoder.fingerprint()[:16]}"
 
 
 def feature_precision(
@@ -64,7 +65,18 @@ def feature_precision(
     )
 
 
+def input_key(encoder, image_key: str = "image") -> str:
+    """The store array (and env observation) ``encoder`` reads: ``image_key`` for camera
+    encoders, the encoder's own ``input_key`` otherwise (``state`` for the oracle)."""
+    return getattr(encoder, "input_key", None) or image_key
+
+
 def _check_image_key(store: DemoStore, image_key: str) -> None:
+    if image_key == "state" and "state" not in store.keys():
+        raise UserError(
+            f"{store.path} has no data/state (the privileged sim state the oracle reads); collect "
+            "the demos with robo-s2 collect, imported stores may not have it"
+        )
     if image_key not in store.keys():
         images = [k for k in store.keys() if k.startswith("image")]
         raise UserError(
@@ -109,8 +121,12 @@ def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> tor
 def encode_frames(
     encoder, images: np.ndarray, device: torch.device, precision: str = "fp32"
 ) -> np.ndarray:
-    """Features (float32 numpy) of uint8 frames, computed in a resolved ``precision``."""
-    x = images_to_tensor(images, encoder.image_size, device)
+    """Features (float32 numpy) of uint8 frames (or of states, for an encoder whose
+    ``input_key`` is ``state``), computed in a resolved ``precision``."""
+    if getattr(encoder, "input_key", None) is not None:
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
+    else:
+        x = images_to_tensor(images, encoder.image_size, device)
     with autocast(device, precision):
         feats = encoder(x)
     return feats.float().cpu().numpy()
@@ -136,8 +152,10 @@ def encode_store(
             f"encoder {encoder_label(encoder)} has trainable parts; its features change during "
             "training and cannot be cached (train from images instead)"
         )
+    image_key = input_key(encoder, image_key)
     _check_image_key(store, image_key)
-    check_frame_size(store, encoder, image_key)
+    if getattr(encoder, "input_key", None) is None:
+        check_frame_size(store, encoder, image_key)
     torch_device = resolve_device(device)
     precision = feature_precision(encoder, torch_device, batch_size, precision)
     status = cache_status(store, encoder, image_key, precision)

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from robo_s2.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
 from robo_s2.errors import UserError
-from robo_s2.feature_cache import feature_precision
+from robo_s2.feature_cache import feature_precision, input_key
 from robo_s2.safe_io import load_state
 from robo_s2.training import distributed as D
 from robo_s2.training.data import FrameSource, SequenceData, Split, check_finite, split_episodes
@@ -332,8 +332,9 @@ class Trainer:
             )
 
         # ---- encoder and features
-        self.image_key = str(dcfg.get("image_key") or "image")
         self.encoder = encoder = create_encoder(cfg["encoder"])
+        # the store array the encoder reads: a camera's frames, or data/state for the oracle
+        self.image_key = input_key(encoder, str(dcfg.get("image_key") or "image"))
         if self.encoder_name:  # the config's name (vit_t_s2) labels the feature cache, not "timm"
             encoder.label = self.encoder_name
         self.encoder_fp0 = encoder.fingerprint()

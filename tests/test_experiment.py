@@ -130,6 +130,10 @@ def test_results_table_reports_pooled_rates_and_the_comparison():
     md = markdown_table(records)
     assert md.splitlines()[0].startswith("| encoder |") and len(md.splitlines()) == 4
     assert "paper %" not in md  # no row has a reference: the column is left out
+    oracle = RowResult(
+        "Oracle", "oracle", 0, 0.0, 5, rows[0].runs, note="oracle ceiling, not vision"
+    )
+    assert results_table([oracle, *rows])[0]["encoder"] == "Oracle (oracle ceiling, not vision)"
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,9 @@ class VisionEncoder(nn.Module):
     feature_dim: int
     image_size: int
     trainable: bool = False
+    # what the encoder reads: None = camera frames (the run's image key); "state" = the privileged
+    # sim state (the oracle reference row, robo_s2.encoders.oracle)
+    input_key: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -150,6 +153,12 @@ class VisionEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """``(B,3,H,W)`` float in [0,1] or ``uint8 (B,H,W,3)`` -> ``(B, feature_dim)``."""
         raise NotImplementedError
+
+    def example_input(self, batch: int, device: torch.device | None = None) -> Tensor:
+        """A seeded random input batch of the kind ``forward`` takes (for FLOP counts, timing)."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, self.image_size, self.image_size, generator=g)
+        return x.to(device) if device is not None else x
 
     def tokens_per_pass(self, batch: int, device: torch.device | None = None) -> int:
         """Tokens in the largest matmul of one forward pass over ``batch`` frames (what decides

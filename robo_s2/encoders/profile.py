@@ -75,16 +75,10 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _dummy_images(encoder: VisionEncoder, batch: int, device: torch.device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, encoder.image_size, encoder.image_size, generator=g)
-    return x.to(device)
-
-
 @torch.inference_mode()
 def count_gflops(encoder: VisionEncoder, batch: int = 1) -> float:
     """GFLOPs per frame of ``encoder(images)`` (FlopCounterMode, fp32, on the encoder's device)."""
-    x = _dummy_images(encoder, batch, _device_of(encoder))
+    x = encoder.example_input(batch, _device_of(encoder))
     with FlopCounterMode(display=False, custom_mapping=_custom_flop_mapping()) as counter:
         encoder(x)
     return counter.get_total_flops() / 1e9 / batch
@@ -103,7 +97,7 @@ def measure_fps(
     """Frames per second of ``encoder(images)`` at ``batch_size`` (inference mode) in a resolved
     ``precision`` (fp32 | bf16)."""
     device = device or _device_of(encoder)
-    x = _dummy_images(encoder, batch_size, device)
+    x = encoder.example_input(batch_size, device)
 
     def sync() -> None:
         if device.type == "cuda":
