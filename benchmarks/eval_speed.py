@@ -4,11 +4,13 @@
         [--steps 30] [--workers 2] [--repeats 2]
     python benchmarks/eval_speed.py --worker-sweep 0,1,2     # the worker-count comparison instead
 
-Default mode: for every encoder and render size, two random-init checkpoints (a default-size chunk
+Default mode: for every encoder and render size, random-init checkpoints (a default-size chunk
 transformer) whose demos were rendered with the **old** profile (shadows, 1024² shadow map, MSAA 4;
-encoder in fp32) and the **new** one (no shadows, no MSAA; encoder precision ``auto``), evaluated on
-the same positions in the same run, rounds interleaved so that background load hits every setting
-alike; the median of ``--repeats`` rounds is reported with the ratio new / old. Every episode runs to
+encoder in fp32), the **new** default (the env's default render profile; encoder precision
+``auto``) and **noshadow** (no shadows, no MSAA, ``auto``: the cheapest frame, which the render A/B
+in docs/results/render_profile found to cost success), evaluated on the same positions in the same
+run, rounds interleaved so that background load hits every setting alike; the median of
+``--repeats`` rounds is reported with the ratio to old. Every episode runs to
 the horizon (the untrained policy never lifts the cube), so both do the same work. Times exclude
 starting the worker processes (``rollout_s`` in eval_info.json).
 
@@ -35,8 +37,20 @@ import torch  # noqa: E402
 
 from robo_s2.evaluate import evaluate  # noqa: E402
 
-OLD_PROFILE = {"shadows": True, "shadow_size": 1024, "msaa_samples": 4}
-NEW_PROFILE = {"shadows": False, "shadow_size": 1024, "msaa_samples": 0}
+
+def _arms() -> dict[str, tuple[dict, str]]:
+    """Arm -> (render profile, encoder precision)."""
+    import inspect
+
+    from envs.cube_pick import LEGACY_RENDER_PROFILE, RENDER_PROFILE_KEYS, CubePickEnv
+
+    params = inspect.signature(CubePickEnv).parameters
+    default = {k: params[k].default for k in RENDER_PROFILE_KEYS}
+    return {
+        "old": (dict(LEGACY_RENDER_PROFILE), "fp32"),
+        "new": (default, "auto"),
+        "noshadow": ({"shadows": False, "shadow_size": 1024, "msaa_samples": 0}, "auto"),
+    }
 
 
 def encoder_overrides(name: str, size: int) -> dict:
@@ -114,17 +128,17 @@ def frame_cost(ckpt: Path, precision: str, batch: int) -> dict[str, float]:
 
 
 def profile_comparison(args: argparse.Namespace) -> None:
+    arms = _arms()
     settings = [
         (enc, int(size), arm)
         for enc in args.encoders.split(",")
         for size in args.sizes.split(",")
-        for arm in ("old", "new")
+        for arm in args.arms.split(",")
     ]
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = {}
         for enc, size, arm in settings:
-            profile = OLD_PROFILE if arm == "old" else NEW_PROFILE
-            precision = "fp32" if arm == "old" else "auto"
+            profile, precision = arms[arm]
             path = Path(tmp) / f"{enc}-{size}-{arm}"
             ckpts[(enc, size, arm)] = (
                 build_checkpoint(path, enc, size, profile, precision),
@@ -149,36 +163,41 @@ def profile_comparison(args: argparse.Namespace) -> None:
         if args.frame_cost:
             n_envs = max(args.workers, 1)
             costs = {s: frame_cost(*ckpts[s], n_envs) for s in settings}
+    described = "; ".join(
+        f"{arm}: {', '.join(f'{k}={v}' for k, v in arms[arm][0].items())}, {arms[arm][1]}"
+        for arm in args.arms.split(",")
+    )
     print(
-        f"eval speed, old frame cost (shadows 1024, MSAA 4, fp32) vs new (no shadows, no MSAA, "
-        f"precision auto): chunk_transformer, {args.episodes} episodes x {args.steps} steps, "
+        f"eval speed by frame cost ({described}): chunk_transformer, {args.episodes} episodes x "
+        f"{args.steps} steps, "
         f"workers {args.workers}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
         f"median of {args.repeats}, load average after {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'encoder':>10} {'size':>5} {'arm':>4} {'precision':>9} {'steps':>6} {'seconds':>8} "
-          f"{'steps/s':>8} {'new/old':>8}")  # fmt: skip
+    print(f"{'encoder':>10} {'size':>5} {'arm':>8} {'precision':>9} {'steps':>6} {'seconds':>8} "
+          f"{'steps/s':>8} {'vs old':>8}")  # fmt: skip
     for enc, size, arm in settings:
         secs = float(np.median(seconds[(enc, size, arm)]))
         rate = info[(enc, size, arm)]["steps"] / secs
         old = info[(enc, size, "old")]["steps"] / float(np.median(seconds[(enc, size, "old")]))
-        ratio = f"{rate / old:.2f}x" if arm == "new" else ""
+        ratio = f"{rate / old:.2f}x" if arm != "old" else ""
         print(
-            f"{enc:>10} {size:>5} {arm:>4} {info[(enc, size, arm)]['precision']:>9} "
+            f"{enc:>10} {size:>5} {arm:>8} {info[(enc, size, arm)]['precision']:>9} "
             f"{info[(enc, size, arm)]['steps']:>6} {secs:>8.1f} {rate:>8.1f} {ratio:>8}"
         )
     if costs:
         print("\nwhere one step's time goes (ms, median of 7, in this process):")
         keys = [k for k in next(iter(costs.values())) if k != "precision"]
-        print(f"{'encoder':>10} {'size':>5} {'arm':>4} " + " ".join(f"{k:>11}" for k in keys))
+        print(f"{'encoder':>10} {'size':>5} {'arm':>8} " + " ".join(f"{k:>11}" for k in keys))
         for (enc, size, arm), c in costs.items():
-            print(f"{enc:>10} {size:>5} {arm:>4} " + " ".join(f"{c[k]:>11.1f}" for k in keys))
+            print(f"{enc:>10} {size:>5} {arm:>8} " + " ".join(f"{c[k]:>11.1f}" for k in keys))
 
 
 def worker_sweep(args: argparse.Namespace) -> None:
     encoder = args.encoders.split(",")[0]
     size = int(args.sizes.split(",")[0])
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_checkpoint(Path(tmp), encoder, size, NEW_PROFILE, "auto")
+        profile, precision = _arms()["new"]
+        ckpt = build_checkpoint(Path(tmp), encoder, size, profile, precision)
         runs = []
         for workers in (int(w) for w in args.worker_sweep.split(",")):
             runs.append((workers, False))
@@ -227,6 +246,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30, help="max_episode_steps of each episode")
     parser.add_argument("--workers", type=int, default=2, help="env processes (eval's default)")
+    parser.add_argument("--arms", default="old,new,noshadow", help="frame-cost arms, old first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the median is reported")
     parser.add_argument("--frame-cost", action="store_true", help="also time render and encoder")
