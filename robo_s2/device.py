@@ -4,9 +4,9 @@ Precision is ``auto | fp32 | bf16``. ``bf16`` is autocast to bfloat16 (weights s
 convolutions run in bf16; outputs are cast back to fp32 by the caller). ``auto`` resolves to bf16 on
 CUDA, and on a CPU with native bf16 (AVX512-BF16 / AMX, as oneDNN reports it) once a forward pass
 carries at least :data:`BF16_MIN_TOKENS_CPU` tokens: below that, bf16's casts cost more than its
-matmuls save (measured by ``benchmarks/bf16_crossover.py``; ViT-Ti at 112² is 0.9x at one frame of
-50 tokens and 2.3x at eight frames). A run resolves its precision once, from its nominal batch, so
-that every frame of a feature cache is computed in the same precision.
+matmuls save (ViT-Ti at 112² is 0.9x at one frame of 50 tokens and 2.3x at eight frames there). A
+run resolves its precision once, from its nominal batch, so that every frame of a feature cache is
+computed in the same precision.
 
 Not every CPU has it: an AMD EPYC with AVX2 only (no AVX-512) ran ViT-Ti/ViT-S bf16 autocast 3-9x
 *slower* than fp32 at every batch (emulated bf16; benchmarks/bf16_crossover.py), so ``auto`` stays
@@ -23,7 +23,10 @@ import torch
 from robo_s2.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-# Tokens per forward pass from which CPU bf16 autocast beats fp32 (benchmarks/bf16_crossover.py).
+# Tokens per forward pass from which CPU bf16 autocast beats fp32. Set from measurements on an AMD
+# EPYC with AVX512-BF16 (ViT-Ti at 112²: one frame of 50 tokens 0.9x, eight frames of 400 tokens
+# 2.3x; ViT-S 224² at 788 tokens 2.8x): between the two, 200 keeps single small frames in fp32.
+# benchmarks/bf16_crossover.py measures the curve on a machine that has native bf16.
 BF16_MIN_TOKENS_CPU = 200
 
 
