@@ -122,8 +122,8 @@ def build_mjcf(
     cube_rgba: tuple[float, float, float, float] = (0.85, 0.15, 0.12, 1.0),
     distractors: int = 0,
     shadows: bool = True,
-    shadow_size: int = 1024,
-    msaa_samples: int = 4,
+    shadow_size: int = 256,
+    msaa_samples: int = 0,
 ) -> str:
     """The whole scene as an MJCF string.
 

@@ -230,8 +230,8 @@ def test_eval_under_another_render_profile_is_refused_unless_allowed(tmp_path):
     with pytest.raises(UserError) as err:
         evaluate(ckpt, env_overrides={**short, "shadows": True}, **kw)
     msg = str(err.value)
-    assert "shadows=False, shadow_size=1024, msaa_samples=0" in msg
-    assert "shadows=True, shadow_size=1024, msaa_samples=0" in msg
+    assert "shadows=False, shadow_size=256, msaa_samples=0" in msg
+    assert "shadows=True, shadow_size=256, msaa_samples=0" in msg
     assert "allow_render_mismatch=true" in msg and "\n" not in msg
     res = evaluate(ckpt, env_overrides={**short, "shadows": True}, allow_render_mismatch=True, **kw)
     assert res.info["env"]["kwargs"]["shadows"] is True
