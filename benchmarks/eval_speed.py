@@ -19,7 +19,7 @@ pipelined), ratios against 1 worker, per-episode records checked identical acros
 
 ``--frame-cost``: also print, for each setting, what one frame costs in isolation (render of the
 front camera; encoder forward at batch 1 and at the eval batch), the numbers that say where the
-time goes.
+time goes: render, physics, encoder forward at batch 1 and at the number of envs, policy step.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def build_checkpoint(
 
 
 def frame_cost(ckpt: Path, precision: str, batch: int) -> dict[str, float]:
-    """ms per render, and per encoder forward at batch 1 and ``batch`` (median of 7)."""
+    """ms per render, physics step, encoder forward at batch 1 and ``batch`` and policy step at
+    ``batch`` (median of 7)."""
     from envs.cube_pick import CubePickEnv
     from robo_s2.checkpoint import load_checkpoint, read_meta
     from robo_s2.evaluate import checkpoint_env_kwargs, eval_precision
@@ -116,13 +117,21 @@ def frame_cost(ckpt: Path, precision: str, batch: int) -> dict[str, float]:
     out["physics"] = median_ms(lambda: env.step(np.zeros(4, np.float32)))  # step includes a render
     out["physics"] -= out["render"]
     env.close()
-    enc = load_checkpoint(ckpt).encoder
+    loaded = load_checkpoint(ckpt)
+    enc, policy = loaded.encoder, loaded.policy.eval()
     run = eval_precision(precision, meta.get("feature_precision"), torch.device("cpu"))
     for b in (1, batch):
         frames = np.repeat(obs["image"][None], b, axis=0)
         out[f"encoder@{b}"] = median_ms(
             lambda f=frames: encode_frames(enc, f, torch.device("cpu"), run)
         )
+    policy.reset(batch)
+    inputs = {
+        "feature": np.zeros((batch, enc.feature_dim), np.float32),
+        "proprio": np.zeros((batch, policy.proprio_dim), np.float32),
+    }
+    with torch.no_grad():
+        out[f"policy@{batch}"] = median_ms(lambda: policy.act(inputs))
     out["precision"] = run
     return out
 
