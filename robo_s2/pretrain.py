@@ -51,7 +51,14 @@ from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
 from robo_s2.mae import MaskedAutoencoder, save_mvp_checkpoint
 from robo_s2.safe_io import save_state
-from robo_s2.train import LAST, TRAINING_STATE, _plain, find_resume_checkpoint, read_training_state
+from robo_s2.train import (
+    LAST,
+    TRAINING_STATE,
+    _plain,
+    find_resume_checkpoint,
+    read_training_state,
+    state_must_fit,
+)
 from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
 
 STATE_VERSION = 1
@@ -292,17 +299,11 @@ class Pretrainer:
                     f"the images differ from the run being resumed ({self.resume_from}: "
                     f"{state['n_images']} images, now {len(self.pool)}); resume with its sources"
                 )
-            try:
+            with state_must_fit(self.resume_from):
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
                 self.sampler.load_state_dict(state["sampler"])
-            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
-                raise UserError(
-                    f"the training state in {self.resume_from} does not fit this run "
-                    f"({type(exc).__name__}: {str(exc).strip()[:160]}); resume with the run's "
-                    "own settings, or delete the state and start a new run"
-                ) from None
             self.step = int(state["step"])
             self.history = list(state["history"])
             self.val_loss_init = state.get("val_loss_init")

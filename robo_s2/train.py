@@ -46,11 +46,12 @@ number of ranks); validation is sharded and summed; only rank 0 writes checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -191,6 +192,19 @@ def read_training_state(
             f"(training state v{state.get('version')}, this one reads v{version}); start a new run"
         )
     return state
+
+
+@contextlib.contextmanager
+def state_must_fit(source: Path) -> Iterator[None]:
+    """Loading a training state that does not fit this run is one line, not a traceback."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"the training state in {source} does not fit this run "
+            f"({type(exc).__name__}: {str(exc).strip()[:160]}); resume with the run's "
+            "own settings, or delete the state and start a new run"
+        ) from None
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -416,14 +430,8 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []
         if state is not None:
-            try:
+            with state_must_fit(self.resume_from):
                 self._load_state(state)
-            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
-                raise UserError(
-                    f"the training state in {self.resume_from} does not fit this run "
-                    f"({type(exc).__name__}: {str(exc).strip()[:160]}); resume with the run's "
-                    "own settings, or delete the state and start a new run"
-                ) from None
         # per-rank dropout streams (rank 0 keeps the single-process stream)
         if state is None and self.dist.rank:
             torch.manual_seed(self.seed + 1_000_003 * self.dist.rank)

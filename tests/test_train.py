@@ -535,3 +535,13 @@ def test_torchrun_cli_two_processes(tmp_path):
     assert len(runs) == 1 and (runs[0] / "checkpoints" / "best").is_dir()
     meta = json.loads((runs[0] / "checkpoints" / "last" / "robo_s2.json").read_text())
     assert meta["train"]["world_size"] == 2
+
+
+def test_a_state_that_does_not_fit_is_one_line(tmp_path):
+    from robo_s2.train import state_must_fit
+
+    for exc in (KeyError("optimizer"), RuntimeError("size mismatch for policy.head.weight")):
+        with pytest.raises(UserError) as err, state_must_fit(tmp_path):
+            raise exc
+        assert "does not fit this run" in str(err.value) and "\n" not in str(err.value)
+        assert str(tmp_path) in str(err.value)
