@@ -190,7 +190,7 @@ def read_weights(path: str | Path, what: str = "weights file") -> Any:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            if user_trusts_weights():
+            if user_trusts_weights():  # only the user's own command-line flag, never a file's
                 return torch.load(p, map_location="cpu", weights_only=False)
             # MAE-style training checkpoints also store their argparse.Namespace of arguments
             with torch.serialization.safe_globals([argparse.Namespace]):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+from cli_helpers import robo_s2
 from safetensors.torch import save_file
 
 from robo_s2.encoders import create_encoder, to_float_images
@@ -28,16 +28,6 @@ IMG = 32
 TINY_VIT = {"model": "vit_tiny_patch16_224", "image_size": IMG, "pretrained": True}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def robo_s2(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "robo_s2", args[0], f"hydra.run.dir={cwd / 'run_out'}", *args[1:]],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=180,
-    )
 
 
 def one_line(out: subprocess.CompletedProcess, *words: str) -> str:

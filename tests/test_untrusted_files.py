@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from cli_helpers import robo_s2
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_interop import make_pusht, make_robomimic
@@ -38,16 +38,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def robo_s2(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "robo_s2", args[0], f"hydra.run.dir={cwd / 'run_out'}", *args[1:]],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=180,
-    )
 
 
 def refused(out: subprocess.CompletedProcess, marker: Path, *words: str) -> str:
