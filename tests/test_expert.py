@@ -111,6 +111,23 @@ def test_for_env_matches_the_action_space():
         assert expert.act(obs).shape == env.action_space.shape
 
 
+def test_align_yaw_false_keeps_the_hand_yaw():
+    """The ablation expert never turns its hand, and still descends on a rotated cube."""
+    env = CubePickEnv(render_images=False, randomize_yaw=True)
+    expert = ScriptedExpert.for_env(env, noise_std=0.0, align_yaw=False)
+    obs, _ = env.reset(seed=0, options={"cube_yaw": 0.5})
+    phases = set()
+    for _ in range(40):
+        action = expert.act(obs)
+        assert action[3] == 0.0
+        phases.add(expert.phase)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    assert "close" in phases
+    assert abs(float(obs["state"][10])) < 0.05  # the hand's yaw stayed at its start
+
+
 def test_wrap_quarter_turn():
     assert wrap_quarter_turn(0.0) == 0.0
     assert wrap_quarter_turn(math.pi / 2 + 0.1) == pytest.approx(0.1)
