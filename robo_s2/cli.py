@@ -39,7 +39,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "success rate of a checkpoint in the cube-picking simulation"),
     "experiment": ("experiment", "an encoder comparison (Table 8): every row and seed, one table"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
+    "analyze": ("analyze", "encoder-feature analyses: reconstruct (S² Table 1)"),
 }
+# commands whose first bare word picks an option of a config group: `robo-s2 analyze reconstruct`
+# is `robo-s2 analyze analysis=reconstruct`
+GROUP_COMMANDS: dict[str, str] = {"analyze": "analysis"}
 
 USAGE = (
     "usage: robo-s2 <command> [key=value ...] [--multirun] [--cfg job]\n\ncommands:\n"
@@ -76,6 +80,37 @@ def pop_trust_flag(args: list[str]) -> tuple[list[str], bool]:
             fail(f"{key}={value} must be true or false")
         trust = v in ("true", "1", "yes")
     return out, trust
+
+
+def group_choice(command: str, args: list[str]) -> list[str]:
+    """``args`` with the bare word that names the ``command``'s group option (``reconstruct`` in
+    ``robo-s2 analyze reconstruct store=...``) turned into ``<group>=<word>``; other commands'
+    ``args`` unchanged. A missing or extra word is a one-line error."""
+    group = GROUP_COMMANDS.get(command)
+    if group is None:
+        return args
+    bare, skip_next = [], False
+    for i, arg in enumerate(args):
+        if skip_next:
+            skip_next = False
+        elif arg in _HYDRA_FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-") and "=" not in arg:
+            bare.append(i)
+    options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    given = any(a.lstrip("+~").split("=", 1)[0] == group for a in args if "=" in a)
+    if len(bare) > 1:
+        words = " ".join(args[i] for i in bare)
+        fail(f"'robo-s2 {command}' takes one {group} name, got: {words}; choose one of: "
+             f"{', '.join(options)}")  # fmt: skip
+    if not bare:
+        if not given:
+            fail(f"'robo-s2 {command}' needs an {group}: robo-s2 {command} <{group}> "
+                 f"[key=value ...]; choose one of: {', '.join(options)}")  # fmt: skip
+        return args
+    out = list(args)
+    out[bare[0]] = f"{group}={args[bare[0]]}"
+    return out
 
 
 def _missing_option(command: str, exc: Any) -> str:
@@ -192,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
     os.environ.setdefault("MUJOCO_GL", "egl")
     rest, trust = pop_trust_flag(rest)
+    rest = group_choice(command, rest)
     _check_overrides(command, rest)
     module = importlib.import_module(f"robo_s2.commands.{COMMANDS[command][0]}")
     sys.argv = [f"robo-s2-{command}", *rest]

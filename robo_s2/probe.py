@@ -87,6 +87,47 @@ def fit_ridge(
     return w, ym - xm @ w, a
 
 
+def standardize(features: np.ndarray, train: np.ndarray, what: str = "the probe") -> np.ndarray:
+    """Float64 ``features`` z-scored with the statistics of the ``train`` rows only (so nothing of
+    the held-out rows leaks into the fit); NaN or inf is a :class:`UserError`."""
+    f = np.asarray(features, np.float64)
+    if not np.all(np.isfinite(f)):
+        raise UserError(f"the encoder's features contain NaN or inf; {what} cannot be fitted")
+    mu, sd = f[train].mean(0), f[train].std(0) + 1e-6
+    return (f - mu) / sd
+
+
+def r2_per_dim(pred: np.ndarray, y: np.ndarray, train_mean: np.ndarray) -> np.ndarray:
+    """R² of every target column: ``1 - SSE / SST`` with SST about the *training* mean (predicting
+    the training mean scores 0; worse than that is negative)."""
+    ss_res = ((pred - y) ** 2).sum(0)
+    ss_tot = ((y - train_mean) ** 2).sum(0)
+    return 1.0 - ss_res / np.maximum(ss_tot, 1e-12)
+
+
+def episode_split_rows(
+    episode_ends: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame rows of the training and held-out episodes of a seeded episode-level split
+    (:func:`robo_s2.training.data.split_episodes`), and the episode of every frame: frames of one
+    episode are never on both sides (neighbouring frames are near-duplicates)."""
+    from robo_s2.training.data import split_episodes
+    from robo_s2.windows import episode_starts, frame_episode
+
+    ends = np.asarray(episode_ends, np.int64)
+    starts = episode_starts(ends)
+    split = split_episodes(len(ends), test_fraction, seed)
+    if len(split.val) == 0 or len(split.train) == 0:
+        raise UserError(
+            f"{len(ends)} episode(s): at least 2 are needed to fit on some and score on held-out ones"
+        )
+
+    def rows(eps: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.arange(starts[e], ends[e]) for e in eps]).astype(np.int64)
+
+    return rows(split.train), rows(split.val), frame_episode(ends)
+
+
 def ridge_probe(
     features: np.ndarray,
     targets: np.ndarray,
@@ -97,24 +138,19 @@ def ridge_probe(
 ) -> ProbeResult:
     """Fit on the ``train`` rows, score on the ``test`` rows (targets in metres); ``groups``
     (one id per row, e.g. the episode) make the choice of alpha a grouped cross-validation."""
-    f = np.asarray(features, np.float64)
-    if not np.all(np.isfinite(f)):
-        raise UserError("the encoder's features contain NaN or inf; the probe cannot be fitted")
-    mu, sd = f[train].mean(0), f[train].std(0) + 1e-6
-    z = (f - mu) / sd
+    z = standardize(features, train)
     g = None if groups is None else np.asarray(groups)[train]
     w, b, alpha = fit_ridge(z[train], targets[train], alphas, g)
     pred = z[test] @ w + b
     err = pred - targets[test]
     base = targets[test] - targets[train].mean(0)
-    ss_res, ss_tot = (err**2).sum(0), (base**2).sum(0)
-    r2 = float(np.mean(1.0 - ss_res / np.maximum(ss_tot, 1e-12)))
+    r2 = float(np.mean(r2_per_dim(pred, targets[test], targets[train].mean(0))))
     return ProbeResult(
         r2=r2,
         rmse_cm=float(np.sqrt((err**2).sum(1).mean()) * 100),
         baseline_rmse_cm=float(np.sqrt((base**2).sum(1).mean()) * 100),
         alpha=alpha,
-        feature_dim=int(f.shape[1]),
+        feature_dim=int(z.shape[1]),
         n_train=int(len(train)),
         n_test=int(len(test)),
     )
@@ -149,7 +185,6 @@ def probe_encoder(
 
     from robo_s2.device import resolve_device
     from robo_s2.feature_cache import encode_frames, feature_precision
-    from robo_s2.training.data import split_episodes
 
     if image_key not in store.keys():
         raise UserError(f"{store.path} has no data/{image_key}; its arrays: {store.keys()}")
@@ -165,15 +200,8 @@ def probe_encoder(
         ]
     )
     targets = cube_targets(store)
-    split = split_episodes(store.n_episodes, test_fraction, seed)
-    ends = np.asarray(store.episode_ends)
-    starts = np.concatenate([[0], ends[:-1]])
-
-    def rows(eps: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.arange(starts[e], ends[e]) for e in eps]).astype(np.int64)
-
-    if len(split.val) == 0 or len(split.train) == 0:
+    if store.n_episodes < 2:
         raise UserError(f"{store.path} needs at least 2 episodes to probe on held-out episodes")
-    episode = np.repeat(np.arange(len(ends)), np.diff(np.concatenate([[0], ends])))
+    train, test, episode = episode_split_rows(store.episode_ends, test_fraction, seed)
     with torch.no_grad():
-        return ridge_probe(feats, targets, rows(split.train), rows(split.val), groups=episode)
+        return ridge_probe(feats, targets, train, test, groups=episode)

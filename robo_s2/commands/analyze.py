@@ -1,0 +1,50 @@
+"""``robo-s2 analyze <analysis>``: analyses of frozen-encoder features on a store's frames.
+
+The analysis is picked by the first bare word of the command line (``robo-s2 analyze reconstruct``
+is ``robo-s2 analyze analysis=reconstruct``; see :mod:`robo_s2.cli`), its settings are
+``configs/analysis/<name>.yaml``. Each analysis writes its files in the run directory, prints its
+table and ends with a one-line summary.
+
+* ``reconstruct`` — S² Table 1 (:mod:`robo_s2.reconstruct`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from robo_s2.errors import UserError
+
+
+def _run_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        return Path.cwd()
+
+
+def reconstruct(cfg: DictConfig) -> Any:
+    from robo_s2.reconstruct import ReconstructConfig, format_table, run_reconstruct
+
+    rc = ReconstructConfig.from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    result = run_reconstruct(rc, _run_dir())
+    print()
+    print(format_table(result).strip())
+    print()
+    print(result.summary())
+    return result
+
+
+ANALYSES: dict[str, Callable[[DictConfig], Any]] = {"reconstruct": reconstruct}
+
+
+def run(cfg: DictConfig) -> Any:
+    name = str(cfg.get("analysis") or "")
+    if name not in ANALYSES:
+        raise UserError(f"unknown analysis '{name}'; choose one of: {', '.join(ANALYSES)}")
+    return ANALYSES[name](cfg)
