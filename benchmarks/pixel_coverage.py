@@ -1,7 +1,7 @@
 """How many pixels of the policies' camera the cube covers, per image size, for env configs.
 
     python benchmarks/pixel_coverage.py [--env cube_pick cube_pick_small ...] [--sizes 64 112 224]
-        [--n 100] [--seed 0] [--json out.json]
+        [--n 100] [--seed 0] [--json out.json] [--montage out.png]
 
 For each env config (``configs/env/<name>.yaml`` or a YAML path) it places the cube at ``--n``
 random placements (``env.reset(seed=seed + i)``: the env's own draw, yaw included) plus the four
@@ -12,7 +12,8 @@ is the env's own (its model, so its render profile); segmentation draws flat ids
 change the count (with MSAA, anti-aliased edge pixels would be missed: the configs here use none).
 Prints min / median / max (and mean) pixels per size and config, how many placements showed no
 cube pixel (``zero``), the cube's smallest distance to the image border (``edge``, pixels: the
-camera sees the whole region when it is > 0) and the placement with the fewest pixels.
+camera sees the whole region when it is > 0) and the placement with the fewest pixels;
+``--montage`` writes that placement's images at every size, a row per config.
 """
 
 from __future__ import annotations
@@ -128,6 +129,31 @@ def coverage(
     }
 
 
+def montage(
+    env_kwargs: dict[str, Any], placement: Sequence[float], sizes: Sequence[int] = (64, 112, 224)
+) -> np.ndarray:
+    """The front camera's RGB image of one placement ``(x, y, yaw)`` at each size, side by side,
+    each scaled up (nearest pixel) to the largest size: what the encoders get to see."""
+    kwargs = {**env_kwargs, "render_images": False, "render_mode": None}
+    top = max(int(s) for s in sizes)
+    env = CubePickEnv(**{**kwargs, "image_size": top})
+    x, y, yaw = (float(v) for v in placement[:3])
+    env.reset(seed=0, options={"cube_pos": (x, y), "cube_yaw": yaw})
+    ensure_gl_backend()
+    load_triton_before_mesa()
+    tiles = []
+    try:
+        for size in sizes:
+            with mujoco.Renderer(env.model, int(size), int(size)) as renderer:
+                renderer.update_scene(env.data, camera=CAMERA)
+                image = renderer.render()
+            idx = np.arange(top) * int(size) // top
+            tiles.append(image[idx][:, idx])
+    finally:
+        env.close()
+    return np.concatenate(tiles, axis=1)
+
+
 def summarise(pixels: np.ndarray) -> dict[str, float]:
     return {
         "min": int(pixels.min()),
@@ -145,9 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100, help="random placements per config")
     parser.add_argument("--seed", type=int, default=0, help="first placement seed")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--montage",
+        type=Path,
+        default=None,
+        help="PNG of each config's fewest-pixel placement at every size (a row per config)",
+    )
     args = parser.parse_args(argv)
 
-    results = []
+    results, rows = [], []
     print(
         f"{'env':<24}{'size':>6}{'min':>7}{'median':>8}{'max':>7}{'mean':>8}{'zero':>6}"
         f"{'edge':>6}  smallest at (x, y, yaw)"
@@ -158,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         except FileNotFoundError as exc:
             raise SystemExit(str(exc)) from None
         cov = coverage(env_kwargs, args.sizes, args.n, args.seed)
+        label_name = Path(name).stem
         per_size = {}
         for size, px in cov["pixels"].items():
             s = summarise(px)
@@ -165,10 +198,14 @@ def main(argv: list[str] | None = None) -> None:
             s["min_edge_margin"] = int(margin[margin >= 0].min()) if (margin >= 0).any() else -1
             x, y, yaw, label = cov["placements"][int(np.argmin(px))]
             print(
-                f"{name:<24}{size:>5}²{s['min']:>7}{s['median']:>8.1f}{s['max']:>7}"
+                f"{label_name:<24}{size:>5}²{s['min']:>7}{s['median']:>8.1f}{s['max']:>7}"
                 f"{s['mean']:>8.1f}{s['zero']:>6}{s['min_edge_margin']:>6}  ({x:.3f}, {y:+.3f}, {yaw:+.2f}) {label}"
             )
             per_size[str(size)] = {**s, "pixels": px.tolist(), "edge_margin": margin.tolist()}
+        if args.montage is not None:
+            fewest = cov["placements"][int(np.argmin(cov["pixels"][min(cov["pixels"])]))]
+            rows.append(montage(env_kwargs, fewest, args.sizes))
+            print(f"{label_name:<24}montage: ({fewest[0]:.3f}, {fewest[1]:+.3f}, {fewest[2]:+.2f})")
         results.append(
             {
                 "env": name,
@@ -182,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {"argv": sys.argv[1:] if argv is None else argv, "commit": git_commit()}
         args.json.write_text(json.dumps({**record, "results": results}, indent=2) + "\n")
+    if args.montage is not None:
+        import imageio.v3 as iio
+
+        args.montage.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(args.montage, np.concatenate(rows, axis=0))
 
 
 if __name__ == "__main__":

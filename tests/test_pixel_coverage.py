@@ -45,8 +45,11 @@ def test_edge_margin(pc):
 
 
 def test_main_prints_a_row_per_size(pc, capsys, tmp_path):
-    out = tmp_path / "cov.json"
-    pc.main(["--env", "cube_pick", "--sizes", "56", "--n", "2", "--json", str(out)])
+    import imageio.v3 as iio
+
+    out, png = tmp_path / "cov.json", tmp_path / "montage.png"
+    pc.main(["--env", "cube_pick", "--sizes", "28", "56", "--n", "2", "--json", str(out),
+             "--montage", str(png)])  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("cube_pick") and "56²" in lines[1]
-    assert out.is_file()
+    assert lines[1].startswith("cube_pick") and "28²" in lines[1] and "56²" in lines[2]
+    assert out.is_file() and iio.imread(png).shape == (56, 112, 3)
