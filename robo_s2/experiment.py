@@ -16,13 +16,19 @@ Layout of the output directory::
                                  success with its Wilson 95 % interval, and the difference to the
                                  first (baseline) row with a Newcombe interval and Fisher's p
     success.png                  bar plot with intervals (paper numbers as markers when given)
+
+``results.md`` also holds every pairwise difference (Newcombe interval, Fisher's p), and
+``results.json`` the provenance: the git commit the code ran at, the wall time, the CPU and threads.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import platform
 import re
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -386,8 +392,79 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def pairwise_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
+    """Every pair of rows (earlier row ``A``, later row ``B``): ``A - B`` in points with its
+    Newcombe 95 % interval and Fisher's exact p (two-sided)."""
+    pairs = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            c = compare_rates(a.n_success, a.n_episodes, b.n_success, b.n_episodes)
+            pairs.append(
+                {
+                    "a": a.label,
+                    "b": b.label,
+                    "diff_points": round(100 * c.diff, 1),
+                    "ci95": [round(100 * c.diff_ci95[0], 1), round(100 * c.diff_ci95[1], 1)],
+                    "p_value": float(f"{c.p_value:.3g}"),
+                    "significant": c.significant,
+                }
+            )
+    return pairs
+
+
+def pairwise_markdown(pairs: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| A | B | A - B (points) | 95% CI | Fisher p |", "|---|---|---|---|---|"]
+    for p in pairs:
+        lo, hi = p["ci95"]
+        mark = " *" if p["significant"] else ""
+        lines.append(
+            f"| {p['a']} | {p['b']} | {p['diff_points']:+.1f}{mark} | {lo:+.1f}, {hi:+.1f} | "
+            f"{p['p_value']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit the robo_s2 code runs at (``+dirty`` with uncommitted changes to tracked files),
+    or ``unknown`` outside a git checkout."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(seconds: float) -> dict[str, Any]:
+    """Where and how long an experiment ran: what a committed result must say about itself."""
+    import torch
+
+    return {
+        "commit": git_commit(),
+        "minutes": round(seconds / 60, 1),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
 def write_reports(
-    name: str, title: str, rows: Sequence[RowResult], out_dir: Path, protocol: str
+    name: str,
+    title: str,
+    rows: Sequence[RowResult],
+    out_dir: Path,
+    protocol: str,
+    prov: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path, Path, Path | None]:
     from robo_s2.plots import plot_success_bars
 
@@ -395,12 +472,26 @@ def write_reports(
     md = out_dir / "results.md"
     n_eps = sorted({o.n_episodes for r in rows for o in r.runs})
     seeds = sorted({o.seed for r in rows for o in r.runs})
-    md.write_text(
+    pairs = pairwise_table(rows)
+    text = (
         f"# {title or name}\n\n{markdown_table(records)}\n\n"
         f"Evaluation: {protocol}, {'/'.join(map(str, n_eps))} episodes per run; training seeds "
         f"{', '.join(map(str, seeds))}; success pooled over seeds with a Wilson 95% interval; the "
         "difference to the first row is a Newcombe 95% interval with Fisher's exact p.\n"
     )
+    if len(rows) > 2:
+        text += (
+            "\n## Pairwise differences\n\n"
+            f"{pairwise_markdown(pairs)}\n\n* : the 95% interval excludes 0.\n"
+        )
+    if prov:
+        text += (
+            f"\nRan at commit {prov.get('commit', 'unknown')} in {prov.get('minutes', '?')} min "
+            f"({prov.get('cpu_count', '?')} CPUs, {prov.get('torch_threads', '?')} torch threads"
+            + (f", {prov['cuda']}" if prov.get("cuda") else "")
+            + ").\n"
+        )
+    md.write_text(text)
     csv_path = out_dir / "results.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(HEADERS))
@@ -413,7 +504,9 @@ def write_reports(
                 "name": name,
                 "title": title,
                 "protocol": protocol,
+                "provenance": dict(prov or {}),
                 "table": records,
+                "pairwise": pairs,
                 "rows": [
                     {**{k: v for k, v in asdict(r).items() if k != "runs"},
                      "runs": [asdict(o) for o in r.runs]}
@@ -490,8 +583,8 @@ def run_experiment(
         )  # fmt: skip
     protocol = dict(exp.get("eval") or {})
     described = f"positions={protocol.get('positions', 'paper16')} seed={protocol.get('seed', 0)}"
-    md, csv_path, json_path, plot = write_reports(
-        name, str(exp.get("title") or ""), results, out, described
-    )
     seconds = time.perf_counter() - t0
+    md, csv_path, json_path, plot = write_reports(
+        name, str(exp.get("title") or ""), results, out, described, provenance(seconds)
+    )
     return ExperimentResult(name, out, results, seconds, md, csv_path, json_path, plot)

@@ -16,7 +16,9 @@ from robo_s2.experiment import (
     Row,
     RowResult,
     RunOutcome,
+    git_commit,
     markdown_table,
+    pairwise_table,
     results_table,
     run_experiment,
 )
@@ -94,6 +96,9 @@ def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
     assert records[1]["paper"] == "62.5" and records[0]["vs_first"] == "baseline"
     saved = json.loads(res.json_path.read_text())
     assert [len(r["runs"]) for r in saved["rows"]] == [1, 1]
+    assert saved["provenance"]["minutes"] >= 0 and saved["provenance"]["commit"]
+    assert [(p["a"], p["b"]) for p in saved["pairwise"]] == [("ViT-T", "ViT-T-S2")]
+    assert "Ran at commit " in table
     assert res.plot_path is not None and res.plot_path.stat().st_size > 1000
 
     # a second invocation reads every run and evaluation back instead of redoing them
@@ -134,6 +139,28 @@ def test_results_table_reports_pooled_rates_and_the_comparison():
         "Oracle", "oracle", 0, 0.0, 5, rows[0].runs, note="oracle ceiling, not vision"
     )
     assert results_table([oracle, *rows])[0]["encoder"] == "Oracle (oracle ceiling, not vision)"
+
+
+def test_pairwise_table_compares_every_pair_once():
+    def row(label, k, n):
+        return RowResult(
+            label, label.lower(), 1, 1.0, 8, [RunOutcome(label, 0, "", k, n, 0, 0, None, False)]
+        )
+
+    rows = [row("A", 190, 200), row("B", 120, 200), row("C", 118, 200)]
+    pairs = pairwise_table(rows)
+    assert [(p["a"], p["b"]) for p in pairs] == [("A", "B"), ("A", "C"), ("B", "C")]
+    ab, _, bc = pairs
+    c = compare_rates(190, 200, 120, 200)
+    assert ab["diff_points"] == round(100 * c.diff, 1) == 35.0
+    assert ab["ci95"][0] < 35.0 < ab["ci95"][1] and ab["significant"] and ab["p_value"] < 1e-6
+    assert bc["ci95"][0] < 0 < bc["ci95"][1] and not bc["significant"] and bc["p_value"] > 0.5
+
+
+def test_git_commit_names_the_checkout_or_says_unknown(tmp_path):
+    commit = git_commit()
+    assert commit == "unknown" or len(commit.split("+")[0]) == 40
+    assert git_commit(tmp_path) == "unknown"  # not a git checkout
 
 
 @pytest.mark.parametrize(
