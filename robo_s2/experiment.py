@@ -537,6 +537,94 @@ def write_reports(
 # the whole experiment
 
 
+def _row_job(
+    exp: Mapping[str, Any],
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    store: Path,
+    out: Path,
+    workers: int,
+    device: str,
+    threads: int,
+    todo: Any,
+    done: Any,
+) -> None:
+    """One of ``jobs`` processes: takes row indices from ``todo`` until it is empty and runs every
+    seed of each row, putting ``(index, [RunOutcome...])`` or ``(index, error line)`` on ``done``."""
+    import queue
+
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            i = todo.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            done.put(
+                (i, [run_one(exp, rows[i], s, store, out, workers, device, False) for s in seeds])
+            )
+        except Exception as exc:  # reported by the parent, which knows the row's label
+            done.put((i, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            return
+
+
+def run_rows_in_parallel(
+    exp: Mapping[str, Any],
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    store: Path,
+    out: Path,
+    workers: int,
+    device: str,
+    jobs: int,
+) -> dict[int, list[RunOutcome]]:
+    """Rows spread over ``jobs`` processes (each row's seeds stay in one process, so a row's
+    feature cache is written once), ``torch threads / jobs`` threads each."""
+    import multiprocessing as mp
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    todo, done = ctx.Queue(), ctx.Queue()
+    for i in range(len(rows)):
+        todo.put(i)
+    threads = max(1, torch.get_num_threads() // jobs)
+    procs = [
+        ctx.Process(
+            target=_row_job,
+            args=(exp, rows, seeds, store, out, workers, device, threads, todo, done),
+        )
+        for _ in range(min(jobs, len(rows)))
+    ]
+    for p in procs:
+        p.start()
+    outcomes: dict[int, list[RunOutcome]] = {}
+    errors: list[str] = []
+    while len(outcomes) + len(errors) < len(rows):
+        try:
+            i, result = done.get(timeout=5)
+        except Exception:  # queue.Empty: is anyone still working?
+            if not any(p.is_alive() for p in procs):
+                break
+            continue
+        if isinstance(result, str):
+            errors.append(f"experiment row {rows[i].label}: {result}")
+        else:
+            outcomes[i] = result  # (run_one printed each seed's line in its process)
+    for p in procs:
+        p.join()
+    missing = [r.label for i, r in enumerate(rows) if i not in outcomes]
+    if errors or missing:
+        raise UserError(
+            (errors[0] if errors else f"experiment rows {', '.join(missing)} did not finish "
+             "(a job process died)")
+            + "; finished runs are kept: rerun the same command to resume"
+        )  # fmt: skip
+    return outcomes
+
+
 def run_experiment(
     exp: Mapping[str, Any],
     out_dir: str | Path,
@@ -544,8 +632,12 @@ def run_experiment(
     device: str = "auto",
     progress: bool = True,
     on_run: Callable[[RunOutcome], None] | None = None,
+    jobs: int = 1,
 ) -> ExperimentResult:
-    """Collect (if needed), then train and evaluate every (row, seed), then write the reports."""
+    """Collect (if needed), then train and evaluate every (row, seed), then write the reports.
+
+    ``jobs > 1`` runs rows in that many processes at once (a 2-core CPU trains a small policy on
+    one thread, so two rows at a time keep both cores busy); results are the same as ``jobs=1``."""
     exp = _plain(exp)
     name = str(exp.get("name") or "experiment")
     rows = parse_rows(exp.get("rows"))
@@ -554,6 +646,8 @@ def run_experiment(
         raise UserError("experiment.seeds is empty: give at least one training seed")
     if workers < 0:
         raise UserError(f"workers={workers} must be >= 0 (0 runs the envs in this process)")
+    if jobs < 1:
+        raise UserError(f"jobs={jobs} must be >= 1 (rows trained and evaluated at once)")
     if "demos" not in exp or "store" not in exp["demos"]:
         raise UserError("the experiment needs demos.store (and demos.n_episodes to collect)")
     references = dict(exp.get("reference") or {})
@@ -567,13 +661,21 @@ def run_experiment(
 
     t0 = time.perf_counter()
     store = ensure_demos(exp["demos"], workers, progress)
+    parallel = (
+        run_rows_in_parallel(exp, rows, seeds, store, out, workers, device, jobs)
+        if jobs > 1 and len(rows) > 1
+        else {}
+    )
     results: list[RowResult] = []
-    for row in rows:
-        runs = []
-        for seed in seeds:
-            outcome = run_one(exp, row, seed, store, out, workers, device, progress)
-            runs.append(outcome)
-            if on_run is not None:
+    for i, row in enumerate(rows):
+        runs = parallel.get(i, [])
+        if not runs:
+            for seed in seeds:
+                runs.append(run_one(exp, row, seed, store, out, workers, device, progress))
+                if on_run is not None:
+                    on_run(runs[-1])
+        elif on_run is not None:
+            for outcome in runs:
                 on_run(outcome)
         params, gflops, dim, note = costs[row.label]
         ref = references.get(row.label)

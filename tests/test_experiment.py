@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from robo_s2.errors import UserError
 from robo_s2.experiment import (
@@ -116,6 +118,32 @@ def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
     third = run_experiment(exp, out, workers=0, device="cpu", progress=False)
     assert not any(run.reused for row in third.rows for run in row.runs)
     assert json.loads(infos[0].read_text())["positions"]["seed"] == 4
+
+
+def test_rows_in_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    exp = tiny_experiment(tmp_path)
+    serial = run_experiment(exp, tmp_path / "serial", workers=0, device="cpu", progress=False)
+    parallel = run_experiment(
+        exp, tmp_path / "parallel", workers=0, device="cpu", progress=False, jobs=2
+    )
+    assert [r.label for r in parallel.rows] == [r.label for r in serial.rows]
+    for a, b in zip(serial.rows, parallel.rows, strict=True):
+        (ra,), (rb,) = a.runs, b.runs
+        assert (
+            not rb.reused
+            and rb.train_seconds > 0
+            and Path(rb.run_dir).is_relative_to(tmp_path / "parallel")
+        )
+        ckpt = Path("checkpoints/best/model.safetensors")
+        wa, wb = (load_file(Path(r.run_dir) / ckpt) for r in (ra, rb))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        ea, eb = (
+            json.loads((Path(r.run_dir) / "eval/eval_info.json").read_text()) for r in (ra, rb)
+        )
+        assert ea["per_episode"] == eb["per_episode"]
+    with pytest.raises(UserError, match="jobs=0 must be >= 1"):
+        run_experiment(exp, tmp_path / "x", workers=0, device="cpu", progress=False, jobs=0)
 
 
 def test_results_table_reports_pooled_rates_and_the_comparison():

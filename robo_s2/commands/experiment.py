@@ -29,6 +29,7 @@ def run(cfg: DictConfig) -> ExperimentResult:
         out_dir,
         workers=int(cfg.workers),
         device=str(cfg.device),
+        jobs=int(cfg.get("jobs", 1)),
     )
     print()
     print(result.table_path.read_text().strip())
