@@ -260,6 +260,33 @@ class Fit:
     info: float  # -log(l / l0) = -log(1 - r2), the paper's "information"
     alpha: float
     alpha_at_edge: bool  # the chosen alpha is the grid's smallest or largest: widen alphas
+    # per held-out group (episode): squared error and squared deviation from the training mean,
+    # summed over its rows and the target dims (what the bootstrap over episodes resamples)
+    group_sse: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    group_sst: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("group_")}
+
+
+def bootstrap_r2(
+    fits: Sequence[Fit], n_boot: int = 2000, seed: int = 0
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """95% intervals of each fit's held-out R², and of its difference to ``fits[0]``'s, from one
+    bootstrap over the held-out episodes (the same resamples for every fit: paired). It measures
+    how much the score depends on which episodes were held out, not the fit's own variance."""
+    n = len(fits[0].group_sse)
+    if n < 2 or any(len(f.group_sse) != n for f in fits):
+        nan = (float("nan"), float("nan"))
+        return [nan] * len(fits), [nan] * len(fits)
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    r2 = np.stack([1.0 - f.group_sse[idx].sum(1) / f.group_sst[idx].sum(1) for f in fits])
+
+    def ci(v: np.ndarray) -> tuple[float, float]:
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        return float(lo), float(hi)
+
+    return [ci(r) for r in r2], [ci(r - r2[0]) for r in r2]
 
 
 def token_rows(rows: np.ndarray, tokens: int) -> np.ndarray:
@@ -300,7 +327,13 @@ def fit_reconstruction(
     n_cells = max(len(test) * y.shape[1], 1)
     mse, mse0 = sse / n_cells, sst / n_cells
     _, sse_tr, sst_tr = scores["train"]
+    g_test = np.asarray(groups)[test]
+    uniq, inv = np.unique(g_test, return_inverse=True)
+    row_sse = ((pred - y[test]) ** 2).sum(1)
+    row_sst = ((y[test] - mean) ** 2).sum(1)
     return Fit(
+        group_sse=np.bincount(inv, row_sse, minlength=len(uniq)),
+        group_sst=np.bincount(inv, row_sst, minlength=len(uniq)),
         r2=float(r2),
         r2_mean_dim=float(per_dim[live].mean()) if live.any() else float("nan"),
         r2_train=float(1.0 - sse_tr / max(sst_tr, 1e-300)),
@@ -483,10 +516,13 @@ class SourceResult:
     encoders: list[dict[str, Any]]
     fit: Fit
     info_ratio: float | None = None
+    r2_ci95: tuple[float, float] | None = None  # bootstrap over held-out episodes
+    r2_diff: float | None = None  # r2 minus the first source's
+    r2_diff_ci95: tuple[float, float] | None = None  # its interval (the same resamples: paired)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(d.pop("fit"))
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "fit"}
+        d.update(self.fit.as_dict())
         return d
 
 
@@ -536,23 +572,33 @@ def format_table(result: ReconstructResult) -> str:
     """``reconstruct.md``: the table, what was compared and how."""
     t, d, s = result.target, result.data, result.settings
     ratio = s.get("reference")
+    first = result.sources[0].label
     head = (
-        "| source | weights | dims | held-out R² | mean per-dim R² | train R² | loss l | "
-        "info −log(l/l0) |" + (f" I/I* ({ratio}) |" if ratio else "") + " ridge λ |"
+        f"| source | weights | dims | held-out R² [95% CI] | ΔR² vs {first} [95% CI] | "
+        "mean per-dim R² | train R² | info −log(l/l0) |"
+        + (f" I/I* ({ratio}) |" if ratio else "")
+        + " ridge λ |"
     )
     sep = "|---" * (head.count("|") - 1) + "|"
+
+    def ci(v: tuple[float, float] | None, sign: bool = False) -> str:
+        if v is None or not all(math.isfinite(x) for x in v):
+            return ""
+        return f" [{v[0]:+.3f}, {v[1]:+.3f}]" if sign else f" [{v[0]:.3f}, {v[1]:.3f}]"
+
     rows = []
-    for r in result.sources:
+    for i, r in enumerate(result.sources):
         f = r.fit
         weights = ", ".join(sorted({e["weights"] for e in r.encoders}))
         lam = f"{f.alpha:g}" + (" (grid edge)" if f.alpha_at_edge else "")
+        diff = "–" if i == 0 or r.r2_diff is None else f"{r.r2_diff:+.3f}{ci(r.r2_diff_ci95, True)}"
+        info_ratio = None if r.info_ratio is None else r.info_ratio * 100
         rows.append(
-            f"| {r.label} | {weights} | {r.feature_dim} | {_fmt(f.r2)} | {_fmt(f.r2_mean_dim)} | "
-            f"{_fmt(f.r2_train)} | {f.mse:.4g} | {_fmt(f.info)} |"
-            + (f" {_fmt(r.info_ratio * 100 if r.info_ratio is not None else None, 1)}% |"
-               if ratio else "")
+            f"| {r.label} | {weights} | {r.feature_dim} | {_fmt(f.r2)}{ci(r.r2_ci95)} | {diff} | "
+            f"{_fmt(f.r2_mean_dim)} | {_fmt(f.r2_train)} | {_fmt(f.info)} |"
+            + (f" {_fmt(info_ratio, 1)}% |" if ratio else "")
             + f" {lam} |"
-        )  # fmt: skip
+        )
     sizes = lambda e: "+".join(f"{x}²" for x in e["img_sizes"])  # noqa: E731
     enc_lines = [
         f"- {r.label}: "
@@ -584,7 +630,9 @@ def format_table(result: ReconstructResult) -> str:
         "R² = 1 − SSE/SST summed over all target dims on the held-out frames (the explained "
         "variance of the target features, 1 − l/l0 with l0 the loss of predicting the training "
         "mean); mean per-dim R² counts every target dim equally; info = −log(l/l0) as in the "
-        "paper" + (f", I/I* its ratio to that of {ratio}" if ratio else "") + ". Ridge on "
+        "paper" + (f", I/I* its ratio to that of {ratio}" if ratio else "") + ". Intervals: "
+        "2000 bootstrap resamples of the held-out episodes (paired across sources for ΔR²): how "
+        "much the score depends on which episodes were held out, not the fit's variance. Ridge on "
         f"z-scored source features, λ from {list(s['alphas'])} by {s['folds']}-fold grouped "
         "(by episode) cross-validation on the training episodes"
         + (
@@ -697,6 +745,9 @@ def run_reconstruct(
             x, y, rows_tr, rows_te, groups = feats.values, target.values, train, test, episode
         fit = fit_reconstruction(x, y, rows_tr, rows_te, groups, rc.alphas, rc.folds)
         results.append(SourceResult(feats.label, feats.dim, feats.tokens, feats.encoders, fit))
+    cis, diffs = bootstrap_r2([r.fit for r in results], seed=rc.seed)
+    for r, ci, diff in zip(results, cis, diffs, strict=True):
+        r.r2_ci95, r.r2_diff, r.r2_diff_ci95 = ci, r.fit.r2 - results[0].fit.r2, diff
     if rc.reference is not None:
         ref = next(r for r in results if r.label == rc.reference)
         for r in results:

@@ -11,6 +11,7 @@ from robo_s2.errors import UserError
 from robo_s2.probe import episode_split_rows
 from robo_s2.reconstruct import (
     ReconstructConfig,
+    bootstrap_r2,
     fit_reconstruction,
     parse_spec,
     run_reconstruct,
@@ -74,6 +75,22 @@ def test_r2_sums_over_dims_and_the_mean_per_dim_counts_each_dim_once():
     assert fit.r2 == pytest.approx(0.9, abs=0.03)  # 9 / (9 + 1) of the variance
     assert fit.r2_mean_dim == pytest.approx(0.5, abs=0.03)  # (1 + 0) / 2
     assert fit.info == pytest.approx(-np.log(1 - fit.r2))
+
+
+def test_bootstrap_intervals_are_paired_over_held_out_episodes():
+    rng = np.random.default_rng(3)
+    ends = episodes(40, 10)
+    train, test, ep = episode_split_rows(ends, 0.3, 0)
+    x = rng.normal(size=(400, 6))
+    y = x @ rng.normal(size=(6, 3))
+    good = fit_reconstruction(x, y + 0.5 * rng.normal(size=y.shape), train, test, ep)
+    worse = fit_reconstruction(x[:, :3], y + 0.5 * rng.normal(size=y.shape), train, test, ep)
+    assert len(good.group_sse) == len(np.unique(ep[test])) == 12
+    assert good.r2 == pytest.approx(1 - good.group_sse.sum() / good.group_sst.sum())
+    cis, diffs = bootstrap_r2([good, worse])
+    assert cis[0][0] <= good.r2 <= cis[0][1] and cis[1][0] <= worse.r2 <= cis[1][1]
+    assert diffs[0] == (0.0, 0.0) and diffs[1][1] < 0  # worse is worse on every resample
+    assert "group_sse" not in good.as_dict()
 
 
 def test_split_is_by_episode():
@@ -160,6 +177,10 @@ def test_in_memory_per_token_concat_and_reference(tmp_path, one_torch_thread):
     assert by["vit_t"].tokens == 4 and by["vit_t"].feature_dim == 4 * 192
     assert by["2x vit_t"].feature_dim == 4 * 384 and by["vit_t_s2"].feature_dim == 4 * 384
     assert by["vit_t"].info_ratio == pytest.approx(1.0)
+    assert by["vit_t"].r2_diff == 0.0 and by["vit_t"].r2_diff_ci95 == (0.0, 0.0)
+    for r in res.sources:
+        lo, hi = r.r2_ci95
+        assert lo <= r.fit.r2 <= hi or not np.isfinite(lo)
     assert by["vit_t_s2"].encoders[0]["img_sizes"] == [IMG, 2 * IMG]
     assert res.target["feature_dim"] == 4 * 384
     assert "features" not in DemoStore.open(store).root  # cache=false writes nothing into it
@@ -183,8 +204,9 @@ def test_cli_writes_json_and_md_and_reruns_from_the_cache(tmp_path):
     assert set(result) >= {"analysis", "target", "sources", "data", "settings", "provenance"}
     assert [s["label"] for s in result["sources"]] == ["vit_t", "vit_t_s2"]
     for s in result["sources"]:
-        assert {"r2", "r2_mean_dim", "r2_train", "info", "mse", "mse_baseline", "alpha",
-                "feature_dim", "encoders"} <= set(s)  # fmt: skip
+        assert {"r2", "r2_ci95", "r2_diff", "r2_diff_ci95", "r2_mean_dim", "r2_train", "info",
+                "mse", "mse_baseline", "alpha", "feature_dim", "encoders"} <= set(s)  # fmt: skip
+        assert not any(k.startswith("group_") for k in s)
         assert -1.0 < s["r2"] <= 1.0
     assert [s["feature_dim"] for s in result["sources"]] == [192, 384]
     data = result["data"]
