@@ -557,8 +557,8 @@ def _row_job(
 
     torch.set_num_threads(threads)
     while True:
-        try:
-            i = todo.get_nowait()
+        try:  # (get_nowait can raise Empty while another job holds the queue's lock)
+            i = todo.get(timeout=2)
         except queue.Empty:
             return
         try:
