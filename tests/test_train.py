@@ -23,7 +23,13 @@ from robo_s2.safe_io import load_state
 from robo_s2.store import DemoStore
 from robo_s2.train import Trainer, train
 from robo_s2.training.data import SequenceData, previous_actions, split_episodes
-from robo_s2.training.optim import BatchSampler, warmup_cosine
+from robo_s2.training.optim import (
+    EMA,
+    BatchSampler,
+    load_partial_state,
+    trainable_state,
+    warmup_cosine,
+)
 
 IMG = 64
 # a tiny encoder (random-init ViT-Ti/16 at 64 px, 2x2 grid of tokens) and a tiny transformer
@@ -545,3 +551,24 @@ def test_a_state_that_does_not_fit_is_one_line(tmp_path):
             raise exc
         assert "does not fit this run" in str(err.value) and "\n" not in str(err.value)
         assert str(tmp_path) in str(err.value)
+
+
+def test_saved_training_state_leaves_out_non_persistent_buffers():
+    class WithConstants(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.register_buffer("count", torch.zeros(()))  # state
+            self.register_buffer("mean", torch.ones(2), persistent=False)  # a constant
+
+    model = WithConstants()
+    with torch.no_grad():
+        model.count += 3
+    state = trainable_state(model)
+    assert set(state) == {"lin.weight", "lin.bias", "count"}
+    fresh = WithConstants()
+    load_partial_state(fresh, state)  # a resume: no "entries the model lacks"
+    assert fresh.count.item() == 3 and torch.equal(fresh.lin.weight, model.lin.weight)
+    ema = EMA(model, 0.9)
+    assert "mean" not in ema.trainable_state()
+    ema.load_state_dict(ema.state_dict())

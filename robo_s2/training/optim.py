@@ -97,7 +97,7 @@ class EMA:
         """The averaged trainable parameters and all buffers (frozen weights are not saved)."""
         names = set(self._names)
         out = {n: p.detach().clone() for n, p in self.shadow.named_parameters() if n in names}
-        out.update({n: b.detach().clone() for n, b in self.shadow.named_buffers()})
+        out.update(persistent_buffers(self.shadow))
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -109,10 +109,17 @@ class EMA:
         load_partial_state(self.shadow, state["shadow"])
 
 
+def persistent_buffers(model: nn.Module) -> dict[str, Tensor]:
+    """Copies of the buffers ``state_dict`` holds: a non-persistent buffer (a constant rebuilt
+    by ``__init__``) is not state, and ``load_state_dict`` would refuse it."""
+    keys = model.state_dict().keys()
+    return {n: b.detach().clone() for n, b in model.named_buffers() if n in keys}
+
+
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    """A module's trainable parameters and all its buffers (what resuming needs)."""
+    """A module's trainable parameters and its persistent buffers (what resuming needs)."""
     out = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    out.update({n: b.detach().clone() for n, b in model.named_buffers()})
+    out.update(persistent_buffers(model))
     return out
 
 
