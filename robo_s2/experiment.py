@@ -318,12 +318,19 @@ def run_one(
 
 def encoder_cost(cfg: DictConfig) -> tuple[int, float, int, str]:
     """Parameters, GFLOPs per frame, feature width and table note of a row's encoder (as
-    configured); the note labels a row that does not see images (the oracle) as a ceiling."""
+    configured); the note labels a row that does not see images (the oracle) as a ceiling and
+    one whose whole encoder trains with the policy (the ResNet-18 reference) as end to end."""
     from robo_s2.encoders import create_encoder
     from robo_s2.encoders.profile import count_gflops, count_params
 
     encoder = create_encoder(_plain(cfg.encoder)).eval()
-    note = "oracle ceiling, not vision" if encoder.input_key == "state" else ""
+    params = list(encoder.parameters())
+    if encoder.input_key == "state":
+        note = "oracle ceiling, not vision"
+    elif encoder.trainable and params and all(p.requires_grad for p in params):
+        note = "trained end to end"
+    else:
+        note = ""
     return count_params(encoder), count_gflops(encoder), int(encoder.feature_dim), note
 
 

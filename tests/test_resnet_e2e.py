@@ -271,7 +271,8 @@ def test_cache_refuses_it_and_experiment_and_profile_report_its_cost(store):
             encode_store(s, enc)
     finally:
         s.close()
-    params, gflops, dim, _ = encoder_cost(_cfg(store))
+    params, gflops, dim, note = encoder_cost(_cfg(store))
+    assert note == "trained end to end"
     plain = timm.create_model("resnet18", num_classes=0).eval()  # BatchNorm twin, same params
     assert params == sum(p.numel() for p in plain.parameters()) and dim == 512
 
