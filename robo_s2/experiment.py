@@ -181,6 +181,7 @@ def train_config(
         f"seed={seed}",
         f"device={device}",
         "resume=auto",
+        "data.store_wait_s=3600",  # rows in parallel jobs cache their features one at a time
     ]
     # compose() needs its own GlobalHydra; inside a running Hydra app, borrow it for the call
     previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None

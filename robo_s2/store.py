@@ -199,29 +199,39 @@ class _DirLock:
 
     _held: dict[str, list[int]] = {}  # realpath -> [fd, refcount]
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait_s: float = 0.0) -> None:
         self.key = os.path.realpath(path)
         held = self._held.get(self.key)
         if held is not None:
             held[1] += 1
             return
         fd = os.open(self.key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            import fcntl
+        deadline, noted = time.monotonic() + max(0.0, wait_s), False
+        while True:
+            try:
+                import fcntl
 
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (ImportError, OSError) as e:
-            if isinstance(e, OSError) and e.errno in (
-                errno.EWOULDBLOCK,
-                errno.EAGAIN,
-                errno.EACCES,
-            ):
-                os.close(fd)
-                raise UserError(
-                    f"{path} is open for appending by another process (a running collect, "
-                    "import or encode?); wait for it to finish or stop it, then retry"
-                ) from None
-            # no flock on this filesystem: go on without the guard against a second writer
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (ImportError, OSError) as e:
+                busy = isinstance(e, OSError) and e.errno in (
+                    errno.EWOULDBLOCK,
+                    errno.EAGAIN,
+                    errno.EACCES,
+                )
+                if busy and time.monotonic() < deadline:
+                    if not noted:
+                        print(f"store: {path} is being written by another process; waiting")
+                        noted = True
+                    time.sleep(0.5)
+                    continue
+                if busy:
+                    os.close(fd)
+                    raise UserError(
+                        f"{path} is open for appending by another process (a running collect, "
+                        "import or encode?); wait for it to finish or stop it, then retry"
+                    ) from None
+                # no flock on this filesystem: go on without the guard against a second writer
+            break
         self._held[self.key] = [fd, 1]
 
     def release(self) -> None:
@@ -426,15 +436,16 @@ class DemoStore:
         return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> DemoStore:
-        """Open an existing store: ``"r"`` read-only, ``"a"`` to append (rolls back a crash)."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", wait_s: float = 0.0) -> DemoStore:
+        """Open an existing store: ``"r"`` read-only, ``"a"`` to append (rolls back a crash).
+        ``wait_s``: how long ``"a"`` waits for another process's append lock before refusing."""
         if mode not in ("r", "a"):
             raise UserError(f"mode={mode!r} is not a store mode; use 'r' (read) or 'a' (append)")
         path = Path(path).expanduser()
         _check_existing_path(path)
         if mode == "r":
             return cls._open_read(path)
-        lock = _DirLock(path)
+        lock = _DirLock(path, wait_s)
         try:
             return cls._open_append(path, lock)
         except BaseException:

@@ -500,7 +500,9 @@ class Trainer:
                     bar.n = s.n_done
                     bar.refresh()
 
-                writable = DemoStore.open(store.path, mode="a")
+                writable = DemoStore.open(
+                    store.path, mode="a", wait_s=float(self.dcfg.get("store_wait_s") or 0)
+                )
                 try:
                     done = encode_store(
                         writable,

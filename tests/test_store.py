@@ -655,6 +655,32 @@ def test_second_writing_process_is_refused(filled):
     assert out.returncode == 0 and out.stdout.strip() == "4", out.stderr
 
 
+def test_a_waiting_writer_gets_the_store_once_the_first_one_is_done(filled):
+    code = (
+        "import sys, time\nfrom robo_s2.store import DemoStore\n"
+        "from robo_s2.errors import UserError\n"
+        "t = time.monotonic()\n"
+        "try: s = DemoStore.open(sys.argv[1], mode='a', wait_s=float(sys.argv[2]))\n"
+        "except UserError as e: print(e); sys.exit(3)\n"
+        "print('got', s.n_episodes, round(time.monotonic() - t, 1)); s.close()"
+    )
+    with DemoStore.open(filled, mode="a") as s:
+        short = subprocess.run(
+            [sys.executable, "-c", code, str(filled), "0.5"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert short.returncode == 3 and "open for appending by another process" in short.stdout
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", code, str(filled), "60"], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(3.0)  # the waiter is blocked on the lock meanwhile
+        assert waiter.poll() is None
+        s.append_episode(small_episode(3))
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0 and "being written by another process; waiting" in out
+    assert "got 4" in out  # it sees the episode the first writer committed
+
+
 def test_append_speed(tmp_path):
     ep = {
         "image": np.random.default_rng(0).integers(0, 256, (60, 224, 224, 3), dtype=np.uint8),
