@@ -545,6 +545,20 @@ def write_reports(
 # the whole experiment
 
 
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this process when ``parent`` (the pid of the process that started it) is gone (killed,
+    not just interrupted), so that no orphaned job keeps training and evaluating. The pid is
+    passed in: by the time this runs the parent may already be dead and replaced by init."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _row_job(
     exp: Mapping[str, Any],
     rows: Sequence[Row],
@@ -556,6 +570,7 @@ def _row_job(
     threads: int,
     todo: Any,
     done: Any,
+    parent: int,
 ) -> None:
     """One of ``jobs`` processes: takes row indices from ``todo`` until it is empty and runs every
     seed of each row, putting ``(index, [RunOutcome...])`` or ``(index, error line)`` on ``done``."""
@@ -563,6 +578,7 @@ def _row_job(
 
     import torch
 
+    _exit_with_parent(parent)
     torch.set_num_threads(threads)
     while True:
         try:  # (get_nowait can raise Empty while another job holds the queue's lock)
@@ -602,7 +618,7 @@ def run_rows_in_parallel(
     procs = [
         ctx.Process(
             target=_row_job,
-            args=(exp, rows, seeds, store, out, workers, device, threads, todo, done),
+            args=(exp, rows, seeds, store, out, workers, device, threads, todo, done, os.getpid()),
         )
         for _ in range(min(jobs, len(rows)))
     ]
@@ -610,17 +626,22 @@ def run_rows_in_parallel(
         p.start()
     outcomes: dict[int, list[RunOutcome]] = {}
     errors: list[str] = []
-    while len(outcomes) + len(errors) < len(rows):
-        try:
-            i, result = done.get(timeout=5)
-        except Exception:  # queue.Empty: is anyone still working?
-            if not any(p.is_alive() for p in procs):
-                break
-            continue
-        if isinstance(result, str):
-            errors.append(f"experiment row {rows[i].label}: {result}")
-        else:
-            outcomes[i] = result  # (run_one printed each seed's line in its process)
+    try:
+        while len(outcomes) + len(errors) < len(rows):
+            try:
+                i, result = done.get(timeout=5)
+            except Exception:  # queue.Empty: is anyone still working?
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if isinstance(result, str):
+                errors.append(f"experiment row {rows[i].label}: {result}")
+            else:
+                outcomes[i] = result  # (run_one printed each seed's line in its process)
+    finally:
+        for p in procs:  # an exception or Ctrl-C here must not leave jobs running
+            if p.is_alive() and (errors or len(outcomes) < len(rows)):
+                p.terminate()
     for p in procs:
         p.join()
     missing = [r.label for i, r in enumerate(rows) if i not in outcomes]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,38 @@ def test_quickstart_succeeds_on_a_cpu(tmp_path):
     (row,) = saved["rows"]
     (run,) = row["runs"]
     assert run["n_episodes"] == 16 and run["n_success"] >= 3, run
+
+
+def test_a_job_process_ends_when_its_parent_is_killed():
+    parent_code = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import sys, time; from robo_s2.experiment "
+        "import _exit_with_parent as e; e(int(sys.argv[1]), 0.2); print(1, flush=True); "
+        "time.sleep(60)', str(os.getpid())], stdout=sys.stdout, stderr=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pid = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "1"  # the child is up, its watch started
+        time.sleep(1.0)
+
+        def alive() -> bool:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return False
+            return "State:\tZ" not in status
+
+        assert alive()  # a living parent keeps it
+        parent.kill()  # SIGKILL: no chance to clean up
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive()
+    finally:
+        parent.kill()
