@@ -35,6 +35,15 @@ from robo_s2.errors import UserError
 NORMALIZE_CHOICES = ("imagenet", "model", "none")
 
 
+def check_weights_need_pretrained(weights: str | None, pretrained: bool) -> None:
+    """A weights file is loaded only with ``pretrained: true``: refuse the contradiction."""
+    if weights is not None and not pretrained:
+        raise UserError(
+            f"weights={weights} was given with pretrained=false; set pretrained=true to load "
+            "it, or drop weights to use random weights"
+        )
+
+
 class TokenEncoder(VisionEncoder):
     """An encoder made of one network mapping normalised pixels to a token map.
 
@@ -290,11 +299,7 @@ class TimmEncoder(TokenEncoder):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if weights is not None and not pretrained:
-            raise UserError(
-                f"weights={weights} was given with pretrained=false; set pretrained=true to load "
-                "it, or drop weights to use random weights"
-            )
+        check_weights_need_pretrained(weights, pretrained)
         model_kwargs = dict(model_kwargs or {})
         if image_size is not None:
             model_kwargs["img_size"] = int(image_size)

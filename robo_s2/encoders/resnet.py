@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robo_s2.encoders.backbone import check_weights_need_pretrained
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder
 from robo_s2.encoders.registry import register_encoder
 from robo_s2.errors import UserError
@@ -168,11 +169,7 @@ class ResNetE2EEncoder(VisionEncoder):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if weights is not None and not pretrained:
-            raise UserError(
-                f"weights={weights} was given with pretrained=false; set pretrained=true to load "
-                "it, or drop weights to use random weights"
-            )
+        check_weights_need_pretrained(weights, pretrained)
         kind = _POOLING_ALIASES.get(str(pooling).strip().lower())
         if kind is None:
             raise UserError(
@@ -307,28 +304,5 @@ class ResNetE2EEncoder(VisionEncoder):
         return d
 
 
-@register_encoder("resnet_e2e")
-def resnet_e2e_encoder(
-    model: str = "resnet18",
-    image_size: int = 84,
-    crop_ratio: float = 0.9,
-    pooling: str = "mean",
-    num_kp: int = 32,
-    pretrained: bool = False,
-    weights: str | None = None,
-    trainable: bool = True,
-    seed: int = 0,
-) -> ResNetE2EEncoder:
-    """A GroupNorm ResNet-18 trained end to end, random crops in training; see
-    :class:`ResNetE2EEncoder`."""
-    return ResNetE2EEncoder(
-        model=model,
-        image_size=image_size,
-        crop_ratio=crop_ratio,
-        pooling=pooling,
-        num_kp=num_kp,
-        pretrained=pretrained,
-        weights=weights,
-        trainable=trainable,
-        seed=seed,
-    )
+# the class is its own factory: its constructor is the option list the registry checks
+register_encoder("resnet_e2e")(ResNetE2EEncoder)
