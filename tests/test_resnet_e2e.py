@@ -298,3 +298,9 @@ def test_cli_trains_it(tmp_path, store):
     assert last_line.startswith("train: 2 steps (to 2/2)"), last_line
     assert (tmp_path / "run_out" / "checkpoints" / "last" / "encoder.safetensors").is_file()
     assert "encoder trained end to end" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["resnet18_e2e", "vit_t"])
+def test_a_weights_file_without_pretrained_is_refused(name):
+    with pytest.raises(UserError, match="was given with pretrained=false; set pretrained=true"):
+        create_encoder(name, weights="/no/such/file.pth")
