@@ -7,6 +7,7 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -25,6 +26,11 @@ from robo_s2.errors import UserError
 
 # Patch sizes of the encoders robo_s2 supports (ViT/16 and ViT/14): renders must tile into patches.
 PATCH_SIZES = (16, 14)
+# random: the env's own uniform draw per attempt; stratified: one attempt per cell of a jittered
+# grid over the cube region, so that n demos leave no large gap (iid draws of 120 over a 30 x 30 cm
+# region leave failures of the policy where the nearest demo is far, docs/results/table8_cpu_small)
+PLACEMENTS = ("random", "stratified")
+_STRATIFIED_STREAM = 0x5354
 
 
 @dataclass
@@ -58,6 +64,30 @@ def check_image_size(size: int) -> None:
         )
 
 
+def stratified_placements(
+    n: int, region: Any, seed: int, n_attempts: int
+) -> list[tuple[float, float]]:
+    """Cube (x, y) of attempts 0..n_attempts-1: passes over a jittered grid of >= n cells.
+
+    The grid has rows x cols >= n cells shaped like the region; each pass visits its cells in a
+    seeded random order, at a seeded uniform point inside each cell. Attempt k of a store takes
+    placement k, so a failed attempt leaves its cell to a later pass and a resume continues the list.
+    """
+    (x0, x1), (y0, y1) = ((float(a), float(b)) for a, b in region)
+    w, h = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+    rows = max(1, round(math.sqrt(n * h / w)))
+    cols = max(1, math.ceil(n / rows))
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_STRATIFIED_STREAM,)))
+    out: list[tuple[float, float]] = []
+    while len(out) < n_attempts:
+        cells = rng.permutation(rows * cols)
+        u = rng.random((len(cells), 2))
+        for c, (ux, uy) in zip(cells, u, strict=True):
+            r, q = divmod(int(c), cols)
+            out.append((x0 + (q + ux) * w / cols, y0 + (r + uy) * h / rows))
+    return out[:n_attempts]
+
+
 # --- worker side ---------------------------------------------------------------------------------
 
 _worker_env = None
@@ -86,9 +116,14 @@ def make_env_and_expert(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any
     return env, ScriptedExpert.for_env(env, **expert_kwargs)
 
 
-def run_expert_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
-    """One expert episode; returns per-step arrays (obs at t, action at t) and its success."""
-    obs, _ = env.reset(seed=seed)
+def run_expert_episode(
+    env, expert, seed: int, cube_pos: tuple[float, float] | None = None
+) -> tuple[dict[str, np.ndarray], bool]:
+    """One expert episode; returns per-step arrays (obs at t, action at t) and its success.
+
+    ``cube_pos`` forces the cube's (x, y); its yaw (when randomized) still comes from ``seed``.
+    """
+    obs, _ = env.reset(seed=seed, options={"cube_pos": cube_pos} if cube_pos is not None else None)
     expert.reset(seed=seed)
     steps: dict[str, list[np.ndarray]] = {}
     success = False
@@ -104,8 +139,10 @@ def run_expert_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], b
     return {key: np.stack(values) for key, values in steps.items()}, success
 
 
-def _worker_episode(seed: int) -> tuple[dict[str, np.ndarray], bool]:
-    return run_expert_episode(_worker_env, _worker_expert, seed)
+def _worker_episode(
+    seed: int, cube_pos: tuple[float, float] | None
+) -> tuple[dict[str, np.ndarray], bool]:
+    return run_expert_episode(_worker_env, _worker_expert, seed, cube_pos)
 
 
 # --- main side -----------------------------------------------------------------------------------
@@ -114,15 +151,15 @@ def _worker_episode(seed: int) -> tuple[dict[str, np.ndarray], bool]:
 def _episode_stream(
     env_kwargs: dict[str, Any],
     expert_kwargs: dict[str, Any],
-    seeds: Iterator[int],
+    attempts: Iterator[tuple[int, tuple[float, float] | None]],
     workers: int,
 ) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
-    """Yield episodes in seed order; with workers > 0 keep 2 per worker in flight."""
+    """Yield episodes of (seed, cube_pos) attempts in order; with workers keep 2 each in flight."""
     if workers <= 0:
         env, expert = make_env_and_expert(env_kwargs, expert_kwargs)
         try:
-            for seed in seeds:
-                yield run_expert_episode(env, expert, seed)
+            for seed, cube_pos in attempts:
+                yield run_expert_episode(env, expert, seed, cube_pos)
         finally:
             env.close()
         return
@@ -134,8 +171,8 @@ def _episode_stream(
     ) as pool:
         pending: deque[Future] = deque()
         try:
-            for seed in seeds:
-                pending.append(pool.submit(_worker_episode, seed))
+            for seed, cube_pos in attempts:
+                pending.append(pool.submit(_worker_episode, seed, cube_pos))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -156,10 +193,17 @@ def collect(
     max_attempts: int | None = None,
     store_format: int = 3,
     on_episode: Callable[[CollectResult], None] | None = None,
+    placement: str = "random",
 ) -> CollectResult:
-    """Fill the store at ``out`` with ``n_episodes`` expert episodes, resuming an existing store."""
+    """Fill the store at ``out`` with ``n_episodes`` expert episodes, resuming an existing store.
+
+    ``placement`` (``PLACEMENTS``) is how cube positions are drawn: ``random`` by the env per
+    attempt, ``stratified`` over a jittered grid of ``n_episodes`` cells (``stratified_placements``).
+    """
     if n_episodes <= 0:
         raise UserError(f"n_episodes={n_episodes} must be > 0")
+    if placement not in PLACEMENTS:
+        raise UserError(f"placement={placement!r} is unknown; choose one of: {', '.join(PLACEMENTS)}")
     check_image_size(env_kwargs.get("image_size", 224))
     if workers < 0:
         raise UserError(f"workers={workers} must be >= 0 (0 runs the env in this process)")
@@ -170,6 +214,7 @@ def collect(
 
     probe = CubePickEnv(**{**env_kwargs, "render_images": False})
     env_desc = probe.describe()
+    region = probe.cube_region
     probe.close()
     attrs = {
         "env": env_desc,
@@ -179,7 +224,12 @@ def collect(
         "state_semantics": env_desc.get("state_semantics"),
         "cameras": env_desc.get("cameras"),
         "source": "robo_s2 collect (scripted expert)",
-        "collect": {"seed": seed, "expert": expert_kwargs, "keep_failed": keep_failed},
+        "collect": {
+            "seed": seed,
+            "expert": expert_kwargs,
+            "keep_failed": keep_failed,
+            "placement": placement,
+        },
     }
     store = DemoStore.open_or_create(out, attrs=attrs, format=store_format, check_attrs=("env",))
     progress = dict(store.attrs.get("collect_progress", {}))
@@ -187,6 +237,18 @@ def collect(
         raise UserError(
             f"{out} was collected with seed={progress['seed']}, not seed={seed}; "
             f"resume with seed={progress['seed']} or choose another out="
+        )
+    # a stratified grid is laid out for its number of cells: resuming must keep both
+    layout = {"placement": placement, "cells": n_episodes if placement == "stratified" else None}
+    recorded = {k: progress.get(k, "random" if k == "placement" else None) for k in layout}
+    if store.n_episodes and recorded != layout:
+        store.close()
+        raise UserError(
+            f"{out} was collected with placement={recorded['placement']}"
+            + (f" over {recorded['cells']} cells" if recorded["cells"] else "")
+            + f", not placement={placement}"
+            + (f" over {n_episodes} cells" if layout["cells"] else "")
+            + "; resume with the same placement and n_episodes or choose another out="
         )
 
     result = CollectResult(n_total=store.n_episodes, n_frames=store.n_frames)
@@ -197,12 +259,16 @@ def collect(
         return result
     limit = max_attempts if max_attempts is not None else 2 * needed + 20
 
-    def seeds() -> Iterator[int]:
-        for k in range(limit):
-            yield attempt_seed(seed, first_attempt + k)
+    cube_xy: list[tuple[float, float]] | None = None
+    if placement == "stratified":
+        cube_xy = stratified_placements(n_episodes, region, seed, first_attempt + limit)
+
+    def attempts() -> Iterator[tuple[int, tuple[float, float] | None]]:
+        for k in range(first_attempt, first_attempt + limit):
+            yield attempt_seed(seed, k), (cube_xy[k] if cube_xy is not None else None)
 
     start = time.perf_counter()
-    stream = _episode_stream(env_kwargs, expert_kwargs, seeds(), workers)
+    stream = _episode_stream(env_kwargs, expert_kwargs, attempts(), workers)
     try:
         for episode, success in stream:
             result.attempts += 1
@@ -212,6 +278,7 @@ def collect(
             progress_attrs = {
                 "collect_progress": {
                     "seed": seed,
+                    **layout,
                     "next_attempt": first_attempt + result.attempts,
                     "attempts": int(progress.get("attempts", 0)) + result.attempts,
                     "discarded": int(progress.get("discarded", 0)) + result.discarded,

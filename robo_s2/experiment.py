@@ -234,6 +234,7 @@ def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path
             expert_kwargs=dict(_plain(demos.get("expert")) or {}),
             seed=int(demos.get("seed", 0)),
             workers=workers,
+            placement=str(demos.get("placement", "random")),
             on_episode=lambda r: (setattr(bar, "n", r.n_total), bar.refresh()),
         )
     finally:

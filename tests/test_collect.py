@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from robo_s2.collect import collect
+from robo_s2.collect import collect, stratified_placements
 from robo_s2.errors import UserError
 from robo_s2.store import DemoStore
 
@@ -73,6 +73,41 @@ def test_resume_with_other_env_or_seed_is_refused(tmp_path):
     with pytest.raises(UserError, match="seed"):
         collect(out, n_episodes=2, env_kwargs=SMALL_ENV, seed=1, workers=0)
     assert DemoStore.open(out).n_episodes == 1
+
+
+def test_stratified_placements_put_one_demo_in_every_cell():
+    region = ((0.35, 0.65), (-0.15, 0.15))
+    xy = np.array(stratified_placements(120, region, seed=0, n_attempts=300))
+    assert xy.shape == (300, 2)
+    assert np.all((xy[:, 0] >= 0.35) & (xy[:, 0] <= 0.65) & (xy[:, 1] >= -0.15) & (xy[:, 1] <= 0.15))
+    # 120 cells on a square region -> an 11 x 11 grid; each pass of 121 visits every cell once
+    cells = np.floor((xy - [0.35, -0.15]) / (0.3 / 11)).astype(int)
+    first = {tuple(c) for c in cells[:121]}
+    assert len(first) == 121 and len({tuple(c) for c in cells[121:242]}) == 121
+    # even coverage: every point of the region is near a demo (iid draws leave 4-5 cm holes)
+    g = np.stack(np.meshgrid(np.linspace(0.35, 0.65, 61), np.linspace(-0.15, 0.15, 61)), -1)
+    gap = np.min(np.linalg.norm(g.reshape(-1, 1, 2) - xy[None, :120], axis=-1), axis=1).max()
+    assert gap < 2 * 0.3 / 11
+    again = stratified_placements(120, region, seed=0, n_attempts=300)
+    assert np.array_equal(xy, np.array(again))
+    assert not np.array_equal(xy, np.array(stratified_placements(120, region, 1, 300)))
+
+
+def test_stratified_collection_places_the_cubes_and_resumes_only_the_same_layout(tmp_path):
+    out = tmp_path / "demos.zarr"
+    env = {**SMALL_ENV, "render_images": False}
+    collect(out, n_episodes=2, env_kwargs=env, seed=0, workers=0, placement="stratified")
+    store = DemoStore.open(out)
+    cube_xy = np.array([store.episode(i)["state"][0, :2] for i in range(store.n_episodes)])
+    region = ((0.4, 0.6), (-0.1, 0.1))  # the env's default
+    np.testing.assert_allclose(cube_xy, stratified_placements(2, region, 0, 2), atol=1e-4)
+    assert store.attrs["collect"]["placement"] == "stratified"
+    with pytest.raises(UserError, match="placement=stratified over 2 cells"):
+        collect(out, n_episodes=3, env_kwargs=env, seed=0, workers=0, placement="stratified")
+    with pytest.raises(UserError, match="placement=stratified over 2 cells, not placement=random"):
+        collect(out, n_episodes=3, env_kwargs=env, seed=0, workers=0)
+    with pytest.raises(UserError, match="unknown"):
+        collect(tmp_path / "x.zarr", n_episodes=1, env_kwargs=env, placement="grid")
 
 
 def test_out_path_that_is_not_a_store_is_refused(tmp_path):

@@ -29,6 +29,7 @@ def run(cfg: DictConfig) -> CollectResult:
             keep_failed=cfg.keep_failed,
             max_attempts=cfg.max_attempts,
             store_format=cfg.format,
+            placement=cfg.placement,
             on_episode=on_episode,
         )
     finally:
