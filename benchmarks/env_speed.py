@@ -17,7 +17,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 from envs.cube_pick import CubePickEnv  # noqa: E402
-from robo_s2.collect import collect  # noqa: E402
+from robo_s2.data.collection import collect  # noqa: E402
 
 
 def env_steps_per_second(steps: int, **env_kwargs) -> float:

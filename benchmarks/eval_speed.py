@@ -35,7 +35,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from robo_s2.evaluate import evaluate  # noqa: E402
+from robo_s2.evaluation.runner import evaluate  # noqa: E402
 
 
 def _arms() -> dict[str, tuple[dict, str]]:
@@ -65,9 +65,9 @@ def build_checkpoint(
 ) -> Path:
     from envs.cube_pick import CubePickEnv
     from policies import create_policy
-    from robo_s2.checkpoint import save_checkpoint
     from robo_s2.encoders import create_encoder
-    from robo_s2.feature_cache import feature_precision
+    from robo_s2.encoders.feature_cache import feature_precision
+    from robo_s2.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     encoder = create_encoder(encoder_name, **encoder_overrides(encoder_name, image_size))
@@ -96,9 +96,9 @@ def frame_cost(ckpt: Path, precision: str, batch: int) -> dict[str, float]:
     """ms per render, physics step, encoder forward at batch 1 and ``batch`` and policy step at
     ``batch`` (median of 7)."""
     from envs.cube_pick import CubePickEnv
-    from robo_s2.checkpoint import load_checkpoint, read_meta
-    from robo_s2.evaluate import checkpoint_env_kwargs, eval_precision
-    from robo_s2.feature_cache import encode_frames
+    from robo_s2.encoders.feature_cache import encode_frames
+    from robo_s2.evaluation.runner import checkpoint_env_kwargs, eval_precision
+    from robo_s2.training.checkpoint import load_checkpoint, read_meta
 
     meta = read_meta(ckpt)
     env = CubePickEnv(**{**checkpoint_env_kwargs(meta), "render_images": True})

@@ -9,7 +9,7 @@ defaults) with each ``--set key=value`` (the value parsed as YAML) on top. ``--y
 config with ``randomize_yaw`` false, true or both; its default is ``both`` when neither ``--env``
 nor ``--set randomize_yaw=...`` is given (as before those flags existed), else ``env`` (the
 config's own). Prints one row per (yaw, noise): episodes, success rate with its Wilson 95 %
-interval (``robo_s2.stats``), mean and max episode length, retries, env steps/s and seconds.
+interval (``robo_s2.evaluation.stats``), mean and max episode length, retries, env steps/s and seconds.
 ``--no-align-yaw`` runs the expert without turning its hand to the cube's yaw (does the grasp
 need it?); ``--failures`` lists each failed episode (seed, placement, the expert's last phase,
 highest cube lift). Exits non-zero when a rate is below ``--min-rate``.
@@ -28,9 +28,9 @@ import numpy as np
 
 from envs.cube_pick import CubePickEnv
 from envs.expert import ScriptedExpert
-from robo_s2.experiment import git_commit
+from robo_s2.evaluation.stats import wilson_interval
+from robo_s2.experiments.runner import git_commit
 from robo_s2.paths import env_config
-from robo_s2.stats import wilson_interval
 
 
 def measure(

@@ -31,7 +31,7 @@ import numpy as np
 from envs import panda_mjcf as P
 from envs.cube_pick import CubePickEnv
 from envs.headless_gl import ensure_gl_backend, load_triton_before_mesa
-from robo_s2.experiment import git_commit
+from robo_s2.experiments.runner import git_commit
 from robo_s2.paths import env_config
 
 CAMERA = "front"

@@ -11,9 +11,9 @@ cores); a later run without ``--only`` finds both and probes.
 1. collects a pre-training store (expert episodes, front + wrist cameras) and a separate probe
    store (``--probe-episodes`` short episodes at other seeds: the cube still on the table, the arm
    approaching; front camera), unless they exist under ``--out``;
-2. pre-trains ViT-Ti and ViT-S (``robo_s2.pretrain``) on the pre-training store plus
+2. pre-trains ViT-Ti and ViT-S (``robo_s2.pretraining.pretrainer``) on the pre-training store plus
    randomized-scene frames, ``--epochs`` epochs each at ``--size`` px (skipped when done);
-3. probes the cube's (x, y) on held-out probe episodes (:mod:`robo_s2.probe`) from: random-init and
+3. probes the cube's (x, y) on held-out probe episodes (:mod:`robo_s2.pretraining.probe`) from: random-init and
    pretrained ViT-Ti and ViT-S, and S² (scales 1, 2) of the pretrained and random ViT-Ti,
    with CLS and mean-pooled features, and prints the table (R², RMSE in cm).
 """
@@ -33,12 +33,12 @@ ARCHS = {"t": "vit_tiny_patch16_224", "s": "vit_small_patch16_224"}
 def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
-    from robo_s2.collect import collect
+    from robo_s2.data.collection import collect
+    from robo_s2.data.store import DemoStore
     from robo_s2.encoders import create_encoder
     from robo_s2.paths import config_dir
-    from robo_s2.pretrain import pretrain
-    from robo_s2.probe import probe_encoder
-    from robo_s2.store import DemoStore
+    from robo_s2.pretraining.pretrainer import pretrain
+    from robo_s2.pretraining.probe import probe_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench_out/probe")

@@ -39,9 +39,9 @@ def measure(
     device: torch.device,
 ) -> tuple[float, float]:
     """Median images/s of a pre-training step and of a forward-only pass of the encoder."""
+    from robo_s2.data.image_sources import augment
     from robo_s2.device import autocast
-    from robo_s2.image_sources import augment
-    from robo_s2.mae import MaskedAutoencoder
+    from robo_s2.pretraining.mae import MaskedAutoencoder
     from robo_s2.training.optim import make_optimizer
 
     model = MaskedAutoencoder(arch, size, *decoder).to(device)

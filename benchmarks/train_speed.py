@@ -3,7 +3,7 @@
     python benchmarks/train_speed.py [--device auto] [--threads 1] [--batch-size 64]
                                      [--steps 20] [--warmup 3] [--frames 4800] [--ema 0.995]
 
-Measures the trainer's own step (:func:`robo_s2.train.train_step`: batch gather from in-memory
+Measures the trainer's own step (:func:`robo_s2.training.trainer.train_step`: batch gather from in-memory
 tensors, forward under autocast — bf16 on CUDA —, backward, gradient clipping, AdamW, LR schedule,
 EMA update) for the policies of ``configs/policy/{chunk_transformer,mlp}.yaml`` at their default
 sizes, with the feature as one vector per step (ViT-Ti S² CLS: 384 wide, 1 token) and as a grid
@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from policies import create_policy
 from robo_s2.device import resolve_device
 from robo_s2.paths import config_dir
-from robo_s2.train import BCModel, train_step
 from robo_s2.training import EMA, BatchSampler, SequenceData, make_optimizer, warmup_cosine
+from robo_s2.training.trainer import BCModel, train_step
 
 FEATURES = {"vector": (1, 384), "grid 4x4": (16, 384)}
 POLICIES = ("chunk_transformer", "mlp")

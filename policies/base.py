@@ -1,4 +1,4 @@
-"""Policy networks: the chunked-action transformer and baselines.
+"""BasePolicy, the policy registry and save/load: the batch contract every policy follows.
 
 Every policy is a :class:`BasePolicy` (an ``nn.Module``) registered by name::
 
@@ -399,8 +399,3 @@ class BasePolicy(nn.Module):
         )
         policy.load_state_dict(state, strict=True)
         return policy.to(device)
-
-
-# Importing the built-in policies registers them (after the names they import are defined).
-from policies import chunk_transformer as _chunk_transformer  # noqa: E402, F401
-from policies import mlp as _mlp  # noqa: E402, F401

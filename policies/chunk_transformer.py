@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies import BasePolicy, _check_dim, register_policy
+from policies.base import BasePolicy, _check_dim, register_policy
 from robo_s2.errors import UserError
 
 VISUAL, PROPRIO, ACTION = 0, 1, 2

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from policies import BasePolicy, _check_dim, register_policy
+from policies.base import BasePolicy, _check_dim, register_policy
 from robo_s2.errors import UserError
 
 

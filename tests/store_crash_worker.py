@@ -29,7 +29,7 @@ def make_episode(i: int, image_size: int) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     path, n_max, image_size, fmt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     env = {**ENV, "image_size": image_size}

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from robo_s2.collect import collect, stratified_placements
+from robo_s2.data.collection import collect, stratified_placements
+from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
-from robo_s2.store import DemoStore
 
 SMALL_ENV = {"image_size": 64}
 
@@ -79,7 +79,9 @@ def test_stratified_placements_put_one_demo_in_every_cell():
     region = ((0.35, 0.65), (-0.15, 0.15))
     xy = np.array(stratified_placements(120, region, seed=0, n_attempts=300))
     assert xy.shape == (300, 2)
-    assert np.all((xy[:, 0] >= 0.35) & (xy[:, 0] <= 0.65) & (xy[:, 1] >= -0.15) & (xy[:, 1] <= 0.15))
+    assert np.all(
+        (xy[:, 0] >= 0.35) & (xy[:, 0] <= 0.65) & (xy[:, 1] >= -0.15) & (xy[:, 1] <= 0.15)
+    )
     # 120 cells on a square region -> an 11 x 11 grid; each pass of 121 visits every cell once
     cells = np.floor((xy - [0.35, -0.15]) / (0.3 / 11)).astype(int)
     first = {tuple(c) for c in cells[:121]}

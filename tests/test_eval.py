@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from robo_s2.errors import UserError
-from robo_s2.evaluate import episode_seed, evaluate, position_set
-from robo_s2.stats import (
+from robo_s2.evaluation.runner import episode_seed, evaluate, position_set
+from robo_s2.evaluation.stats import (
     compare_rates,
     fisher_exact_p,
     newcombe_interval,
@@ -57,7 +57,7 @@ def test_rate_comparison_known_values(tmp_path):
     assert c.diff == pytest.approx(0.1875) and not c.significant and c.p_value > 0.05
     assert compare_rates(95, 100, 50, 100).significant
     # the experiment's bar plot of such rates, with the paper's values beside them
-    from robo_s2.plots import plot_success_bars
+    from robo_s2.experiments.plots import plot_success_bars
 
     png = plot_success_bars(["b", "b_s2"], [7, 10], [16, 16], tmp_path / "bars.png",
                             reference={"b": 43.8, "b_s2": 62.5})  # fmt: skip
@@ -120,8 +120,8 @@ def test_expert_succeeds_and_outputs_are_written(tmp_path):
 def _tiny_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None):
     from envs.cube_pick import CubePickEnv
     from policies import create_policy
-    from robo_s2.checkpoint import save_checkpoint
     from robo_s2.encoders import create_encoder
+    from robo_s2.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     encoder = create_encoder("vit_t", image_size=64)
@@ -209,7 +209,7 @@ class _LoggingActor:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_trajectories_are_bit_identical_across_worker_counts(tiny_checkpoint, precision):
-    from robo_s2.evaluate import episode_specs, load_target, run_episodes
+    from robo_s2.evaluation.runner import episode_specs, load_target, run_episodes
 
     target = load_target(
         tiny_checkpoint, torch.device("cpu"), env_overrides={"max_episode_steps": 6},

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from robo_s2.errors import UserError
-from robo_s2.experiment import (
+from robo_s2.evaluation.stats import compare_rates
+from robo_s2.experiments.runner import (
     Row,
     RowResult,
     RunOutcome,
@@ -25,7 +26,6 @@ from robo_s2.experiment import (
     results_table,
     run_experiment,
 )
-from robo_s2.stats import compare_rates
 
 IMG = 64
 TINY_TRAIN = [
@@ -243,7 +243,7 @@ def test_quickstart_succeeds_on_a_cpu(tmp_path):
 def test_a_job_process_ends_when_its_parent_is_killed():
     parent_code = (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import sys, time; from robo_s2.experiment "
+        "child = subprocess.Popen([sys.executable, '-c', 'import sys, time; from robo_s2.experiments.runner "
         "import _exit_with_parent as e; e(int(sys.argv[1]), 0.2); print(1, flush=True); "
         "time.sleep(60)', str(os.getpid())], stdout=sys.stdout, stderr=subprocess.DEVNULL)\n"
         "print(child.pid, flush=True)\n"

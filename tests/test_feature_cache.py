@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
+from robo_s2.encoders.feature_cache import cache_status, encode_store, load_features
 from robo_s2.errors import UserError
-from robo_s2.feature_cache import cache_status, encode_store, load_features
-from robo_s2.store import DemoStore
 
 IMG = 32
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from robo_s2 import device as D
+from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
-from robo_s2.errors import UserError
-from robo_s2.feature_cache import (
+from robo_s2.encoders.feature_cache import (
     cache_key,
     cache_status,
     encode_frames,
@@ -21,7 +21,7 @@ from robo_s2.feature_cache import (
     feature_precision,
     load_features,
 )
-from robo_s2.store import DemoStore
+from robo_s2.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
@@ -106,8 +106,8 @@ def test_bf16_features_match_fp32(name, overrides):
 
 def test_bf16_probe_is_within_5_percent_of_fp32(tmp_path):
     """The ridge probe of the cube's position (benchmarks/pretrain_probe.py's) on bf16 features."""
-    from robo_s2.collect import collect
-    from robo_s2.probe import probe_encoder
+    from robo_s2.data.collection import collect
+    from robo_s2.pretraining.probe import probe_encoder
 
     store_path = tmp_path / "probe.zarr"
     collect(
@@ -159,7 +159,7 @@ def test_cache_entries_are_keyed_by_precision(tmp_path):
 
 
 def test_eval_precision_follows_the_checkpoint_where_native(monkeypatch):
-    from robo_s2.evaluate import eval_precision
+    from robo_s2.evaluation.runner import eval_precision
 
     monkeypatch.setattr(D, "cpu_bf16_supported", lambda: False)
     assert eval_precision("auto", "bf16", CPU) == "fp32"  # no emulated bf16 behind the user's back
@@ -199,7 +199,7 @@ def test_render_profile_is_recorded_and_changes_the_frames():
 def _checkpoint(directory, env_kwargs):
     from envs.cube_pick import CubePickEnv
     from policies import create_policy
-    from robo_s2.checkpoint import save_checkpoint
+    from robo_s2.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     encoder = create_encoder("vit_t", image_size=32)
@@ -222,7 +222,7 @@ def _checkpoint(directory, env_kwargs):
 
 
 def test_eval_under_another_render_profile_is_refused_unless_allowed(tmp_path):
-    from robo_s2.evaluate import evaluate
+    from robo_s2.evaluation.runner import evaluate
 
     ckpt = _checkpoint(tmp_path / "ckpt", {"shadows": False, "msaa_samples": 0})
     kw = {"n_episodes": 1, "positions": "random", "workers": 0, "n_videos": 0}
@@ -242,7 +242,7 @@ def test_eval_under_another_render_profile_is_refused_unless_allowed(tmp_path):
 
 def test_legacy_checkpoints_are_evaluated_under_the_legacy_profile(tmp_path):
     from envs.cube_pick import LEGACY_RENDER_PROFILE, RENDER_PROFILE_KEYS
-    from robo_s2.evaluate import checkpoint_env_kwargs
+    from robo_s2.evaluation.runner import checkpoint_env_kwargs
 
     ckpt = _checkpoint(tmp_path / "old", {})
     meta_path = ckpt / "robo_s2.json"
@@ -258,7 +258,7 @@ def test_legacy_checkpoints_are_evaluated_under_the_legacy_profile(tmp_path):
 
 def test_a_bf16_fast_profile_eval_is_bit_identical_when_rerun(tmp_path):
     """(Per-step actions across worker counts: test_eval, parametrized over fp32 and bf16.)"""
-    from robo_s2.evaluate import evaluate
+    from robo_s2.evaluation.runner import evaluate
 
     ckpt = _checkpoint(tmp_path / "ckpt", {"shadows": False, "msaa_samples": 0})
     kw = {"n_episodes": 3, "positions": "random", "seed": 4, "n_videos": 0, "precision": "bf16"}

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import zarr
 
+from robo_s2.data.interop import NATIVE_ENV_ID, is_foreign, require_native_env
+from robo_s2.data.interop.dp_zarr import export_dp, import_dp
+from robo_s2.data.interop.robomimic_hdf5 import export_robomimic, import_robomimic
+from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
-from robo_s2.interop import NATIVE_ENV_ID, is_foreign, require_native_env
-from robo_s2.interop.dp_zarr import export_dp, import_dp
-from robo_s2.interop.robomimic_hdf5 import export_robomimic, import_robomimic
-from robo_s2.store import DemoStore
 
 H = W = 8
 LENGTHS = {"demo_0": 5, "demo_2": 3, "demo_10": 4}  # non-contiguous; demo_10 sorts last
@@ -125,9 +125,9 @@ def test_imported_demos_train_and_evaluation_says_why_it_cannot_run(tmp_path):
     the policy in our env is refused with a reason, before any env starts."""
     from hydra import compose, initialize_config_dir
 
-    from robo_s2.evaluate import evaluate
+    from robo_s2.evaluation.runner import evaluate
     from robo_s2.paths import config_dir
-    from robo_s2.train import train
+    from robo_s2.training.trainer import train
 
     src = tmp_path / "lift.hdf5"
     make_robomimic(src, lengths={"demo_0": 9, "demo_1": 8, "demo_2": 7}, size=32)
@@ -330,8 +330,8 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, m
 
 
 def test_import_resumes_after_an_interruption(tmp_path, monkeypatch):
-    import robo_s2.interop.robomimic_hdf5 as rh
-    import robo_s2.store as store_mod
+    import robo_s2.data.interop.robomimic_hdf5 as rh
+    import robo_s2.data.store as store_mod
 
     src = tmp_path / "lift.hdf5"
     make_robomimic(src)
@@ -382,8 +382,8 @@ def test_import_resumes_after_sigkill(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        import robo_s2.store as store_mod
-        from robo_s2.interop.robomimic_hdf5 import import_robomimic
+        import robo_s2.data.store as store_mod
+        from robo_s2.data.interop.robomimic_hdf5 import import_robomimic
         seen = []
         def crash(stage):
             seen.append(stage)
@@ -625,7 +625,7 @@ def test_dp_jpeg2000_images(tmp_path):
 def test_dp_jpeg2000_without_imagecodecs_says_what_to_install(tmp_path, monkeypatch):
     import numcodecs.registry
 
-    import robo_s2.interop.dp_zarr as dz
+    import robo_s2.data.interop.dp_zarr as dz
 
     root = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=2)
     root.create_group("meta").create_array("episode_ends", shape=(1,), dtype="int64")[:] = [2]

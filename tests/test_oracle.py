@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
+from robo_s2.encoders.feature_cache import encode_store, load_features
 from robo_s2.errors import UserError
-from robo_s2.feature_cache import encode_store, load_features
-from robo_s2.store import DemoStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,7 +37,7 @@ def test_the_feature_is_the_cube_pose_and_its_quarter_turn_yaw():
 def test_experiment_rows_label_the_oracle_as_a_ceiling(tmp_path):
     from omegaconf import OmegaConf
 
-    from robo_s2.experiment import encoder_cost
+    from robo_s2.experiments.runner import encoder_cost
 
     cfg = OmegaConf.create({"encoder": {"name": "oracle"}})
     params, gflops, dim, note = encoder_cost(cfg)
@@ -47,7 +47,7 @@ def test_experiment_rows_label_the_oracle_as_a_ceiling(tmp_path):
 
 
 def _store(path, n_episodes=4):
-    from robo_s2.collect import collect
+    from robo_s2.data.collection import collect
 
     env = {"image_size": 32, "shadows": False, "msaa_samples": 0}
     collect(path, n_episodes=n_episodes, env_kwargs=env, seed=0, workers=0)
@@ -71,9 +71,9 @@ def test_oracle_features_are_cached_from_the_state(tmp_path):
 def test_oracle_trains_and_evaluates_without_rendering(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from robo_s2.evaluate import evaluate, load_target
+    from robo_s2.evaluation.runner import evaluate, load_target
     from robo_s2.paths import config_dir
-    from robo_s2.train import train
+    from robo_s2.training.trainer import train
 
     store = _store(tmp_path / "s.zarr", n_episodes=6)
     overrides = [

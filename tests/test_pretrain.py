@@ -13,14 +13,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from robo_s2.data.image_sources import augment, load_images, resize_square
+from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
 from robo_s2.errors import UserError
-from robo_s2.image_sources import augment, load_images, resize_square
-from robo_s2.mae import MaskedAutoencoder, save_mvp_checkpoint
 from robo_s2.paths import config_dir
-from robo_s2.pretrain import pretrain, reconstruction_loss
-from robo_s2.probe import cube_targets, probe_encoder, ridge_probe
-from robo_s2.store import DemoStore
+from robo_s2.pretraining.mae import MaskedAutoencoder, save_mvp_checkpoint
+from robo_s2.pretraining.pretrainer import pretrain, reconstruction_loss
+from robo_s2.pretraining.probe import cube_targets, probe_encoder, ridge_probe
 
 IMG = 64
 ARCH = "test_vit"  # timm's 0.3 M-parameter ViT (64 wide, 6 blocks, patch 16): a fast real ViT
@@ -267,7 +267,7 @@ def test_resume_continues_exactly(store, tmp_path):
 def test_resume_mid_epoch_continues_exactly(store, tmp_path, monkeypatch):
     """train.save_every_steps saves inside an epoch; a run killed after such a save and resumed
     ends bit-identical to a straight one, with the same per-epoch losses."""
-    import robo_s2.pretrain as pretrain_module
+    import robo_s2.pretraining.pretrainer as pretrain_module
     from robo_s2.safe_io import load_state
 
     common = [f"images=[{store}]", "frames_per_episode=4", "train.epochs=2"]
@@ -352,7 +352,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
 
 def test_summary_line():
     from robo_s2.commands.pretrain import summary
-    from robo_s2.pretrain import PretrainResult
+    from robo_s2.pretraining.pretrainer import PretrainResult
 
     r = PretrainResult(
         run_dir=Path("r"), encoder_path=Path("r/encoder.pth"), epoch=3, epochs=5, start_epoch=1,
@@ -383,7 +383,7 @@ def test_cli_pretrain_runs_and_resumes(store, tmp_path):
 
 
 def test_randomized_scene_frames_feed_pretraining(tmp_path):
-    from robo_s2.image_sources import scene_frames
+    from robo_s2.data.image_sources import scene_frames
 
     frames, groups = scene_frames(2, 32, seed=3, frames_per_episode=2, steps=(3, 5))
     assert frames.shape == (2 * 2 * 2, 32, 32, 3)  # episodes x shots x (front, wrist)
@@ -404,7 +404,7 @@ def test_pretrained_vit_t_beats_random_init_on_real_frames(tmp_path):
     """The evidence on rendered cube-picking frames (a few minutes on one CPU core): the held-out
     reconstruction loss falls far below the random init's, and a linear probe of the cube's
     (x, y) from mean-pooled features of the pre-trained ViT-Ti beats the random-init ViT-Ti."""
-    from robo_s2.collect import collect
+    from robo_s2.data.collection import collect
 
     collect(tmp_path / "pre.zarr", 8, dict(image_size=IMG, cameras=["front", "wrist"]), seed=1000)
     collect(tmp_path / "probe.zarr", 60, dict(image_size=IMG, max_episode_steps=8), seed=2000,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from cli_helpers import robo_s2
 
+from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
-from robo_s2.probe import episode_split_rows
-from robo_s2.reconstruct import (
+from robo_s2.experiments.reconstruct import (
     ReconstructConfig,
     bootstrap_r2,
     fit_reconstruction,
@@ -17,7 +17,7 @@ from robo_s2.reconstruct import (
     run_reconstruct,
     token_rows,
 )
-from robo_s2.store import DemoStore
+from robo_s2.pretraining.probe import episode_split_rows
 
 IMG = 32
 

@@ -175,7 +175,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """3 expert demos of the cube-picking env at 64 px, cheap render profile (~3 s)."""
-    from robo_s2.collect import collect
+    from robo_s2.data.collection import collect
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     out = tmp_path_factory.mktemp("demos") / "cube.zarr"
@@ -194,10 +194,10 @@ def _cfg(store, *overrides: str):
 
 
 def test_trains_end_to_end_saves_reloads_and_evaluates(tmp_path, store, monkeypatch):
-    from robo_s2.checkpoint import load_checkpoint
-    from robo_s2.evaluate import evaluate
-    from robo_s2.feature_cache import images_to_tensor
-    from robo_s2.train import Trainer
+    from robo_s2.encoders.feature_cache import images_to_tensor
+    from robo_s2.evaluation.runner import evaluate
+    from robo_s2.training.checkpoint import load_checkpoint
+    from robo_s2.training.trainer import Trainer
 
     modes: list[bool] = []
     crop = ResNetE2EEncoder.crop
@@ -243,7 +243,7 @@ def test_random_crops_resume_exactly(tmp_path, store):
     trains the same encoder weights as N straight."""
     from safetensors.torch import load_file
 
-    from robo_s2.train import train
+    from robo_s2.training.trainer import train
 
     quick = ["train.steps=2", "data.val_fraction=0", "data.norm_frames=16"]
     train(_cfg(store, *quick), tmp_path / "straight")
@@ -259,10 +259,10 @@ def test_random_crops_resume_exactly(tmp_path, store):
 def test_cache_refuses_it_and_experiment_and_profile_report_its_cost(store):
     import timm
 
+    from robo_s2.data.store import DemoStore
+    from robo_s2.encoders.feature_cache import encode_store
     from robo_s2.encoders.profile import count_gflops, profile_encoder
-    from robo_s2.experiment import encoder_cost
-    from robo_s2.feature_cache import encode_store
-    from robo_s2.store import DemoStore
+    from robo_s2.experiments.runner import encoder_cost
 
     enc = create_encoder("resnet18_e2e", image_size=IMG)
     s = DemoStore.open(store, mode="a")

@@ -18,10 +18,10 @@ import pytest
 import zarr
 
 import robo_s2
-from robo_s2 import store as store_mod
+from robo_s2.data import store as store_mod
+from robo_s2.data.store import PENDING, DemoStore
+from robo_s2.data.windows import frame_episode, sequence_indices
 from robo_s2.errors import UserError
-from robo_s2.store import PENDING, DemoStore
-from robo_s2.windows import frame_episode, sequence_indices
 
 HERE = Path(__file__).parent
 WORKER = HERE / "store_crash_worker.py"
@@ -640,7 +640,7 @@ def test_second_writing_process_is_refused(filled):
         again = DemoStore.open(filled, mode="a")  # the same process may hold several handles
         again.close()
         code = (
-            "import sys\nfrom robo_s2.store import DemoStore\n"
+            "import sys\nfrom robo_s2.data.store import DemoStore\n"
             "from robo_s2.errors import UserError\n"
             f"try: DemoStore.open({str(filled)!r}, mode='a')\n"
             "except UserError as e: print(e); sys.exit(3)\n"
@@ -657,7 +657,7 @@ def test_second_writing_process_is_refused(filled):
 
 def test_a_waiting_writer_gets_the_store_once_the_first_one_is_done(filled):
     code = (
-        "import sys, time\nfrom robo_s2.store import DemoStore\n"
+        "import sys, time\nfrom robo_s2.data.store import DemoStore\n"
         "from robo_s2.errors import UserError\n"
         "t = time.monotonic()\n"
         "try: s = DemoStore.open(sys.argv[1], mode='a', wait_s=float(sys.argv[2]))\n"

@@ -19,10 +19,10 @@ import torch
 from cli_helpers import robo_s2
 from safetensors.torch import save_file
 
+from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder, to_float_images
 from robo_s2.errors import UserError
 from robo_s2.safe_io import load_state, save_state
-from robo_s2.store import DemoStore
 
 IMG = 32
 TINY_VIT = {"model": "vit_tiny_patch16_224", "image_size": IMG, "pretrained": True}
@@ -220,7 +220,7 @@ def test_additions_that_exist_or_are_checked_downstream_pass(tmp_path):
 def test_a_truncated_policy_file_at_eval_is_one_line(tmp_path):
     from envs import ENV_ID
     from policies import create_policy
-    from robo_s2.checkpoint import save_checkpoint
+    from robo_s2.training.checkpoint import save_checkpoint
 
     enc = create_encoder("vit_t", image_size=IMG)
     policy = create_policy("mlp", feature_dim=enc.feature_dim, proprio_dim=2, action_dim=3)

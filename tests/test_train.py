@@ -17,11 +17,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
+from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
 from robo_s2.paths import config_dir
 from robo_s2.safe_io import load_state
-from robo_s2.store import DemoStore
-from robo_s2.train import Trainer, train
 from robo_s2.training.data import SequenceData, previous_actions, split_episodes
 from robo_s2.training.optim import (
     EMA,
@@ -30,6 +29,7 @@ from robo_s2.training.optim import (
     trainable_state,
     warmup_cosine,
 )
+from robo_s2.training.trainer import Trainer, train
 
 IMG = 64
 # a tiny encoder (random-init ViT-Ti/16 at 64 px, 2x2 grid of tokens) and a tiny transformer
@@ -90,7 +90,7 @@ def synthetic_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory) -> Path:
     """20 expert demos of the real cube-picking env at 64 px (~20 s to collect)."""
-    from robo_s2.collect import collect
+    from robo_s2.data.collection import collect
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     out = tmp_path_factory.mktemp("demos") / "cube_pick.zarr"
@@ -215,7 +215,7 @@ def test_features_cached_by_encode_are_used(tmp_path):
 
 
 def test_policy_beats_the_mean_action_on_real_demos(tmp_path, demo_store):
-    from robo_s2.checkpoint import load_checkpoint
+    from robo_s2.training.checkpoint import load_checkpoint
 
     cfg = make_cfg(
         demo_store,
@@ -284,7 +284,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_resume_is_bit_identical(tmp_path, synthetic_store, monkeypatch):
     import signal
 
-    import robo_s2.train as train_module
+    import robo_s2.training.trainer as train_module
 
     common = ["train.steps=20", "policy.dropout=0.2", "train.eval_every=4", "train.save_every=3"]
     straight = train(make_cfg(synthetic_store, *common), tmp_path / "a")
@@ -330,7 +330,7 @@ def test_sigterm_saves_last_and_resumes_exactly(tmp_path, synthetic_store, monke
     (save_every is far away) and resuming ends where a straight run does."""
     import signal
 
-    import robo_s2.train as train_module
+    import robo_s2.training.trainer as train_module
 
     common = ["train.steps=6", "train.save_every=100", "train.eval_every=0"]
     real_step, calls = train_module.train_step, []
@@ -378,8 +378,8 @@ TINY_PIIP = [
 
 
 def test_trainable_encoder_trains_from_images(tmp_path, synthetic_store):
-    from robo_s2.checkpoint import load_checkpoint
-    from robo_s2.feature_cache import images_to_tensor
+    from robo_s2.encoders.feature_cache import images_to_tensor
+    from robo_s2.training.checkpoint import load_checkpoint
 
     base = [x for x in TINY if not x.startswith("encoder")] + TINY_PIIP
     cfg = make_cfg(synthetic_store, "train.steps=6", base=base)
@@ -465,7 +465,7 @@ _DDP_WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     from hydra import compose, initialize_config_dir
     from robo_s2.paths import config_dir
-    from robo_s2.train import Trainer
+    from robo_s2.training.trainer import Trainer
     store, run, out, *overrides = sys.argv[1:]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose("train", overrides=[f"data.store={store}", *overrides])
@@ -544,7 +544,7 @@ def test_torchrun_cli_two_processes(tmp_path):
 
 
 def test_a_state_that_does_not_fit_is_one_line(tmp_path):
-    from robo_s2.train import state_must_fit
+    from robo_s2.training.trainer import state_must_fit
 
     for exc in (KeyError("optimizer"), RuntimeError("size mismatch for policy.head.weight")):
         with pytest.raises(UserError) as err, state_must_fit(tmp_path):

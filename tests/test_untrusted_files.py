@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_interop import make_pusht, make_robomimic
 
+from robo_s2.data.store import DemoStore
 from robo_s2.paths import config_dir
-from robo_s2.store import DemoStore
 
 IMG = 32
 EVAL_ONE = ["positions=random", "n_episodes=1", "workers=0", "n_videos=0"]
@@ -133,8 +133,8 @@ def checkpoint(tmp_path: Path) -> Path:
     """A real checkpoint directory (random-init ViT-T and an MLP policy), as train writes one."""
     from envs import ENV_ID
     from policies import create_policy
-    from robo_s2.checkpoint import save_checkpoint
     from robo_s2.encoders import create_encoder
+    from robo_s2.training.checkpoint import save_checkpoint
 
     enc = create_encoder("vit_t", image_size=IMG)
     policy = create_policy("mlp", feature_dim=enc.feature_dim, proprio_dim=2, action_dim=3)

@@ -5,7 +5,7 @@ is ``robo-s2 analyze analysis=reconstruct``; see :mod:`robo_s2.cli`), its settin
 ``configs/analysis/<name>.yaml``. Each analysis writes its files in the run directory, prints its
 table and ends with a one-line summary.
 
-* ``reconstruct`` — S² Table 1 (:mod:`robo_s2.reconstruct`).
+* ``reconstruct`` — S² Table 1 (:mod:`robo_s2.experiments.reconstruct`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _run_dir() -> Path:
 
 
 def reconstruct(cfg: DictConfig) -> Any:
-    from robo_s2.reconstruct import ReconstructConfig, format_table, run_reconstruct
+    from robo_s2.experiments.reconstruct import ReconstructConfig, format_table, run_reconstruct
 
     rc = ReconstructConfig.from_mapping(OmegaConf.to_container(cfg, resolve=True))
     result = run_reconstruct(rc, _run_dir())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from robo_s2.collect import CollectResult, collect
+from robo_s2.data.collection import CollectResult, collect
 
 
 def run(cfg: DictConfig) -> CollectResult:

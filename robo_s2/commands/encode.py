@@ -5,10 +5,10 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
+from robo_s2.encoders.feature_cache import CacheStatus, encode_store
 from robo_s2.errors import UserError
-from robo_s2.feature_cache import CacheStatus, encode_store
-from robo_s2.store import DemoStore
 
 
 def encoder_choice() -> str | None:

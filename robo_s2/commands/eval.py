@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from robo_s2.errors import UserError
-from robo_s2.evaluate import EpisodeRecord, EvalResult, evaluate
+from robo_s2.evaluation.runner import EpisodeRecord, EvalResult, evaluate
 
 
 def _run_dir() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from robo_s2.errors import UserError
-from robo_s2.experiment import ExperimentResult, missing_values, run_experiment
+from robo_s2.experiments.runner import ExperimentResult, missing_values, run_experiment
 
 
 def run(cfg: DictConfig) -> ExperimentResult:

@@ -7,8 +7,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from robo_s2.data.interop import ExportResult
 from robo_s2.errors import UserError
-from robo_s2.interop import ExportResult
 
 FORMATS = ("robomimic", "dp")
 
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> ExportResult:
 
     try:
         if fmt == "robomimic":
-            from robo_s2.interop.robomimic_hdf5 import export_robomimic
+            from robo_s2.data.interop.robomimic_hdf5 import export_robomimic
 
             res = export_robomimic(
                 cfg.store,
@@ -59,7 +59,7 @@ def run(cfg: DictConfig) -> ExportResult:
                 on_episode=on_episode,
             )
         else:
-            from robo_s2.interop.dp_zarr import export_dp
+            from robo_s2.data.interop.dp_zarr import export_dp
 
             keys = cfg["keys"]
             res = export_dp(

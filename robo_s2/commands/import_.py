@@ -8,8 +8,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from robo_s2.data.interop import ImportResult
 from robo_s2.errors import UserError
-from robo_s2.interop import ImportResult
 
 FORMATS = ("robomimic", "dp")
 NAMES = {"robomimic": "robomimic HDF5", "dp": "diffusion_policy zarr"}
@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> ImportResult:
     )
     try:
         if fmt == "robomimic":
-            from robo_s2.interop.robomimic_hdf5 import import_robomimic
+            from robo_s2.data.interop.robomimic_hdf5 import import_robomimic
 
             res = import_robomimic(
                 src,
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> ImportResult:
                 **common,
             )
         else:
-            from robo_s2.interop.dp_zarr import import_dp
+            from robo_s2.data.interop.dp_zarr import import_dp
 
             res = import_dp(src, cfg.out, keys=_plain(cfg["keys"]), env_id=cfg.env_id, **common)
     finally:

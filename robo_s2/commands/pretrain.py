@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from robo_s2.commands.train import resume_config
-from robo_s2.pretrain import PretrainResult, pretrain
+from robo_s2.pretraining.pretrainer import PretrainResult, pretrain
 
 
 def summary(result: PretrainResult) -> str:

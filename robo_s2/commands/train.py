@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from robo_s2.commands.encode import encoder_choice
 from robo_s2.errors import UserError
 from robo_s2.safe_io import strip_trust
-from robo_s2.train import TrainResult, find_resume_checkpoint, train
+from robo_s2.training.trainer import TrainResult, find_resume_checkpoint, train
 
 # keys that describe this invocation rather than the run: a resumed run takes them from the command
 PER_INVOCATION = ("resume", "resume_from", "device", "train.stop_at", "train.stop_at_epoch")

@@ -203,14 +203,16 @@ def collect(
     if n_episodes <= 0:
         raise UserError(f"n_episodes={n_episodes} must be > 0")
     if placement not in PLACEMENTS:
-        raise UserError(f"placement={placement!r} is unknown; choose one of: {', '.join(PLACEMENTS)}")
+        raise UserError(
+            f"placement={placement!r} is unknown; choose one of: {', '.join(PLACEMENTS)}"
+        )
     check_image_size(env_kwargs.get("image_size", 224))
     if workers < 0:
         raise UserError(f"workers={workers} must be >= 0 (0 runs the env in this process)")
     expert_kwargs = dict(expert_kwargs or {})
 
     from envs.cube_pick import CubePickEnv
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     probe = CubePickEnv(**{**env_kwargs, "render_images": False})
     env_desc = probe.describe()

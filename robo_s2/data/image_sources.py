@@ -108,7 +108,7 @@ def store_images(
     group_offset: int = 0,
 ) -> tuple[list[np.ndarray], list[int], str]:
     """Frames of one store (all camera views unless ``image_keys``), one group per episode."""
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     store = DemoStore.open(path, mode="r")
     try:

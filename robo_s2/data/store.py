@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from robo_s2.data.windows import sequence_indices
 from robo_s2.errors import UserError
-from robo_s2.windows import sequence_indices
 
 PENDING = "robo_s2_pending"  # reserved root attribute: an append in progress (hidden from .attrs)
 WINDOW_META = ("_episode", "_frame", "_valid")  # extra entries of every iter_windows() dict
@@ -654,7 +654,7 @@ class DemoStore:
         (global index of the current step ``t``) and ``_valid`` (bool, False where edge-padded).
 
         Windows cover frames ``t-history+1 .. t+future`` of ``t``'s episode (see
-        :func:`robo_s2.windows.sequence_indices`); each episode is read once.
+        :func:`robo_s2.data.windows.sequence_indices`); each episode is read once.
         """
         sequence_indices(np.zeros(0, np.int64), history, future)  # validates history/future
         keys = self._check_keys(self.keys() if keys is None else keys)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robo_s2.data.store import DemoStore
 from robo_s2.device import autocast, resolve_device, resolve_precision
 from robo_s2.errors import UserError
-from robo_s2.store import DemoStore
 
 FEATURES_GROUP = "features"
 ROWS_PER_CHUNK = 1024

@@ -9,7 +9,7 @@ The recipe is diffusion_policy's (``get_resnet`` + ``replace_bn_with_gn`` + ``Cr
   GroupNorm's gain). Random init as torchvision's (Kaiming convs, norm gains 1, no zero-init of
   the last gain of each block), drawn from torch's RNG seeded with ``seed``.
 * **trained end to end** with the policy from the store's images (``trainable: true``), so its
-  features are never cached (:mod:`robo_s2.feature_cache` refuses it).
+  features are never cached (:mod:`robo_s2.encoders.feature_cache` refuses it).
 * **random-crop augmentation**: frames come in at ``image_size`` (area-downsized from the render,
   as for every encoder) and the network sees a ``crop_size = round(crop_ratio * image_size)``
   square crop: a random one per frame in training mode (``encoder.train()``; offsets from torch's

@@ -56,7 +56,7 @@ class PolicyActor:
         import torch
 
         from robo_s2.device import autocast
-        from robo_s2.feature_cache import encode_frames
+        from robo_s2.encoders.feature_cache import encode_frames
 
         images = np.stack([o[self.image_key] for o in obs])
         with torch.no_grad(), autocast(self.device):  # not inference_mode: the policy's

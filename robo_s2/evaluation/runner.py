@@ -18,7 +18,7 @@ same positions, episode seeds and therefore the same results.
 
 Rollouts. Episode ``i`` resets an env with ``options={"cube_pos", "cube_yaw"}`` and the seed
 :func:`episode_seed` ``(seed, i)``; per step the current image is encoded with
-:func:`robo_s2.feature_cache.encode_frames` (the training cache's exact preprocessing), batched over
+:func:`robo_s2.encoders.feature_cache.encode_frames` (the training cache's exact preprocessing), batched over
 the envs, on the best device (CUDA with bf16 autocast when present), and ``policy.act`` returns one
 action per env from its per-env history (reset when an env starts an episode). ``workers=0`` runs
 one env in this process; ``workers=n`` runs ``n`` env processes, each starting the next pending
@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
+from robo_s2.data.interop import NATIVE_ENV_ID as ENV_ID
+from robo_s2.data.interop import is_foreign
 from robo_s2.errors import UserError
 from robo_s2.evaluation.envpool import ResetRequest, make_env_pool
-from robo_s2.interop import NATIVE_ENV_ID as ENV_ID
-from robo_s2.interop import is_foreign
-from robo_s2.stats import SuccessRate
+from robo_s2.evaluation.stats import SuccessRate
 
 EXPERT = "expert"
 POSITION_SETS = ("paper16", "random", "grid")
@@ -332,7 +332,7 @@ def load_target(
         }
         return EvalTarget(actor, env_kwargs, desc, about)
 
-    from robo_s2.checkpoint import load_checkpoint, read_meta
+    from robo_s2.training.checkpoint import load_checkpoint, read_meta
 
     path = Path(checkpoint)
     base = checkpoint_env_kwargs(read_meta(path), path)  # refuse foreign envs before loading
@@ -688,7 +688,7 @@ def evaluate(
         "robo_s2_version": __version__,
     }
     if out is not None:
-        from robo_s2.plots import plot_positions
+        from robo_s2.experiments.plots import plot_positions
 
         out.mkdir(parents=True, exist_ok=True)
         title = (

@@ -108,7 +108,7 @@ def plot_success_bars(
 ) -> Path:
     """Bars of success rates (percent) with Wilson 95 % intervals; ``reference`` maps labels to
     reference percentages drawn as black markers beside the bars."""
-    from robo_s2.stats import wilson_interval
+    from robo_s2.evaluation.stats import wilson_interval
 
     plt = _pyplot()
     rates = [100.0 * k / n if n else 0.0 for k, n in zip(successes, episodes, strict=True)]

@@ -15,16 +15,16 @@ reconstructing ViT-L, the upper bound ``I*``) their "ratio". Here, on the frames
 * ``per_token: true`` (with ``grid:k``) fits one map shared by all ``k*k`` token positions, from a
   source token to the target token at the same place, as the paper does (loss averaged over
   tokens); otherwise the map goes from the whole pooled vector to the whole pooled vector;
-* frames are split by **episode** (:func:`robo_s2.probe.episode_split_rows`): neighbouring frames
+* frames are split by **episode** (:func:`robo_s2.pretraining.probe.episode_split_rows`): neighbouring frames
   of an episode are near-duplicates, a split by frame would score memorisation;
-* the map is ridge regression (:func:`robo_s2.probe.fit_ridge`) on the source features z-scored
+* the map is ridge regression (:func:`robo_s2.pretraining.probe.fit_ridge`) on the source features z-scored
   with training statistics; its strength is chosen among ``alphas`` by grouped K-fold over the
   training episodes only; the held-out episodes are touched once, to score;
 * scores on the held-out frames: ``r2`` = ``1 - SSE/SST`` summed over all target dims (the
   explained variance of the target features; ``1 - l/l0``), ``r2_mean_dim`` = the mean of the
   per-dim R²s (every target dim counted equally), ``info`` = ``-log(1 - r2)`` = ``-log(l/l0)``
   and, with a ``reference`` source, ``info_ratio`` = ``info / info(reference)``;
-* features come from the store's feature cache (:mod:`robo_s2.feature_cache`; ``cache: false``
+* features come from the store's feature cache (:mod:`robo_s2.encoders.feature_cache`; ``cache: false``
   encodes in memory and writes nothing into the store), so a rerun only fits.
 
 A source may concatenate several encoders (``concat: [...]``), e.g. two ViT-Ts of different random
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from robo_s2.errors import UserError
-from robo_s2.probe import ALPHAS, episode_split_rows, fit_ridge, r2_per_dim, standardize
+from robo_s2.pretraining.probe import ALPHAS, episode_split_rows, fit_ridge, r2_per_dim, standardize
 
 SPEC_KEYS = ("encoder", "concat", "label", "overrides", "store", "image_key")
 
@@ -395,7 +395,7 @@ def _weights_of(config: Mapping[str, Any]) -> str:
 
 
 def _open_store(path: str, writable: bool) -> Any:
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     p = Path(path)
     if not p.exists():
@@ -422,7 +422,7 @@ def encode_spec(
     when ``rc.cache``, else encoded in memory."""
     from robo_s2.device import resolve_device
     from robo_s2.encoders import create_encoder
-    from robo_s2.feature_cache import (
+    from robo_s2.encoders.feature_cache import (
         _check_image_key,
         check_frame_size,
         encode_frames,
@@ -661,7 +661,7 @@ def run_reconstruct(
     ``reconstruct.json`` and ``reconstruct.md`` in ``out_dir``."""
     import torch
 
-    from robo_s2.experiment import provenance
+    from robo_s2.experiments.runner import provenance
 
     if rc.threads:
         torch.set_num_threads(int(rc.threads))

@@ -38,7 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_s2.errors import UserError
-from robo_s2.stats import SuccessRate, compare_rates
+from robo_s2.evaluation.stats import SuccessRate, compare_rates
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path
     """Collect expert demos into ``demos.store`` up to ``demos.n_episodes`` (a no-op when full)."""
     from tqdm import tqdm
 
-    from robo_s2.collect import collect
+    from robo_s2.data.collection import collect
 
     store = Path(str(demos["store"])).expanduser()
     n = int(demos["n_episodes"])
@@ -255,8 +255,8 @@ def run_one(
     progress: bool,
 ) -> RunOutcome:
     """Train (or resume, or reuse) one policy and evaluate it (or read its evaluation back)."""
-    from robo_s2.evaluate import evaluate
-    from robo_s2.train import train
+    from robo_s2.evaluation.runner import evaluate
+    from robo_s2.training.trainer import train
 
     run_dir = out_dir / "runs" / row.slug / f"seed{seed}"
     cfg = train_config(exp, row, seed, store, device)
@@ -475,7 +475,7 @@ def write_reports(
     protocol: str,
     prov: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path, Path, Path | None]:
-    from robo_s2.plots import plot_success_bars
+    from robo_s2.experiments.plots import plot_success_bars
 
     records = results_table(rows)
     md = out_dir / "results.md"

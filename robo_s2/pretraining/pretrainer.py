@@ -14,8 +14,8 @@
     <run>/scenes.npz                          randomized-scene frames (when scenes.episodes > 0)
 
 Images come from demo stores, image folders and optional randomized scenes
-(:mod:`robo_s2.image_sources`), split by episode / file into training and held-out images.
-Training is MAE (:mod:`robo_s2.mae`): random-resized crops and flips, 75 % masking, AdamW with
+(:mod:`robo_s2.data.image_sources`), split by episode / file into training and held-out images.
+Training is MAE (:mod:`robo_s2.pretraining.mae`): random-resized crops and flips, 75 % masking, AdamW with
 linear warmup and cosine decay (per step), in ``precision`` (auto: bf16 autocast on CUDA and on
 CPUs with native bf16, see :mod:`robo_s2.device`). Every random draw of step ``s``
 (crops, flips, masks) comes from a generator seeded with ``(seed, s)`` and the batch order from a
@@ -49,9 +49,10 @@ from torch import Tensor
 
 from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
-from robo_s2.mae import MaskedAutoencoder, save_mvp_checkpoint
+from robo_s2.pretraining.mae import MaskedAutoencoder, save_mvp_checkpoint
 from robo_s2.safe_io import save_state
-from robo_s2.train import (
+from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
+from robo_s2.training.trainer import (
     LAST,
     TRAINING_STATE,
     _plain,
@@ -59,7 +60,6 @@ from robo_s2.train import (
     read_training_state,
     state_must_fit,
 )
-from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
 
 STATE_VERSION = 1
 STATE_KEYS = ("version", "kind", "step", "mae_config", "model", "optimizer", "scheduler")
@@ -104,7 +104,7 @@ def reconstruction_loss(
     """MAE loss of uint8 ``(N, S, S, 3)`` images (no augmentation, fixed masks), averaged, with
     the model run in a resolved ``precision`` (fp32 | bf16)."""
     from robo_s2.device import autocast
-    from robo_s2.feature_cache import images_to_tensor
+    from robo_s2.encoders.feature_cache import images_to_tensor
 
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -124,7 +124,7 @@ def reconstruction_loss(
 @torch.no_grad()
 def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray, seed: int) -> Tensor:
     """``(3, H, W)`` grid, one row per image: original | masked input | reconstruction."""
-    from robo_s2.feature_cache import images_to_tensor
+    from robo_s2.encoders.feature_cache import images_to_tensor
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -174,7 +174,7 @@ class Pretrainer:
 
     # -------------------------------------------------------------------------- setup
     def _load_pool(self) -> None:
-        from robo_s2.image_sources import ImagePool, load_images, scene_frames
+        from robo_s2.data.image_sources import ImagePool, load_images, scene_frames
 
         cfg = self.cfg
         size = self.image_size
@@ -313,8 +313,8 @@ class Pretrainer:
 
     # -------------------------------------------------------------------------- pieces
     def train_step(self) -> Tensor:
+        from robo_s2.data.image_sources import augment
         from robo_s2.device import autocast
-        from robo_s2.image_sources import augment
 
         ids = self.sampler.next().numpy()
         gen = step_generator(self.seed, self.step)

@@ -111,8 +111,8 @@ def episode_split_rows(
     """Frame rows of the training and held-out episodes of a seeded episode-level split
     (:func:`robo_s2.training.data.split_episodes`), and the episode of every frame: frames of one
     episode are never on both sides (neighbouring frames are near-duplicates)."""
+    from robo_s2.data.windows import episode_starts, frame_episode
     from robo_s2.training.data import split_episodes
-    from robo_s2.windows import episode_starts, frame_episode
 
     ends = np.asarray(episode_ends, np.int64)
     starts = episode_starts(ends)
@@ -184,7 +184,7 @@ def probe_encoder(
     import torch
 
     from robo_s2.device import resolve_device
-    from robo_s2.feature_cache import encode_frames, feature_precision
+    from robo_s2.encoders.feature_cache import encode_frames, feature_precision
 
     if image_key not in store.keys():
         raise UserError(f"{store.path} has no data/{image_key}; its arrays: {store.keys()}")

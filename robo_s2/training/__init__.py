@@ -1,4 +1,4 @@
-"""Pieces of the behaviour-cloning trainer (:mod:`robo_s2.train`).
+"""Pieces of the behaviour-cloning trainer (:mod:`robo_s2.training.trainer`).
 
 * :mod:`robo_s2.training.data` — a demo store's per-frame arrays in memory, finite-value checks,
   the episode-level train/validation split and window batches in the policy batch layout;

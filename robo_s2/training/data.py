@@ -4,7 +4,7 @@ A demo store of ~120 episodes x ~40 steps is a few thousand frames: actions, pro
 cached features (even a 4x4 grid of 384-wide tokens, 6144 floats per frame) fit in memory as
 tensors on the training device, so a batch is a handful of gathers, with no data loader.
 
-Every frame ``t`` is the current step of one window (:func:`robo_s2.windows.sequence_indices` with
+Every frame ``t`` is the current step of one window (:func:`robo_s2.data.windows.sequence_indices` with
 ``history`` steps up to and including ``t`` and ``chunk - 1`` steps after it), edge-padded at the
 episode's borders and masked, so a window never mixes two episodes:
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robo_s2.data.windows import episode_starts, frame_episode, sequence_indices
 from robo_s2.errors import UserError
-from robo_s2.windows import episode_starts, frame_episode, sequence_indices
 
 
 @dataclass

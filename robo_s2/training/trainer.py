@@ -10,13 +10,13 @@
     <run>/config.yaml        the effective resolved config of the latest invocation
 
 **Features.** A fully frozen encoder (``encoder.trainable`` False) is run once over the store and
-its features are cached inside it (:mod:`robo_s2.feature_cache`; computed here on first use unless
+its features are cached inside it (:mod:`robo_s2.encoders.feature_cache`; computed here on first use unless
 ``data.encode=false``); training then reads them from memory. An encoder with trainable parts
 (PIIP interactions) trains end to end from images: each batch's windows reference some set of
 frames; every DISTINCT frame is encoded once (``torch.unique`` over the window's frame indices,
 one encoder forward, features scattered back to ``(B, H, D)``), and the encoder's trainable
 parameters train with the policy. Frames are area-downsized to ``encoder.image_size`` exactly as
-when caching and at evaluation (:func:`robo_s2.feature_cache.images_to_tensor`).
+when caching and at evaluation (:func:`robo_s2.encoders.feature_cache.images_to_tensor`).
 
 **Data.** One window per frame (:mod:`robo_s2.training.data`); an episode-level split
 (``data.val_fraction``, seeded by ``data.split_seed`` or ``seed``); the policy's normalizer is
@@ -61,11 +61,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robo_s2.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
+from robo_s2.encoders.feature_cache import feature_precision, input_key
 from robo_s2.errors import UserError
-from robo_s2.feature_cache import feature_precision, input_key
 from robo_s2.safe_io import load_state
 from robo_s2.training import distributed as D
+from robo_s2.training.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
 from robo_s2.training.data import FrameSource, SequenceData, Split, check_finite, split_episodes
 from robo_s2.training.optim import (
     EMA,
@@ -289,8 +289,8 @@ class Trainer:
     # -------------------------------------------------------------------------- setup
     def setup(self) -> None:
         from policies import create_policy
+        from robo_s2.data.store import DemoStore
         from robo_s2.encoders import create_encoder
-        from robo_s2.store import DemoStore
 
         cfg, tcfg, dcfg = self.cfg, self.tcfg, self.dcfg
         self.seed = int(cfg.get("seed", 0))
@@ -370,7 +370,7 @@ class Trainer:
         self.trainable_encoder = bool(encoder.trainable)
         features = None
         if self.trainable_encoder:
-            from robo_s2.feature_cache import _check_image_key, check_frame_size
+            from robo_s2.encoders.feature_cache import _check_image_key, check_frame_size
 
             _check_image_key(store, self.image_key)
             check_frame_size(store, encoder, self.image_key)
@@ -463,13 +463,13 @@ class Trainer:
     def _cached_features(self) -> np.ndarray:
         from tqdm import tqdm
 
-        from robo_s2.feature_cache import (
+        from robo_s2.data.store import DemoStore
+        from robo_s2.encoders.feature_cache import (
             cache_status,
             encode_store,
             encoder_label,
             load_features,
         )
-        from robo_s2.store import DemoStore
 
         store, enc, key = self.store, self.encoder, self.image_key
         batch_size = int(self.dcfg.get("batch_size", 64))
@@ -673,7 +673,7 @@ class Trainer:
     def _encode_frames(self, encoder: nn.Module, frames: np.ndarray) -> Tensor:
         """A per-frame feature table ``(n_frames, D)`` with the rows of ``frames`` filled."""
         from robo_s2.device import autocast
-        from robo_s2.feature_cache import images_to_tensor
+        from robo_s2.encoders.feature_cache import images_to_tensor
 
         was_training = encoder.training
         encoder.eval()
@@ -690,7 +690,7 @@ class Trainer:
     def _make_batch(self, windows: Tensor) -> dict[str, Tensor]:
         if not self.trainable_encoder:
             return self.data.batch(windows)
-        from robo_s2.feature_cache import images_to_tensor
+        from robo_s2.encoders.feature_cache import images_to_tensor
 
         hist = self.data.history_frames(windows)
         uniq, inverse = torch.unique(hist, return_inverse=True)
@@ -765,7 +765,7 @@ class Trainer:
     # -------------------------------------------------------------------------- checkpoints
     def save(self, kind: str, metrics: Mapping[str, Any], with_state: bool) -> Path | None:
         """Write ``checkpoints/<kind>`` (rank 0); every rank must call it when ``with_state``."""
-        from robo_s2.checkpoint import save_checkpoint
+        from robo_s2.training.checkpoint import save_checkpoint
 
         state = None
         if with_state:

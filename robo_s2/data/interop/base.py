@@ -1,20 +1,5 @@
-"""Demonstrations in foreign formats: robomimic HDF5 and diffusion_policy zarr, both ways.
-
-- :func:`import_robomimic` / :func:`export_robomimic` (:mod:`robo_s2.interop.robomimic_hdf5`)
-- :func:`import_dp` / :func:`export_dp` (:mod:`robo_s2.interop.dp_zarr`)
-- :func:`is_foreign` / :func:`require_native_env`: whether a store's demos come from an env other
-  than robo_s2's own MuJoCo cube picking (such stores train, but cannot be evaluated here).
-
-Imports stream the source episode by episode into a :class:`~robo_s2.store.DemoStore` and commit,
-with every episode, the index of the next source episode (``attrs["import_progress"]``), so an
-interrupted import resumes where it stopped when the same command is run again. Failure policy:
-
-- a failed *first* episode (or an interruption before it) leaves no store behind;
-- a failure at a later episode keeps the store with every episode committed before it; the error
-  says so, and re-running the same command (after fixing the source, or with ``skip_bad=True``)
-  continues from the failed episode;
-- exports are written into a hidden temporary file or directory beside ``out`` and renamed into
-  place at the end, so ``out`` never holds a half-written export.
+"""What the import/export formats share: the import engine (resumable, crash-safe), array checks,
+foreign-store detection and atomic export targets. The face is :mod:`robo_s2.data.interop`.
 """
 
 from __future__ import annotations
@@ -34,25 +19,13 @@ import numpy as np
 from robo_s2.errors import UserError
 
 if TYPE_CHECKING:
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
 # The id of robo_s2's own env (envs.ENV_ID; not imported here, that would import gymnasium).
 NATIVE_ENV_ID = "robo_s2/CubePick-v0"
 
 # Store attributes that only describe an import in progress: never carried over from a source.
 BOOKKEEPING_ATTRS = ("import", "import_progress", "created", "robo_s2_version")
-
-__all__ = [
-    "NATIVE_ENV_ID",
-    "ExportResult",
-    "ImportResult",
-    "export_dp",
-    "export_robomimic",
-    "import_dp",
-    "import_robomimic",
-    "is_foreign",
-    "require_native_env",
-]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -63,7 +36,7 @@ def _store_attrs(store: DemoStore | str | os.PathLike | Mapping[str, Any]) -> di
     if isinstance(store, Mapping):
         return dict(store)
     if isinstance(store, str | os.PathLike):
-        from robo_s2.store import DemoStore
+        from robo_s2.data.store import DemoStore
 
         return DemoStore.open(store, mode="r").attrs
     return store.attrs
@@ -260,7 +233,7 @@ def _ingest(
     skip_bad: bool,
     on_episode: Callable[[ImportResult], None] | None,
 ) -> ImportResult:
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     was_empty_dir = out.is_dir() and not any(out.iterdir())
     existed = out.exists() and not was_empty_dir
@@ -406,15 +379,3 @@ def path_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def __getattr__(name: str) -> Any:  # the format modules load lazily (h5py, zarr, imagecodecs)
-    if name in ("import_robomimic", "export_robomimic"):
-        from robo_s2.interop import robomimic_hdf5
-
-        return getattr(robomimic_hdf5, name)
-    if name in ("import_dp", "export_dp"):
-        from robo_s2.interop import dp_zarr
-
-        return getattr(dp_zarr, name)
-    raise AttributeError(f"module 'robo_s2.interop' has no attribute {name!r}")

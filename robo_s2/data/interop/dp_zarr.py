@@ -37,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from robo_s2.errors import UserError
-from robo_s2.interop import (
+from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
     ImportResult,
@@ -51,13 +50,16 @@ from robo_s2.interop import (
     path_size,
     replace_path,
 )
+from robo_s2.errors import UserError
 
 _TARGET_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)(?:\[(-?\d*):(-?\d*)\])?")
 _IMAGE_CANDIDATES = ("image", "img", "agentview_image", "camera_0")
 _PROPRIO_CANDIDATES = ("proprio", "agent_pos", "robot_eef_pose")
 _ROBOMIMIC_PROPRIO = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 PUSHT_STATE = ["agent_x", "agent_y", "block_x", "block_y", "block_angle"]
-PENDING_ATTR = "robo_s2_pending"  # robo_s2.store.PENDING: an unfinished append in a robo_s2 store
+PENDING_ATTR = (
+    "robo_s2_pending"  # robo_s2.data.store.PENDING: an unfinished append in a robo_s2 store
+)
 
 
 def register_image_codecs() -> bool:
@@ -453,7 +455,7 @@ def export_dp(
     """
     import zarr
 
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     start = time.perf_counter()
     out = Path(out).expanduser()

@@ -38,8 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from robo_s2.errors import UserError
-from robo_s2.interop import (
+from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
     ImportResult,
@@ -52,6 +51,7 @@ from robo_s2.interop import (
     path_size,
     replace_path,
 )
+from robo_s2.errors import UserError
 
 AUTO = "auto"
 ROBOSUITE_IMAGE_KEY = "agentview_image"
@@ -557,7 +557,7 @@ def export_robomimic(
 
     import h5py
 
-    from robo_s2.store import DemoStore
+    from robo_s2.data.store import DemoStore
 
     start = time.perf_counter()
     if compression not in (None, "gzip", "lzf"):
