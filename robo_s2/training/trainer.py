@@ -55,13 +55,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robo_s2.encoders.feature_cache import feature_precision, input_key
+from robo_s2.encoders.feature_cache import CacheStatus, feature_precision, input_key
 from robo_s2.errors import UserError
 from robo_s2.safe_io import load_state
 from robo_s2.training import distributed as D
@@ -264,6 +264,50 @@ def find_resume_checkpoint(
 # the trainer
 
 
+class _StoreArrays(NamedTuple):
+    """A demo store's per-frame low-dimensional arrays, as training reads them."""
+
+    episode_ends: np.ndarray
+    action: np.ndarray
+    proprio: np.ndarray
+
+
+@dataclass(frozen=True)
+class _LoopSettings:
+    """The ``train.*`` settings the loop consults at every step."""
+
+    eval_every: int  # 0: validate only at train.steps
+    save_every: int  # 0: write checkpoints/last only where the run stops
+    log_every: int
+    grad_clip: float  # 0: no clipping
+    has_val: bool
+    params: list[nn.Parameter]  # the trainable ones, whose gradient norm is clipped
+
+    def logs_at(self, step: int, stop_step: int) -> bool:
+        return step % self.log_every == 0 or step == stop_step
+
+    def validates_at(self, step: int, total_steps: int) -> bool:
+        return self.has_val and bool(
+            (self.eval_every and step % self.eval_every == 0) or step == total_steps
+        )
+
+    def saves_at(self, step: int, stop_step: int) -> bool:
+        return bool((self.save_every and step % self.save_every == 0) or step == stop_step)
+
+
+@dataclass
+class _LoopState:
+    """What the training loop carries from step to step."""
+
+    loss_sum: Tensor  # over the steps since the last log line
+    loss_n: int = 0
+    interval_time: float = 0.0  # seconds those steps took
+    train_time: float = 0.0  # seconds all steps of this invocation took
+    train_loss: float | None = None  # the mean loss at the last log line
+    last_metrics: dict[str, float] = field(default_factory=dict)  # of the last validation
+    last_saved: int = -1  # the step checkpoints/last was last written at
+
+
 class Trainer:
     """One training run (build with the config, then :meth:`run`)."""
 
@@ -288,31 +332,42 @@ class Trainer:
 
     # -------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        from policies import create_policy
-        from robo_s2.data.store import DemoStore
-        from robo_s2.encoders import create_encoder
-
-        cfg, tcfg, dcfg = self.cfg, self.tcfg, self.dcfg
-        self.seed = int(cfg.get("seed", 0))
+        """Build the run: data, encoder, policy, optimizer, and the state it resumes from.
+        The order is part of the behaviour: the seeded RNGs draw the initial weights in it."""
+        self.seed = int(self.cfg.get("seed", 0))
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
         torch.manual_seed(self.seed)
-
-        self.resume_from = find_resume_checkpoint(cfg, self.run_dir)
+        self.resume_from = find_resume_checkpoint(self.cfg, self.run_dir)
         state = None
         if self.resume_from is not None:
             state = read_training_state(self.resume_from, STATE_KEYS, STATE_VERSION)
+        arrays = self._open_store()
+        self.split = self._split(state)
+        self._build_encoder(state)
+        policy = self._build_policy(arrays)
+        features = self._prepare_features()
+        self._build_data(policy, arrays, features, fit_normalizer=state is None)
+        self._build_model(policy)
+        self._build_optimizer()
+        self._build_sampler()
+        self._restore(state)
+        self.ddp = self._distributed_model()
+        self.meta_base = self._meta_base()
 
-        # ---- store, actions, proprioception
-        store_path = dcfg.get("store")
+    def _open_store(self) -> _StoreArrays:
+        """Open ``data.store``; its episode ends, actions and proprioception (checked finite)."""
+        from robo_s2.data.store import DemoStore
+
+        store_path = self.dcfg.get("store")
         if not store_path:
             raise UserError("data.store is not set; pass data.store=<path to a demo store>")
         self.store = store = DemoStore.open(store_path, mode="r")
         ends = store.episode_ends
         if store.n_episodes == 0 or store.n_frames == 0:
             raise UserError(f"{store.path} has no episodes; collect some first (robo-s2 collect)")
-        self.action_key = str(dcfg.get("action_key") or "action")
-        self.proprio_key = dcfg.get("proprio_key", "proprio")
+        self.action_key = str(self.dcfg.get("action_key") or "action")
+        self.proprio_key = self.dcfg.get("proprio_key", "proprio")
         action = self._read_lowdim(self.action_key)
         proprio = (
             self._read_lowdim(self.proprio_key)
@@ -322,86 +377,110 @@ class Trainer:
         fix = "fix or drop that episode (re-collect or re-import the store)"
         check_finite(f"{store.path} data/{self.action_key}", action, ends, fix)
         check_finite(f"{store.path} data/{self.proprio_key}", proprio, ends, fix)
+        return _StoreArrays(ends, action, proprio)
 
-        # ---- split
-        if state is not None:
-            self.split = Split.from_dict(state["split"])
-            n_saved = int(state.get("n_episodes", store.n_episodes))
-            if int(np.concatenate([self.split.train, self.split.val]).max()) >= store.n_episodes:
-                raise UserError(
-                    f"{store.path} has {store.n_episodes} episodes, fewer than the {n_saved} the "
-                    f"run in {self.resume_from} trained on; resume with its store or start anew"
-                )
-            if store.n_episodes != n_saved and self.dist.is_main:
-                print(
-                    f"train: note: {store.path} now has {store.n_episodes} episodes; the resumed "
-                    f"run keeps its split over the first {n_saved}"
-                )
-        else:
-            split_seed = dcfg.get("split_seed")
-            self.split = split_episodes(
+    def _split(self, state: Mapping[str, Any] | None) -> Split:
+        """The resumed run's episode split, or a new one."""
+        store = self.store
+        if state is None:
+            split_seed = self.dcfg.get("split_seed")
+            return split_episodes(
                 store.n_episodes,
-                dcfg.get("val_fraction", 0.1),
+                self.dcfg.get("val_fraction", 0.1),
                 self.seed if split_seed is None else int(split_seed),
             )
+        split = Split.from_dict(state["split"])
+        n_saved = int(state.get("n_episodes", store.n_episodes))
+        if int(np.concatenate([split.train, split.val]).max()) >= store.n_episodes:
+            raise UserError(
+                f"{store.path} has {store.n_episodes} episodes, fewer than the {n_saved} the "
+                f"run in {self.resume_from} trained on; resume with its store or start anew"
+            )
+        if store.n_episodes != n_saved and self.dist.is_main:
+            print(
+                f"train: note: {store.path} now has {store.n_episodes} episodes; the resumed "
+                f"run keeps its split over the first {n_saved}"
+            )
+        return split
 
-        # ---- encoder and features
-        self.encoder = encoder = create_encoder(cfg["encoder"])
+    def _build_encoder(self, state: Mapping[str, Any] | None) -> None:
+        from robo_s2.encoders import create_encoder
+
+        self.encoder = encoder = create_encoder(self.cfg["encoder"])
         # the store array the encoder reads: a camera's frames, or data/state for the oracle
-        self.image_key = input_key(encoder, str(dcfg.get("image_key") or "image"))
+        self.image_key = input_key(encoder, str(self.dcfg.get("image_key") or "image"))
         if self.encoder_name:  # the config's name (vit_t_s2) labels the feature cache, not "timm"
             encoder.label = self.encoder_name
         self.encoder_fp0 = encoder.fingerprint()
         if state is not None:
             self._check_resumed_encoder(state)
-        # ---- policy
-        pcfg = dict(cfg["policy"])
+
+    def _build_policy(self, arrays: _StoreArrays) -> nn.Module:
+        from policies import create_policy
+
+        pcfg = dict(self.cfg["policy"])
         name = pcfg.pop("name", None)
         if not name:
             raise UserError("policy.name is not set; choose a policy config (policy=...)")
         if pcfg.get("feature_tokens", "auto") in ("auto", None):
-            pcfg["feature_tokens"] = feature_tokens(encoder)
+            pcfg["feature_tokens"] = feature_tokens(self.encoder)
         pcfg.update(
-            feature_dim=int(encoder.feature_dim),
-            proprio_dim=int(proprio.shape[1]),
-            action_dim=int(action.shape[1]),
+            feature_dim=int(self.encoder.feature_dim),
+            proprio_dim=int(arrays.proprio.shape[1]),
+            action_dim=int(arrays.action.shape[1]),
         )
-        policy = create_policy(name, **pcfg)
-        self.trainable_encoder = bool(encoder.trainable)
-        features = None
-        if self.trainable_encoder:
-            from robo_s2.encoders.feature_cache import _check_image_key, check_frame_size
+        return create_policy(name, **pcfg)
 
-            _check_image_key(store, self.image_key)
-            check_frame_size(store, encoder, self.image_key)
-            gb = float(dcfg.get("images_in_memory_gb", 4.0))
-            self.frames = FrameSource(store.array(self.image_key), gb * 2**30)
-            self.feature_precision = feature_precision(
-                encoder, self.device, int(dcfg.get("batch_size", 64))
-            )
-            self.feature_source = (
-                f"images ({self.image_key}), encoder trained end to end in {self.feature_precision}"
-            )
-        else:
-            features = self._cached_features()
+    def _prepare_features(self) -> np.ndarray | None:
+        """The cached features of a frozen encoder, or None when the encoder trains from
+        images (then the store's frames are read per batch)."""
+        self.trainable_encoder = bool(self.encoder.trainable)
+        if not self.trainable_encoder:
+            return self._cached_features()
+        from robo_s2.encoders.feature_cache import _check_image_key, check_frame_size
 
+        store, encoder = self.store, self.encoder
+        _check_image_key(store, self.image_key)
+        check_frame_size(store, encoder, self.image_key)
+        gb = float(self.dcfg.get("images_in_memory_gb", 4.0))
+        self.frames = FrameSource(store.array(self.image_key), gb * 2**30)
+        self.feature_precision = feature_precision(
+            encoder, self.device, int(self.dcfg.get("batch_size", 64))
+        )
+        self.feature_source = (
+            f"images ({self.image_key}), encoder trained end to end in {self.feature_precision}"
+        )
+        return None
+
+    def _build_data(
+        self,
+        policy: nn.Module,
+        arrays: _StoreArrays,
+        features: np.ndarray | None,
+        fit_normalizer: bool,
+    ) -> None:
+        ends, action, proprio = arrays
         self.data = SequenceData(
             ends, action, proprio, policy.history, policy.chunk, features, self.device
         )
         self.train_windows = self.data.frames(self.split.train)
         self.val_windows = self.data.frames(self.split.val)
-        if state is None:
+        if fit_normalizer:
             self._fit_normalizer(policy, features, action, proprio)
 
-        # ---- model, EMA, optimizer, schedule, sampler
+    def _build_model(self, policy: nn.Module) -> None:
         self.model = BCModel(
-            policy, encoder if self.trainable_encoder else None, self.feature_precision
+            policy, self.encoder if self.trainable_encoder else None, self.feature_precision
         ).to(self.device)
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if self.n_params == 0:
             raise UserError("nothing to train: the policy and encoder have no trainable parameters")
-        ema = tcfg.get("ema")
+        ema = self.tcfg.get("ema")
         self.ema = EMA(self.model, float(ema)) if ema else None
+
+    def _build_optimizer(self) -> None:
+        """The step budget, AdamW and its warmup + cosine schedule over ``train.steps``."""
+        tcfg = self.tcfg
         self.total_steps = int(tcfg["steps"])
         if self.total_steps < 1:
             raise UserError(f"train.steps={self.total_steps} must be >= 1")
@@ -418,7 +497,9 @@ class Trainer:
             self.optimizer,
             partial(warmup_cosine, warmup=int(tcfg.get("warmup_steps", 0)), total=self.total_steps),
         )
-        self.global_batch = int(tcfg["batch_size"])
+
+    def _build_sampler(self) -> None:
+        self.global_batch = int(self.tcfg["batch_size"])
         if self.global_batch < 1 or self.global_batch % self.dist.world_size:
             raise UserError(
                 f"train.batch_size={self.global_batch} must be a positive multiple of the "
@@ -426,6 +507,9 @@ class Trainer:
             )
         self.rank_batch = self.global_batch // self.dist.world_size
         self.sampler = BatchSampler(self.train_windows, self.global_batch, self.seed)
+
+    def _restore(self, state: Mapping[str, Any] | None) -> None:
+        """Start at step 0, or continue from a training state (weights, optimizer, RNGs...)."""
         self.step = 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []
@@ -437,16 +521,17 @@ class Trainer:
             torch.manual_seed(self.seed + 1_000_003 * self.dist.rank)
         self.start_step = self.step
 
-        self.ddp = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+    def _distributed_model(self) -> nn.Module:
+        """The model the loop steps: a DistributedDataParallel wrapper under torchrun."""
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp = DDP(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.trainable_encoder,
-            )
-        self.meta_base = self._meta_base()
+        return DDP(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.trainable_encoder,
+        )
 
     def _read_lowdim(self, key: str) -> np.ndarray:
         if key not in self.store.keys():
@@ -461,15 +546,8 @@ class Trainer:
         return arr
 
     def _cached_features(self) -> np.ndarray:
-        from tqdm import tqdm
-
         from robo_s2.data.store import DemoStore
-        from robo_s2.encoders.feature_cache import (
-            cache_status,
-            encode_store,
-            encoder_label,
-            load_features,
-        )
+        from robo_s2.encoders.feature_cache import cache_status, encoder_label, load_features
 
         store, enc, key = self.store, self.encoder, self.image_key
         batch_size = int(self.dcfg.get("batch_size", 64))
@@ -486,40 +564,7 @@ class Trainer:
                     "to encode now"
                 )
             if self.dist.is_main:
-                bar = tqdm(
-                    total=status.n_frames,
-                    initial=status.n_done,
-                    desc="encode",
-                    unit="frame",
-                    dynamic_ncols=True,
-                    delay=1.0,
-                    disable=not self.progress,
-                )
-
-                def on_batch(s: Any) -> None:
-                    bar.n = s.n_done
-                    bar.refresh()
-
-                writable = DemoStore.open(
-                    store.path, mode="a", wait_s=float(self.dcfg.get("store_wait_s") or 0)
-                )
-                try:
-                    done = encode_store(
-                        writable,
-                        enc,
-                        image_key=key,
-                        batch_size=batch_size,
-                        device=str(self.device),
-                        on_batch=on_batch,
-                        precision=precision,
-                    )
-                finally:
-                    bar.close()
-                    writable.close()
-                print(
-                    f"train: cached features {done.key} for {done.n_encoded_now} frames of "
-                    f"{store.path} in {done.seconds:.1f} s"
-                )
+                self._encode_into_store(status, batch_size, precision)
             D.barrier(self.dist)
             self.store = store = DemoStore.open(store.path, mode="r")
         features = load_features(store, enc, key, precision)
@@ -532,6 +577,49 @@ class Trainer:
         self.feature_source = f"cached features {status.key}"
         self.cache_key = status.key
         return features
+
+    def _encode_into_store(self, status: CacheStatus, batch_size: int, precision: str) -> None:
+        """Rank 0: cache the features of the frames ``status`` finds missing, in the store."""
+        from tqdm import tqdm
+
+        from robo_s2.data.store import DemoStore
+        from robo_s2.encoders.feature_cache import encode_store
+
+        store = self.store
+        bar = tqdm(
+            total=status.n_frames,
+            initial=status.n_done,
+            desc="encode",
+            unit="frame",
+            dynamic_ncols=True,
+            delay=1.0,
+            disable=not self.progress,
+        )
+
+        def on_batch(s: Any) -> None:
+            bar.n = s.n_done
+            bar.refresh()
+
+        writable = DemoStore.open(
+            store.path, mode="a", wait_s=float(self.dcfg.get("store_wait_s") or 0)
+        )
+        try:
+            done = encode_store(
+                writable,
+                self.encoder,
+                image_key=self.image_key,
+                batch_size=batch_size,
+                device=str(self.device),
+                on_batch=on_batch,
+                precision=precision,
+            )
+        finally:
+            bar.close()
+            writable.close()
+        print(
+            f"train: cached features {done.key} for {done.n_encoded_now} frames of "
+            f"{store.path} in {done.seconds:.1f} s"
+        )
 
     def _fit_normalizer(
         self, policy: Any, features: np.ndarray | None, action: np.ndarray, proprio: np.ndarray
@@ -804,161 +892,199 @@ class Trainer:
 
     # -------------------------------------------------------------------------- the loop
     def run(self) -> TrainResult:
-        from tqdm import tqdm
-
+        """Set up, then train up to ``train.stop_at`` (else ``train.steps``)."""
         self.setup()
-        main = self.dist.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.progress:
-                print(self._describe())
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(
-                str(self.run_dir / "tb"), purge_step=self.step if self.step else None
+        if self.dist.is_main:
+            self._open_run_dir()
+        if self.step >= self.stop_step:
+            return self._result(
+                seconds=0.0,
+                samples_per_s=0.0,
+                train_loss=None,
+                final=self.history[-1] if self.history else {},
             )
-            # the effective config of this invocation (a resumed run's .hydra/ shows only the
-            # command line's) and the validation history so far (dropping any later entries
-            # an interrupted run logged after its last checkpoint)
-            from omegaconf import OmegaConf
+        settings = self._loop_settings()
+        self.bar = self._progress_bar()
+        self.model.train()
+        loop = _LoopState(loss_sum=torch.zeros((), device=self.device))
+        start_wall = time.perf_counter()
+        try:
+            self._catch_interrupt(True)
+            while self.step < self.stop_step:
+                metrics, grad_norm = self._train_one_step(settings, loop)
+                if settings.logs_at(self.step, self.stop_step):
+                    self._log_train(loop, metrics, grad_norm)
+                if settings.validates_at(self.step, self.total_steps):
+                    self._validate(loop)
+                if settings.saves_at(self.step, self.stop_step):
+                    self._save_last(loop)
+                if self._interrupted:  # Ctrl-C: this step is complete; keep it and stop
+                    if loop.last_saved != self.step:
+                        self._save_last(loop)
+                    raise KeyboardInterrupt
+        finally:
+            self._catch_interrupt(False)
+            self.bar.close()
+        if not settings.has_val and self.step == self.total_steps and self.dist.is_main:
+            self._copy_last_to_best()
+        D.barrier(self.dist)
+        steps_run = self.step - self.start_step
+        ckpts = self.run_dir / "checkpoints"
+        return self._result(
+            seconds=time.perf_counter() - start_wall,
+            samples_per_s=self.global_batch * steps_run / max(loop.train_time, 1e-9),
+            train_loss=loop.train_loss,
+            final=loop.last_metrics,
+            last=ckpts / LAST,
+            checkpoint=ckpts / BEST if (ckpts / BEST).is_dir() else ckpts / LAST,
+        )
 
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
-            with open(self.run_dir / "metrics.jsonl", "w") as f:
-                f.writelines(json.dumps(h) + "\n" for h in self.history)
-        result = TrainResult(
+    def _open_run_dir(self) -> None:
+        """Rank 0: the run directory, its TensorBoard writer, config.yaml and metrics.jsonl."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.progress:
+            print(self._describe())
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(
+            str(self.run_dir / "tb"), purge_step=self.step if self.step else None
+        )
+        # the effective config of this invocation (a resumed run's .hydra/ shows only the
+        # command line's) and the validation history so far (dropping any later entries
+        # an interrupted run logged after its last checkpoint)
+        from omegaconf import OmegaConf
+
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+        with open(self.run_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in self.history)
+
+    def _result(self, **outcome: Any) -> TrainResult:
+        """This run's :class:`TrainResult`; ``outcome``: what the loop measured."""
+        return TrainResult(
             run_dir=self.run_dir,
             start_step=self.start_step,
             step=self.step,
             total_steps=self.total_steps,
-            seconds=0.0,
-            samples_per_s=0.0,
-            train_loss=None,
-            is_main=main,
+            is_main=self.dist.is_main,
             n_params=self.n_params,
             feature_source=self.feature_source,
             best=dict(self.best),
             history=self.history,
+            **outcome,
         )
-        if self.step >= self.stop_step:
-            result.final = self.history[-1] if self.history else {}
-            return result
 
+    def _loop_settings(self) -> _LoopSettings:
         tcfg = self.tcfg
-        eval_every = int(tcfg.get("eval_every") or 0)
-        save_every = int(tcfg.get("save_every") or 0)
-        log_every = max(1, int(tcfg.get("log_every") or 50))
-        grad_clip = float(tcfg.get("grad_clip") or 0.0)
-        has_val = self.val_windows.size > 0
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.bar = tqdm(
+        return _LoopSettings(
+            eval_every=int(tcfg.get("eval_every") or 0),
+            save_every=int(tcfg.get("save_every") or 0),
+            log_every=max(1, int(tcfg.get("log_every") or 50)),
+            grad_clip=float(tcfg.get("grad_clip") or 0.0),
+            has_val=self.val_windows.size > 0,
+            params=[p for p in self.model.parameters() if p.requires_grad],
+        )
+
+    def _progress_bar(self) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(
             total=self.total_steps,
             initial=self.step,
             desc="train",
             unit="step",
             dynamic_ncols=True,
             delay=1.0,
-            disable=not (self.progress and main),
+            disable=not (self.progress and self.dist.is_main),
         )
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        loss_n, interval_time, train_time = 0, 0.0, 0.0
-        last_metrics: dict[str, float] = {}
-        last_saved = -1
-        start_wall = time.perf_counter()
-        try:
-            self._catch_interrupt(True)
-            while self.step < self.stop_step:
-                t0 = time.perf_counter()
-                ids = self.sampler.next()
-                r = self.dist.rank
-                ids = ids[r * self.rank_batch : (r + 1) * self.rank_batch]
-                batch = self._make_batch(ids)
-                loss, metrics, grad_norm = train_step(
-                    self.ddp, batch, self.optimizer, self.scheduler, params, grad_clip, self.device
-                )
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
-                loss_sum += loss.detach()
-                loss_n += 1
-                dt = time.perf_counter() - t0
-                interval_time += dt
-                train_time += dt
-                self.bar.update(1)
 
-                if self.step % log_every == 0 or self.step == self.stop_step:
-                    mean_loss = float(loss_sum) / loss_n
-                    if not np.isfinite(mean_loss):
-                        raise UserError(
-                            f"training diverged: the loss is {mean_loss} by step {self.step}; "
-                            "lower train.lr, raise train.warmup_steps or check the data"
-                        )
-                    sps = self.global_batch * loss_n / max(interval_time, 1e-9)
-                    result.train_loss = mean_loss
-                    self._log(
-                        {
-                            "loss": mean_loss,
-                            "l1": float(metrics["l1"]),
-                            "lr": self.scheduler.get_last_lr()[0],
-                            "grad_norm": float(grad_norm),
-                            "samples_per_s": sps,
-                        },
-                        "train",
-                    )
-                    self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                    loss_sum.zero_()
-                    loss_n, interval_time = 0, 0.0
+    def _train_one_step(
+        self, settings: _LoopSettings, loop: _LoopState
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """This rank's share of the next global batch, one optimizer step and the EMA update;
+        returns the policy's metrics and the gradient norm."""
+        t0 = time.perf_counter()
+        ids = self.sampler.next()
+        r = self.dist.rank
+        ids = ids[r * self.rank_batch : (r + 1) * self.rank_batch]
+        batch = self._make_batch(ids)
+        loss, metrics, grad_norm = train_step(
+            self.ddp,
+            batch,
+            self.optimizer,
+            self.scheduler,
+            settings.params,
+            settings.grad_clip,
+            self.device,
+        )
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        loop.loss_sum += loss.detach()
+        loop.loss_n += 1
+        dt = time.perf_counter() - t0
+        loop.interval_time += dt
+        loop.train_time += dt
+        self.bar.update(1)
+        return metrics, grad_norm
 
-                is_eval = has_val and (
-                    (eval_every and self.step % eval_every == 0) or self.step == self.total_steps
-                )
-                if is_eval:
-                    last_metrics = self.evaluate()
-                    record = {"step": self.step, **last_metrics}
-                    self.history.append(record)
-                    self._log(last_metrics, "val")
-                    self.bar.set_postfix(
-                        loss=f"{result.train_loss or float('nan'):.4f}",
-                        val=f"{last_metrics['l1']:.4f}",
-                        ratio=f"{last_metrics['ratio']:.2f}",
-                        refresh=False,
-                    )
-                    if main:
-                        with open(self.run_dir / "metrics.jsonl", "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                    if not self.best or last_metrics["loss"] < self.best["loss"]:
-                        self.best = record
-                        self.save(BEST, last_metrics, with_state=False)
-                if (save_every and self.step % save_every == 0) or self.step == self.stop_step:
-                    self.save(LAST, last_metrics or {"train_loss": result.train_loss}, True)
-                    last_saved = self.step
-                if self._interrupted:  # Ctrl-C: this step is complete; keep it and stop
-                    if last_saved != self.step:
-                        self.save(LAST, last_metrics or {"train_loss": result.train_loss}, True)
-                    raise KeyboardInterrupt
-        finally:
-            self._catch_interrupt(False)
-            self.bar.close()
-        if not has_val and self.step == self.total_steps and main:  # best = final weights
-            best = self.run_dir / "checkpoints" / BEST
-            tmp = best.parent / f".{BEST}.copy"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.run_dir / "checkpoints" / LAST, tmp)
-            (tmp / TRAINING_STATE).unlink(missing_ok=True)
-            shutil.rmtree(best, ignore_errors=True)
-            tmp.rename(best)
-        D.barrier(self.dist)
-        result.step = self.step
-        result.seconds = time.perf_counter() - start_wall
-        steps_run = self.step - self.start_step
-        result.samples_per_s = self.global_batch * steps_run / max(train_time, 1e-9)
-        result.final = last_metrics
-        result.best = dict(self.best)
-        result.history = self.history
-        ckpts = self.run_dir / "checkpoints"
-        result.last = ckpts / LAST
-        result.checkpoint = ckpts / BEST if (ckpts / BEST).is_dir() else ckpts / LAST
-        return result
+    def _log_train(
+        self, loop: _LoopState, metrics: Mapping[str, Tensor], grad_norm: Tensor
+    ) -> None:
+        """The mean loss since the last log line (an error when not finite), to TensorBoard."""
+        mean_loss = float(loop.loss_sum) / loop.loss_n
+        if not np.isfinite(mean_loss):
+            raise UserError(
+                f"training diverged: the loss is {mean_loss} by step {self.step}; "
+                "lower train.lr, raise train.warmup_steps or check the data"
+            )
+        sps = self.global_batch * loop.loss_n / max(loop.interval_time, 1e-9)
+        loop.train_loss = mean_loss
+        self._log(
+            {
+                "loss": mean_loss,
+                "l1": float(metrics["l1"]),
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "samples_per_s": sps,
+            },
+            "train",
+        )
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+        loop.loss_sum.zero_()
+        loop.loss_n, loop.interval_time = 0, 0.0
+
+    def _validate(self, loop: _LoopState) -> None:
+        """Evaluate, record it (history, TensorBoard, metrics.jsonl) and save a new best."""
+        loop.last_metrics = metrics = self.evaluate()
+        record = {"step": self.step, **metrics}
+        self.history.append(record)
+        self._log(metrics, "val")
+        self.bar.set_postfix(
+            loss=f"{loop.train_loss or float('nan'):.4f}",
+            val=f"{metrics['l1']:.4f}",
+            ratio=f"{metrics['ratio']:.2f}",
+            refresh=False,
+        )
+        if self.dist.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if not self.best or metrics["loss"] < self.best["loss"]:
+            self.best = record
+            self.save(BEST, metrics, with_state=False)
+
+    def _save_last(self, loop: _LoopState) -> None:
+        self.save(LAST, loop.last_metrics or {"train_loss": loop.train_loss}, True)
+        loop.last_saved = self.step
+
+    def _copy_last_to_best(self) -> None:
+        """Without validation the best checkpoint is the final weights (without the state)."""
+        best = self.run_dir / "checkpoints" / BEST
+        tmp = best.parent / f".{BEST}.copy"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.run_dir / "checkpoints" / LAST, tmp)
+        (tmp / TRAINING_STATE).unlink(missing_ok=True)
+        shutil.rmtree(best, ignore_errors=True)
+        tmp.rename(best)
 
     def _catch_interrupt(self, on: bool) -> None:
         """Single process: the first Ctrl-C (SIGINT) or SIGTERM lets the current step finish,
