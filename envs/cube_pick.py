@@ -168,6 +168,61 @@ class CubePickEnv(gym.Env):
         super().__init__()
         cameras = tuple(str(c) for c in ([cameras] if isinstance(cameras, str) else cameras))
         image_size = int(image_size)
+        region = self._check_args(
+            image_size, cameras, cube_region, control_hz, max_episode_steps, render_mode,
+            distractors, shadow_size, msaa_samples,
+        )  # fmt: skip
+
+        self.image_size = image_size
+        self.cameras = cameras
+        self.render_images = bool(render_images)
+        self.randomize_yaw = bool(randomize_yaw)
+        self._cube_region = region
+        self.cube_size = float(cube_size)
+        self.cube_mass = float(cube_mass)
+        self.control_hz = float(control_hz)
+        self.max_episode_steps = int(max_episode_steps)
+        self.max_delta_pos = float(max_delta_pos)
+        self.max_delta_yaw = float(max_delta_yaw)
+        self.terminate_on_success = bool(terminate_on_success)
+        self.success_height = float(success_height)
+        self.init_ee_pos = tuple(float(v) for v in init_ee_pos)
+        self.render_mode = render_mode
+        self._kwargs: dict[str, Any] = self._constructor_kwargs(shadows, shadow_size, msaa_samples)
+        self.distractors = int(distractors)
+        if self.distractors:  # only when used: descriptions of default envs stay as they were
+            self._kwargs["distractors"] = self.distractors
+
+        self._build_model()
+        self._look_up_ids()
+        self._appearance0 = self._appearance()
+        self._solve_start_posture()
+        self.action_space = spaces.Box(
+            -1.0, 1.0, shape=(5 if self.randomize_yaw else 4,), dtype=np.float32
+        )
+        self.observation_space = self._build_observation_space()
+
+        self._renderer: mujoco.Renderer | None = None
+        self._target_pos = np.zeros(3)
+        self._target_yaw = 0.0
+        self._steps = 0
+        self._placement = (0.0, 0.0, 0.0)
+
+    # --- construction -----------------------------------------------------------------------------
+
+    def _check_args(
+        self,
+        image_size: int,
+        cameras: tuple[str, ...],
+        cube_region: tuple[tuple[float, float], tuple[float, float]],
+        control_hz: float,
+        max_episode_steps: int,
+        render_mode: str | None,
+        distractors: int,
+        shadow_size: int,
+        msaa_samples: int,
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Raise ValueError for bad constructor arguments; returns the cube region as floats."""
         if image_size <= 0:
             raise ValueError(f"image_size={image_size} must be a positive number of pixels")
         if not cameras or len(set(cameras)) != len(cameras):
@@ -188,25 +243,16 @@ class CubePickEnv(gym.Env):
             raise ValueError(f"shadow_size={shadow_size} must be a whole number in 16..16384")
         if int(msaa_samples) != msaa_samples or not 0 <= int(msaa_samples) <= 16:
             raise ValueError(f"msaa_samples={msaa_samples} must be a whole number in 0..16")
+        return (x0, x1), (y0, y1)
 
-        self.image_size = image_size
-        self.cameras = cameras
-        self.render_images = bool(render_images)
-        self.randomize_yaw = bool(randomize_yaw)
-        self._cube_region = ((x0, x1), (y0, y1))
-        self.cube_size = float(cube_size)
-        self.cube_mass = float(cube_mass)
-        self.control_hz = float(control_hz)
-        self.max_episode_steps = int(max_episode_steps)
-        self.max_delta_pos = float(max_delta_pos)
-        self.max_delta_yaw = float(max_delta_yaw)
-        self.terminate_on_success = bool(terminate_on_success)
-        self.success_height = float(success_height)
-        self.init_ee_pos = tuple(float(v) for v in init_ee_pos)
-        self.render_mode = render_mode
-        self._kwargs: dict[str, Any] = {
-            "image_size": image_size,
-            "cameras": list(cameras),
+    def _constructor_kwargs(
+        self, shadows: bool, shadow_size: int, msaa_samples: int
+    ) -> dict[str, Any]:
+        """The kwargs that rebuild this env (JSON types), from the stored settings."""
+        (x0, x1), (y0, y1) = self._cube_region
+        return {
+            "image_size": self.image_size,
+            "cameras": list(self.cameras),
             "render_images": self.render_images,
             "randomize_yaw": self.randomize_yaw,
             "cube_region": [[x0, x1], [y0, y1]],
@@ -219,19 +265,18 @@ class CubePickEnv(gym.Env):
             "terminate_on_success": self.terminate_on_success,
             "success_height": self.success_height,
             "init_ee_pos": list(self.init_ee_pos),
-            "render_mode": render_mode,
+            "render_mode": self.render_mode,
             **render_profile(
                 {"shadows": shadows, "shadow_size": shadow_size, "msaa_samples": msaa_samples}
             ),
         }
-        self.distractors = int(distractors)
-        if self.distractors:  # only when used: descriptions of default envs stay as they were
-            self._kwargs["distractors"] = self.distractors
 
+    def _build_model(self) -> None:
+        """Compile the scene's MJCF into ``model`` and ``data``; set the physics substeps."""
         xml = P.build_mjcf(
             cube_size=self.cube_size,
             cube_mass=self.cube_mass,
-            offscreen_size=max(640, image_size),
+            offscreen_size=max(640, self.image_size),
             distractors=self.distractors,
             **render_profile(self._kwargs),
         )
@@ -240,6 +285,8 @@ class CubePickEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self.n_substeps = max(1, round(1.0 / (self.control_hz * self.PHYSICS_TIMESTEP)))
 
+    def _look_up_ids(self) -> None:
+        """qpos/dof addresses and actuator, site, body and mocap ids of the named model parts."""
         m = self.model
         self._arm_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in P.ARM_JOINTS])
         self._arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in P.ARM_JOINTS])
@@ -254,13 +301,14 @@ class CubePickEnv(gym.Env):
         self._distractor_mocap = [
             int(m.body_mocapid[m.body(f"distractor{i}").id]) for i in range(self.distractors)
         ]
-        self._appearance0 = self._appearance()
 
-        # Start posture: the Menagerie home with joint7 turned so the fingers close along world y,
-        # then solved by IK for the start pose (it is also the IK's null-space rest posture).
+    def _solve_start_posture(self) -> None:
+        """Create the IK and solve the arm's start posture ``_start_arm_q`` for ``init_ee_pos``."""
+        # The Menagerie home with joint7 turned so the fingers close along world y, then solved by
+        # IK for the start pose (it is also the IK's null-space rest posture).
         rest = P.HOME_QPOS.copy()
         rest[6] += math.pi / 2
-        self.ik = DifferentialIK(m, P.EE_SITE, P.ARM_JOINTS, rest_qpos=rest)
+        self.ik = DifferentialIK(self.model, P.EE_SITE, P.ARM_JOINTS, rest_qpos=rest)
         q = self.data.qpos.copy()
         q[self._arm_qpos] = rest
         q[self._finger_qpos] = P.FINGER_RANGE[1]
@@ -272,13 +320,12 @@ class CubePickEnv(gym.Env):
             self.ik.rest_qpos = q[self._arm_qpos].copy()
         self._start_arm_q = q[self._arm_qpos].copy()
 
-        n_act = 5 if self.randomize_yaw else 4
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(n_act,), dtype=np.float32)
+    def _build_observation_space(self) -> spaces.Dict:
         obs_spaces: dict[str, spaces.Space] = {}
         if self.render_images:
             for cam in self.cameras:
                 obs_spaces[image_key(cam)] = spaces.Box(
-                    0, 255, shape=(image_size, image_size, 3), dtype=np.uint8
+                    0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8
                 )
         # Generous finite bounds: joint limits are soft constraints, the cube may fall off the table
         big = 5.0
@@ -296,13 +343,7 @@ class CubePickEnv(gym.Env):
             ),
             dtype=np.float32,
         )
-        self.observation_space = spaces.Dict(obs_spaces)
-
-        self._renderer: mujoco.Renderer | None = None
-        self._target_pos = np.zeros(3)
-        self._target_yaw = 0.0
-        self._steps = 0
-        self._placement = (0.0, 0.0, 0.0)
+        return spaces.Dict(obs_spaces)
 
     # --- public helpers ---------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ demonstrations vary.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,29 @@ from envs.cube_pick import (
 )
 
 PHASES = ("approach", "descend", "close", "lift", "retreat")
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What one step of the expert reads from ``obs["state"]``, and heights derived from it."""
+
+    cube: np.ndarray  # cube centre (3,)
+    ee: np.ndarray  # end-effector position (3,)
+    opening: float
+    yaw_err: float  # cube yaw minus hand yaw, modulo a quarter turn (0 without align_yaw)
+    grasp_z: float
+    hover_z: float
+    xy_err: float
+
+
+@dataclass
+class _Command:
+    """What the phases set for one step's action (a phase changes only what it needs)."""
+
+    target: np.ndarray
+    speed: float
+    gripper: float = -1.0
+    align_yaw: bool = True
 
 
 def wrap_quarter_turn(angle: float) -> float:
@@ -110,88 +135,110 @@ class ScriptedExpert:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The action for ``obs`` (uses ``obs["state"]`` only), float32 in [-1, 1]."""
-        s = np.asarray(obs["state"], dtype=np.float64)
-        cube = s[STATE_CUBE_POS]
-        ee = s[STATE_EE_POS]
-        opening = float(s[STATE_OPENING])
+        scene = self._read_state(np.asarray(obs["state"], dtype=np.float64))
+        cmd = _Command(target=scene.ee.copy(), speed=self.speed)
+        self._phase_steps += 1
+        for _ in range(3):  # allow a couple of same-step phase transitions
+            handler = self._phase_handler(self.phase)
+            next_phase = None if handler is None else handler(scene, cmd)
+            if next_phase is None:
+                break
+            # a phase that hands over keeps what it set in cmd unless the next phase overrides it
+            self._set_phase(next_phase)
+        return self._to_action(scene, cmd)
+
+    def _read_state(self, s: np.ndarray) -> _Scene:
         yaw_err = wrap_quarter_turn(quat_yaw(s[STATE_CUBE_QUAT]) - float(s[STATE_EE_YAW]))
         if not self.align_yaw:
             yaw_err = 0.0
+        cube = s[STATE_CUBE_POS]
+        ee = s[STATE_EE_POS]
         half = self.cube_size / 2
-        grasp_z = max(cube[2] - 0.1 * half, 0.014)
-        hover_z = cube[2] + self.hover_height
-        xy_err = float(np.linalg.norm(cube[:2] - ee[:2]))
+        return _Scene(
+            cube=cube,
+            ee=ee,
+            opening=float(s[STATE_OPENING]),
+            yaw_err=yaw_err,
+            grasp_z=max(cube[2] - 0.1 * half, 0.014),
+            hover_z=cube[2] + self.hover_height,
+            xy_err=float(np.linalg.norm(cube[:2] - ee[:2])),
+        )
 
-        target = ee.copy()
-        gripper = -1.0
-        speed = self.speed
-        align_yaw = True
-        self._phase_steps += 1
-        for _ in range(3):  # allow a couple of same-step phase transitions
-            phase = self.phase
-            if phase == "approach":
-                target = np.array([cube[0], cube[1], hover_z])
-                # stay high until roughly above the cube, so the fingers never sweep it
-                if xy_err > 0.03:
-                    target[2] = max(hover_z, ee[2])
-                if (
-                    xy_err < 0.012
-                    and abs(ee[2] - hover_z) < 0.02
-                    and (not self.randomize_yaw or abs(yaw_err) < 0.06)
-                ):
-                    self._set_phase("descend")
-                    continue
-            elif phase == "descend":
-                target = np.array([cube[0], cube[1], grasp_z])
-                speed = 0.75 * self.speed
-                # hysteresis: only a large drift while still high sends it back up
-                if xy_err > 0.03 and ee[2] > grasp_z + 0.02:
-                    self._set_phase("approach")
-                    continue
-                if ee[2] - grasp_z < 0.006 and xy_err < 0.01:
-                    self._grasp_z = ee[2]
-                    self._set_phase("close")
-                    continue
-            elif phase == "close":
-                target = np.array([cube[0], cube[1], grasp_z])
-                gripper = 1.0
-                align_yaw = False
-                if opening < 0.5 * self.cube_size:  # closed on nothing
-                    self._set_phase("retreat")
-                    continue
-                if self._phase_steps >= 4 and opening < self.cube_size + 0.008:
-                    self._set_phase("lift")
-                    continue
-                if self._phase_steps > 12:
-                    self._set_phase("retreat")
-                    continue
-            elif phase == "lift":
-                target = np.array([ee[0], ee[1], self._grasp_z + self.lift_height])
-                gripper = 1.0
-                align_yaw = False
-                lost = opening < 0.5 * self.cube_size or np.linalg.norm(cube - ee) > 0.035
-                if lost:
-                    self._set_phase("retreat")
-                    continue
-            elif phase == "retreat":
-                target = np.array([ee[0], ee[1], hover_z + 0.02])
-                gripper = -1.0
-                align_yaw = False
-                if self._phase_steps > 3 and ee[2] > hover_z - 0.01 and opening > 0.07:
-                    self.retries += 1
-                    self._set_phase("approach")
-                    continue
-            break
+    def _phase_handler(self, phase: str) -> Callable[[_Scene, _Command], str | None] | None:
+        """The method of ``phase``: it sets ``cmd`` and returns the phase to switch to, if any."""
+        return {
+            "approach": self._approach,
+            "descend": self._descend,
+            "close": self._close,
+            "lift": self._lift,
+            "retreat": self._retreat,
+        }.get(phase)
 
-        delta = 0.8 * (target - ee)
+    def _approach(self, sc: _Scene, cmd: _Command) -> str | None:
+        cmd.target = np.array([sc.cube[0], sc.cube[1], sc.hover_z])
+        # stay high until roughly above the cube, so the fingers never sweep it
+        if sc.xy_err > 0.03:
+            cmd.target[2] = max(sc.hover_z, sc.ee[2])
+        if (
+            sc.xy_err < 0.012
+            and abs(sc.ee[2] - sc.hover_z) < 0.02
+            and (not self.randomize_yaw or abs(sc.yaw_err) < 0.06)
+        ):
+            return "descend"
+        return None
+
+    def _descend(self, sc: _Scene, cmd: _Command) -> str | None:
+        cmd.target = np.array([sc.cube[0], sc.cube[1], sc.grasp_z])
+        cmd.speed = 0.75 * self.speed
+        # hysteresis: only a large drift while still high sends it back up
+        if sc.xy_err > 0.03 and sc.ee[2] > sc.grasp_z + 0.02:
+            return "approach"
+        if sc.ee[2] - sc.grasp_z < 0.006 and sc.xy_err < 0.01:
+            self._grasp_z = sc.ee[2]
+            return "close"
+        return None
+
+    def _close(self, sc: _Scene, cmd: _Command) -> str | None:
+        cmd.target = np.array([sc.cube[0], sc.cube[1], sc.grasp_z])
+        cmd.gripper = 1.0
+        cmd.align_yaw = False
+        if sc.opening < 0.5 * self.cube_size:  # closed on nothing
+            return "retreat"
+        if self._phase_steps >= 4 and sc.opening < self.cube_size + 0.008:
+            return "lift"
+        if self._phase_steps > 12:
+            return "retreat"
+        return None
+
+    def _lift(self, sc: _Scene, cmd: _Command) -> str | None:
+        cmd.target = np.array([sc.ee[0], sc.ee[1], self._grasp_z + self.lift_height])
+        cmd.gripper = 1.0
+        cmd.align_yaw = False
+        lost = sc.opening < 0.5 * self.cube_size or np.linalg.norm(sc.cube - sc.ee) > 0.035
+        if lost:
+            return "retreat"
+        return None
+
+    def _retreat(self, sc: _Scene, cmd: _Command) -> str | None:
+        cmd.target = np.array([sc.ee[0], sc.ee[1], sc.hover_z + 0.02])
+        cmd.gripper = -1.0
+        cmd.align_yaw = False
+        if self._phase_steps > 3 and sc.ee[2] > sc.hover_z - 0.01 and sc.opening > 0.07:
+            self.retries += 1
+            return "approach"
+        return None
+
+    def _to_action(self, sc: _Scene, cmd: _Command) -> np.ndarray:
+        """Speed-limited normalized action towards ``cmd.target``, plus noise, clipped, float32."""
+        delta = 0.8 * (cmd.target - sc.ee)
         norm = float(np.linalg.norm(delta))
-        if norm > speed:
-            delta *= speed / norm
+        if norm > cmd.speed:
+            delta *= cmd.speed / norm
         action = np.zeros(self.action_dim)
         action[:3] = delta / self.max_delta_pos
         if self.randomize_yaw:
-            action[3] = 0.8 * yaw_err / self.max_delta_yaw if align_yaw else 0.0
-        action[-1] = gripper
+            action[3] = 0.8 * sc.yaw_err / self.max_delta_yaw if cmd.align_yaw else 0.0
+        action[-1] = cmd.gripper
         if self.noise_std > 0:
             action += self.rng.normal(0.0, self.noise_std, size=action.shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)

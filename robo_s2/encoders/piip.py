@@ -282,107 +282,17 @@ class PIIPEncoder(TokenEncoder):
     ) -> None:
         super().__init__()
         specs = self._branch_specs(branches, resolutions, pretrained)
-        attn_key = _ATTN_ALIASES.get(str(attn).strip().lower())
-        if attn_key is None:
-            raise UserError(f"unknown PIIP attn '{attn}'; choose one of: {', '.join(ATTN_CHOICES)}")
-        if resize not in RESIZE_CHOICES:
-            raise UserError(
-                f"unknown PIIP resize '{resize}'; choose one of: {', '.join(RESIZE_CHOICES)}"
-            )
-        pool = Pooling.parse(pooling)
-        if num_heads < 1 or num_points < 1 or ffn_ratio <= 0 or value_ratio <= 0:
-            raise UserError(
-                "PIIP needs num_heads >= 1, num_points >= 1, ffn_ratio > 0 and value_ratio > 0; "
-                f"got num_heads={num_heads}, num_points={num_points}, ffn_ratio={ffn_ratio}, "
-                f"value_ratio={value_ratio}"
-            )
+        attn_key, pool = self._check_options(
+            attn, resize, pooling, num_heads, num_points, ffn_ratio, value_ratio
+        )
         self.attn = attn_key
         self.resize_mode = resize
-
-        # --- branches (frozen timm ViTs, built through the backbone helpers) -------------------
-        built = []
-        for j, spec in enumerate(specs):
-            what = f"PIIP branch {j} ({spec.get('model', spec.get('name'))})"
-            cfg = {k: v for k, v in spec.items() if k not in _BRANCH_OWN_KEYS}
-            res = int(spec["resolution"])
-            cfg.setdefault("name", "timm")
-            cfg["image_size"] = res
-            cfg.setdefault("pooling", "mean")
-            cfg["trainable"] = False
-            try:
-                branch = create_encoder(cfg)
-            except UserError as exc:
-                if cfg["name"] == "timm" and _known_non_vit(cfg.get("model")):
-                    raise UserError(_NOT_VIT.format(what=what, kind=cfg.get("model"))) from exc
-                raise
-            if not isinstance(branch, TokenEncoder):
-                raise UserError(f"{what}: encoder '{cfg['name']}' is not a ViT token encoder")
-            vit = _vit(branch, what)
-            if branch.patch_size > 1 and res % branch.patch_size:
-                raise UserError(
-                    f"{what}: resolution {res} is not divisible by its patch size "
-                    f"{branch.patch_size}; use a multiple of {branch.patch_size}"
-                )
-            if branch.image_size != res:
-                raise UserError(f"{what}: built for {branch.image_size}px inputs, not {res}px")
-            built.append((branch, vit, res))
-        self.branches = nn.ModuleList([b for b, _, _ in built])
-        self.resolutions = [r for _, _, r in built]
-        self.widths = [int(vit.embed_dim) for _, vit, _ in built]
-        self.depths = [len(vit.blocks) for _, vit, _ in built]
-        self.grids = [(r // b.patch_size, r // b.patch_size) for b, _, r in built]
-        self.prefix_counts = [int(vit.num_prefix_tokens) for _, vit, _ in built]
-        has_cls = all(getattr(vit, "cls_token", None) is not None for _, vit, _ in built)
-
-        # --- interactions --------------------------------------------------------------------
-        n = min(self.depths) if interactions is None else int(interactions)
-        if n < 0 or n > min(self.depths):
-            raise UserError(
-                f"PIIP interactions={interactions} must be between 0 and the smallest branch depth "
-                f"({min(self.depths)} blocks)"
-            )
-        self.n_interactions = n
-        self.interaction_indexes = []
-        for j, spec in enumerate(specs):
-            what = f"PIIP branch {j} ({spec.get('model', spec.get('name'))})"
-            given = spec.get("interaction_indexes")
-            if given is None:
-                self.interaction_indexes.append(even_interaction_indexes(self.depths[j], n))
-            else:
-                self.interaction_indexes.append(
-                    _check_indexes(given, self.depths[j], max(n, 1), what)
-                )
-        for a, b in zip(self.widths[:-1], self.widths[1:], strict=True):
-            for d in (a, b):
-                if d % num_heads or int(d * value_ratio) % num_heads:
-                    raise UserError(
-                        f"PIIP num_heads={num_heads} does not divide branch width {d} (value width "
-                        f"{int(d * value_ratio)}); pick num_heads dividing every branch width "
-                        f"{self.widths}"
-                    )
-        unit_kwargs = dict(
-            attn=attn_key,
-            num_heads=num_heads,
-            num_points=num_points,
-            value_ratio=value_ratio,
-            ffn_ratio=ffn_ratio,
+        # submodules in this order (branches, interactions, merge): state_dict keys and seeded init
+        has_cls = self._build_branches(specs)
+        self._build_interactions(
+            specs, interactions, attn_key, num_heads, num_points, value_ratio, ffn_ratio
         )
-        self.interactions = nn.ModuleList(
-            nn.ModuleList(
-                BidirectionalInteraction(self.widths[j], self.widths[j + 1], **unit_kwargs)
-                for j in range(len(self.branches) - 1)
-            )
-            for _ in range(n)
-        )
-
-        # --- merging -------------------------------------------------------------------------
-        self.merge_dim = int(merge_dim or max(self.widths))
-        self.merge_size = int(merge_size or max(g[0] for g in self.grids))
-        if self.merge_dim < 1 or self.merge_size < 1:
-            raise UserError(
-                f"PIIP merge_dim and merge_size must be >= 1, got {merge_dim}, {merge_size}"
-            )
-        self.merge = BranchMerge(self.widths, self.merge_dim, self.merge_size)
+        self._build_merge(merge_dim, merge_size)
 
         # --- TokenEncoder contract -------------------------------------------------------------
         self.image_size = self.resolutions[0]
@@ -395,7 +305,7 @@ class PIIPEncoder(TokenEncoder):
             branches=[dict(s) for s in specs],
             resolutions=list(self.resolutions),
             pretrained=bool(pretrained),
-            interactions=n,
+            interactions=self.n_interactions,
             attn=attn_key,
             num_heads=int(num_heads),
             num_points=int(num_points),
@@ -412,6 +322,141 @@ class PIIPEncoder(TokenEncoder):
         self.trainable = bool(trainable)
         if not self.trainable:
             self.freeze()
+
+    # --- construction ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_options(
+        attn: str,
+        resize: str,
+        pooling: str,
+        num_heads: int,
+        num_points: int,
+        ffn_ratio: float,
+        value_ratio: float,
+    ) -> tuple[str, Pooling]:
+        """Validate the interaction and pooling options; the canonical attn name and the pooling."""
+        attn_key = _ATTN_ALIASES.get(str(attn).strip().lower())
+        if attn_key is None:
+            raise UserError(f"unknown PIIP attn '{attn}'; choose one of: {', '.join(ATTN_CHOICES)}")
+        if resize not in RESIZE_CHOICES:
+            raise UserError(
+                f"unknown PIIP resize '{resize}'; choose one of: {', '.join(RESIZE_CHOICES)}"
+            )
+        pool = Pooling.parse(pooling)
+        if num_heads < 1 or num_points < 1 or ffn_ratio <= 0 or value_ratio <= 0:
+            raise UserError(
+                "PIIP needs num_heads >= 1, num_points >= 1, ffn_ratio > 0 and value_ratio > 0; "
+                f"got num_heads={num_heads}, num_points={num_points}, ffn_ratio={ffn_ratio}, "
+                f"value_ratio={value_ratio}"
+            )
+        return attn_key, pool
+
+    @staticmethod
+    def _branch_label(j: int, spec: Mapping[str, Any]) -> str:
+        return f"PIIP branch {j} ({spec.get('model', spec.get('name'))})"
+
+    @staticmethod
+    def _build_branch(spec: Mapping[str, Any], what: str) -> tuple[TokenEncoder, nn.Module, int]:
+        """One frozen ViT branch (built through the backbone factories), its ViT and resolution."""
+        cfg = {k: v for k, v in spec.items() if k not in _BRANCH_OWN_KEYS}
+        res = int(spec["resolution"])
+        cfg.setdefault("name", "timm")
+        cfg["image_size"] = res
+        cfg.setdefault("pooling", "mean")
+        cfg["trainable"] = False
+        try:
+            branch = create_encoder(cfg)
+        except UserError as exc:
+            if cfg["name"] == "timm" and _known_non_vit(cfg.get("model")):
+                raise UserError(_NOT_VIT.format(what=what, kind=cfg.get("model"))) from exc
+            raise
+        if not isinstance(branch, TokenEncoder):
+            raise UserError(f"{what}: encoder '{cfg['name']}' is not a ViT token encoder")
+        vit = _vit(branch, what)
+        if branch.patch_size > 1 and res % branch.patch_size:
+            raise UserError(
+                f"{what}: resolution {res} is not divisible by its patch size "
+                f"{branch.patch_size}; use a multiple of {branch.patch_size}"
+            )
+        if branch.image_size != res:
+            raise UserError(f"{what}: built for {branch.image_size}px inputs, not {res}px")
+        return branch, vit, res
+
+    def _build_branches(self, specs: Sequence[Mapping[str, Any]]) -> bool:
+        """Build ``branches`` and their per-branch geometry; whether every branch has a CLS token."""
+        built = [
+            self._build_branch(spec, self._branch_label(j, spec)) for j, spec in enumerate(specs)
+        ]
+        self.branches = nn.ModuleList([b for b, _, _ in built])
+        self.resolutions = [r for _, _, r in built]
+        self.widths = [int(vit.embed_dim) for _, vit, _ in built]
+        self.depths = [len(vit.blocks) for _, vit, _ in built]
+        self.grids = [(r // b.patch_size, r // b.patch_size) for b, _, r in built]
+        self.prefix_counts = [int(vit.num_prefix_tokens) for _, vit, _ in built]
+        return all(getattr(vit, "cls_token", None) is not None for _, vit, _ in built)
+
+    def _build_interactions(
+        self,
+        specs: Sequence[Mapping[str, Any]],
+        interactions: int | None,
+        attn_key: str,
+        num_heads: int,
+        num_points: int,
+        value_ratio: float,
+        ffn_ratio: float,
+    ) -> None:
+        """``n_interactions``, every branch's block ranges and the ``interactions`` units."""
+        n = min(self.depths) if interactions is None else int(interactions)
+        if n < 0 or n > min(self.depths):
+            raise UserError(
+                f"PIIP interactions={interactions} must be between 0 and the smallest branch depth "
+                f"({min(self.depths)} blocks)"
+            )
+        self.n_interactions = n
+        self.interaction_indexes = []
+        for j, spec in enumerate(specs):
+            given = spec.get("interaction_indexes")
+            if given is None:
+                self.interaction_indexes.append(even_interaction_indexes(self.depths[j], n))
+            else:
+                self.interaction_indexes.append(
+                    _check_indexes(given, self.depths[j], max(n, 1), self._branch_label(j, spec))
+                )
+        self._check_heads_divide_widths(num_heads, value_ratio)
+        unit_kwargs = dict(
+            attn=attn_key,
+            num_heads=num_heads,
+            num_points=num_points,
+            value_ratio=value_ratio,
+            ffn_ratio=ffn_ratio,
+        )
+        self.interactions = nn.ModuleList(
+            nn.ModuleList(
+                BidirectionalInteraction(self.widths[j], self.widths[j + 1], **unit_kwargs)
+                for j in range(len(self.branches) - 1)
+            )
+            for _ in range(n)
+        )
+
+    def _check_heads_divide_widths(self, num_heads: int, value_ratio: float) -> None:
+        for a, b in zip(self.widths[:-1], self.widths[1:], strict=True):
+            for d in (a, b):
+                if d % num_heads or int(d * value_ratio) % num_heads:
+                    raise UserError(
+                        f"PIIP num_heads={num_heads} does not divide branch width {d} (value width "
+                        f"{int(d * value_ratio)}); pick num_heads dividing every branch width "
+                        f"{self.widths}"
+                    )
+
+    def _build_merge(self, merge_dim: int | None, merge_size: int | None) -> None:
+        """``merge_dim``, ``merge_size`` (defaults: widest branch, largest grid) and ``merge``."""
+        self.merge_dim = int(merge_dim or max(self.widths))
+        self.merge_size = int(merge_size or max(g[0] for g in self.grids))
+        if self.merge_dim < 1 or self.merge_size < 1:
+            raise UserError(
+                f"PIIP merge_dim and merge_size must be >= 1, got {merge_dim}, {merge_size}"
+            )
+        self.merge = BranchMerge(self.widths, self.merge_dim, self.merge_size)
 
     # --- configuration helpers ------------------------------------------------------------------
     @staticmethod

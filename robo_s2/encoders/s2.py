@@ -244,6 +244,47 @@ class S2Encoder(VisionEncoder):
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self._check_args(backbone, source, downsample, scales, img_sizes, tiles_per_pass)
+        self.tiles_per_pass = tiles_per_pass
+        self.backbone = backbone
+        self.source = source
+        self.downsample = downsample
+        self.base_size = int(backbone.image_size)
+        self.max_split_size = int(max_split_size or self.base_size)
+        self.plans = self._plan_scales(scales, img_sizes, resize_output_to_idx)
+        self.img_sizes = [pl.size for pl in self.plans]
+        self.scales = [pl.size / self.base_size for pl in self.plans]
+        self.resize_output_to_idx = int(resize_output_to_idx)
+        self.image_size = self.base_size if source == "upsample" else max(self.img_sizes)
+        self.num_prefix_tokens = backbone.num_prefix_tokens
+        self.width = backbone.width * len(self.plans)
+        self.patch_size = backbone.patch_size
+        self._set_pooling(pooling)
+        self.trainable = bool(backbone.trainable)
+        cfg = dict(config or {})
+        cfg.update(
+            backbone=backbone.config,
+            scales=list(scales) if scales is not None else None,
+            img_sizes=list(img_sizes) if img_sizes is not None else None,
+            source=source,
+            pooling=str(self.pooling),
+            max_split_size=max_split_size,
+            resize_output_to_idx=self.resize_output_to_idx,
+            downsample=downsample,
+        )
+        self.set_config("s2", **cfg)
+        if not self.trainable:
+            self.freeze()
+
+    @staticmethod
+    def _check_args(
+        backbone: VisionEncoder,
+        source: str,
+        downsample: str,
+        scales: Sequence[float] | None,
+        img_sizes: Sequence[int] | None,
+        tiles_per_pass: int | str | None,
+    ) -> None:
         if not isinstance(backbone, TokenEncoder):
             raise UserError(
                 "S² needs a token-map backbone (timm or mvp encoder), got "
@@ -264,12 +305,15 @@ class S2Encoder(VisionEncoder):
             raise UserError(
                 f"tiles_per_pass must be a positive int, auto or null, got {tiles_per_pass!r}"
             )
-        self.tiles_per_pass = tiles_per_pass
-        self.backbone = backbone
-        self.source = source
-        self.downsample = downsample
-        self.base_size = int(backbone.image_size)
-        self.max_split_size = int(max_split_size or self.base_size)
+
+    def _plan_scales(
+        self,
+        scales: Sequence[float] | None,
+        img_sizes: Sequence[int] | None,
+        resize_output_to_idx: int,
+    ) -> list[ScalePlan]:
+        """The scale plans, checked against what the backbone can run."""
+        backbone = self.backbone
         plans = plan_scales(
             self.base_size,
             scales,
@@ -289,34 +333,16 @@ class S2Encoder(VisionEncoder):
             raise UserError(
                 f"resize_output_to_idx={resize_output_to_idx} but there are {len(plans)} scales"
             )
-        self.plans = plans
-        self.img_sizes = [pl.size for pl in plans]
-        self.scales = [pl.size / self.base_size for pl in plans]
-        self.resize_output_to_idx = int(resize_output_to_idx)
-        self.image_size = self.base_size if source == "upsample" else max(self.img_sizes)
-        self.num_prefix_tokens = backbone.num_prefix_tokens
-        self.width = backbone.width * len(plans)
-        self.patch_size = backbone.patch_size
+        return plans
+
+    def _set_pooling(self, pooling: str) -> None:
+        """``pooling`` (checked against the output grid) and ``feature_dim``."""
         self.pooling = Pooling.parse(pooling)
-        out_tiles = plans[self.resize_output_to_idx]
-        grid = out_tiles.size // backbone.patch_size if backbone.patch_size > 1 else None
+        out_tiles = self.plans[self.resize_output_to_idx]
+        patch = self.backbone.patch_size
+        grid = out_tiles.size // patch if patch > 1 else None
         self.pooling.check(self.num_prefix_tokens, grid, what="this S² backbone")
         self.feature_dim = self.pooling.out_dim(self.width)
-        self.trainable = bool(backbone.trainable)
-        cfg = dict(config or {})
-        cfg.update(
-            backbone=backbone.config,
-            scales=list(scales) if scales is not None else None,
-            img_sizes=list(img_sizes) if img_sizes is not None else None,
-            source=source,
-            pooling=str(self.pooling),
-            max_split_size=max_split_size,
-            resize_output_to_idx=self.resize_output_to_idx,
-            downsample=downsample,
-        )
-        self.set_config("s2", **cfg)
-        if not self.trainable:
-            self.freeze()
 
     @property
     def feature_shape(self) -> tuple[int, int]:
