@@ -400,6 +400,22 @@ class _Running:
     max_lift: float = 0.0
     frames: list[np.ndarray] | None = None
 
+    def keep_frame(self, frame: np.ndarray | None) -> None:
+        if self.frames is not None and frame is not None:
+            self.frames.append(frame)
+
+    def record(self) -> EpisodeRecord:
+        ep = self.episode
+        return EpisodeRecord(
+            index=ep.index,
+            seed=ep.seed,
+            cube_pos=[ep.x, ep.y],
+            cube_yaw=ep.yaw,
+            success=bool(self.success),
+            steps=self.steps,
+            max_lift=self.max_lift,
+        )
+
 
 def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float) -> Path:
     """Frames ``(H, W, 3)`` uint8 to an H.264 mp4 (imageio-ffmpeg)."""
@@ -466,96 +482,120 @@ def run_episodes(
     result does not depend on its lane or slot.
     """
     fps = float(env_kwargs.get("control_hz", 10.0))
-    pending = deque(episodes)
-    records: dict[int, EpisodeRecord] = {}
-    videos: list[Path] = []
-    env_steps = 0
     t0 = time.perf_counter()
     videos_wanted = video_dir is not None and n_videos > 0
     with make_env_pool(env_kwargs, actor.obs_keys, workers, video_camera, videos_wanted) as pool:
         t1 = time.perf_counter()
+        rollout = _Rollout(pool, actor, episodes, pipeline, n_videos, video_dir, fps, on_episode)
+        rollout.run()
+        t2 = time.perf_counter()
+    records = rollout.records
+    return Rollouts(
+        records=[records[i] for i in sorted(records)],
+        env_steps=rollout.env_steps,
+        videos=sorted(rollout.videos),
+        startup_s=t1 - t0,
+        rollout_s=t2 - t1,
+    )
+
+
+class _Rollout:
+    """The state of one :func:`run_episodes` over an open env pool: the pending episodes, the
+    lanes, and the records and videos of the finished episodes."""
+
+    def __init__(
+        self,
+        pool: Any,
+        actor: Any,
+        episodes: Sequence[EpisodeSpec],
+        pipeline: bool,
+        n_videos: int,
+        video_dir: str | Path | None,
+        fps: float,
+        on_episode: Callable[[EpisodeRecord], None] | None,
+    ) -> None:
+        self.pool = pool
+        self.pending = deque(episodes)
+        self.n_videos, self.video_dir, self.fps = n_videos, video_dir, fps
+        self.on_episode = on_episode
+        self.records: dict[int, EpisodeRecord] = {}
+        self.videos: list[Path] = []
+        self.env_steps = 0
         n_lanes = 2 if pipeline and pool.n_slots >= 2 else 1
-        lanes = [
+        self.lanes = [
             _Lane(actor if i == 0 else actor.fork(), list(range(pool.n_slots))[i::n_lanes])
             for i in range(n_lanes)
         ]
 
-        def launch(lane: _Lane, local_slots: Sequence[int]) -> None:
-            requests = []
-            for i in local_slots:
-                if not pending:
-                    break
-                ep = pending.popleft()
-                record = video_dir is not None and ep.index < n_videos
-                requests.append(ResetRequest(lane.slots[i], ep.seed, (ep.x, ep.y), ep.yaw, record))
-                lane.active[i] = _Running(ep, frames=[] if record else None)
-            if not requests:
-                return
-            started = list(local_slots)[: len(requests)]
-            lane.actor.start(started, [r.seed for r in requests])
-            for i, tr in zip(started, pool.reset(requests), strict=True):
-                run = lane.active[i]
-                lane.obs[i] = tr.obs
-                run.success, run.max_lift = tr.success, tr.lift
-                if run.frames is not None and tr.frame is not None:
-                    run.frames.append(tr.frame)
-
-        def collect(lane: _Lane) -> None:
-            nonlocal env_steps
-            stepped, lane.in_flight = lane.in_flight, []
-            transitions = pool.step_recv([lane.slots[i] for i in stepped])
-            finished = []
-            for i, tr in zip(stepped, transitions, strict=True):
-                run = lane.active[i]
-                run.steps += 1
-                env_steps += 1
-                run.success = run.success or tr.success
-                run.max_lift = max(run.max_lift, tr.lift)
-                lane.obs[i] = tr.obs
-                if run.frames is not None and tr.frame is not None:
-                    run.frames.append(tr.frame)
-                if not tr.done:
-                    continue
-                ep = run.episode
-                rec = EpisodeRecord(
-                    index=ep.index,
-                    seed=ep.seed,
-                    cube_pos=[ep.x, ep.y],
-                    cube_yaw=ep.yaw,
-                    success=bool(run.success),
-                    steps=run.steps,
-                    max_lift=run.max_lift,
-                )
-                records[ep.index] = rec
-                if run.frames:
-                    name = f"episode_{ep.index:03d}.mp4"
-                    videos.append(write_video(run.frames, Path(video_dir) / name, fps))
-                finished.append(i)
-                del lane.active[i]
-                if on_episode is not None:
-                    on_episode(rec)
-            launch(lane, finished)
-
-        for lane in lanes:
+    def run(self) -> None:
+        """Every episode to its end: each lane collects its envs' last step, then sends their
+        next actions, while the other lane's envs simulate."""
+        for lane in self.lanes:
             lane.actor.begin(len(lane.slots))
-            launch(lane, range(len(lane.slots)))
-        while any(lane.active for lane in lanes):
-            for lane in lanes:
+            self._launch(lane, range(len(lane.slots)))
+        while any(lane.active for lane in self.lanes):
+            for lane in self.lanes:
                 if lane.in_flight:
-                    collect(lane)
+                    self._collect(lane)
                 if lane.active:
-                    local = sorted(lane.active)
-                    actions = lane.actor.act(local, [lane.obs[i] for i in local])
-                    pool.step_send([lane.slots[i] for i in local], actions)
-                    lane.in_flight = local
-        t2 = time.perf_counter()
-    return Rollouts(
-        records=[records[i] for i in sorted(records)],
-        env_steps=env_steps,
-        videos=sorted(videos),
-        startup_s=t1 - t0,
-        rollout_s=t2 - t1,
-    )
+                    self._send_actions(lane)
+
+    def _launch(self, lane: _Lane, local_slots: Sequence[int]) -> None:
+        """Start the next pending episodes on ``local_slots`` (as many as are pending)."""
+        requests = []
+        for i in local_slots:
+            if not self.pending:
+                break
+            ep = self.pending.popleft()
+            record = self.video_dir is not None and ep.index < self.n_videos
+            requests.append(ResetRequest(lane.slots[i], ep.seed, (ep.x, ep.y), ep.yaw, record))
+            lane.active[i] = _Running(ep, frames=[] if record else None)
+        if not requests:
+            return
+        started = list(local_slots)[: len(requests)]
+        lane.actor.start(started, [r.seed for r in requests])
+        for i, tr in zip(started, self.pool.reset(requests), strict=True):
+            run = lane.active[i]
+            lane.obs[i] = tr.obs
+            run.success, run.max_lift = tr.success, tr.lift
+            run.keep_frame(tr.frame)
+
+    def _send_actions(self, lane: _Lane) -> None:
+        local = sorted(lane.active)
+        actions = lane.actor.act(local, [lane.obs[i] for i in local])
+        self.pool.step_send([lane.slots[i] for i in local], actions)
+        lane.in_flight = local
+
+    def _collect(self, lane: _Lane) -> None:
+        """Receive the lane's stepped envs; finish the episodes that ended and start new ones."""
+        stepped, lane.in_flight = lane.in_flight, []
+        transitions = self.pool.step_recv([lane.slots[i] for i in stepped])
+        finished = []
+        for i, tr in zip(stepped, transitions, strict=True):
+            run = lane.active[i]
+            run.steps += 1
+            self.env_steps += 1
+            run.success = run.success or tr.success
+            run.max_lift = max(run.max_lift, tr.lift)
+            lane.obs[i] = tr.obs
+            run.keep_frame(tr.frame)
+            if not tr.done:
+                continue
+            rec = self._finish(run)
+            finished.append(i)
+            del lane.active[i]
+            if self.on_episode is not None:
+                self.on_episode(rec)
+        self._launch(lane, finished)
+
+    def _finish(self, run: _Running) -> EpisodeRecord:
+        """Record an ended episode and write its video (if it was recorded)."""
+        rec = run.record()
+        self.records[rec.index] = rec
+        if run.frames:
+            name = f"episode_{rec.index:03d}.mp4"
+            self.videos.append(write_video(run.frames, Path(self.video_dir) / name, self.fps))
+        return rec
 
 
 # --- the whole evaluation ------------------------------------------------------------------------
@@ -597,6 +637,56 @@ def evaluate(
     """
     from robo_s2.device import resolve_device
 
+    _check_eval_args(checkpoint, n_episodes, positions, seed, workers, n_videos, video_camera)
+    torch_device = resolve_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    want_videos = out is not None and n_videos > 0
+    target = load_target(
+        checkpoint, torch_device, env_overrides, execution, expert, precision,
+        allow_render_mismatch,
+    )  # fmt: skip
+    desc = target.env_description
+    placements = position_set(
+        positions, n_episodes, seed, desc["cube_region"], bool(desc["randomize_yaw"])
+    )
+    episodes = episode_specs(placements, seed)
+    if on_start is not None:
+        on_start(len(episodes))
+    workers = min(workers, len(episodes))
+
+    start = time.perf_counter()
+    rollouts = run_episodes(
+        target.actor,
+        target.env_kwargs,
+        episodes,
+        workers=workers,
+        n_videos=n_videos if want_videos else 0,
+        video_dir=out / "videos" if want_videos else None,
+        video_camera=video_camera,
+        pipeline=pipeline,
+        on_episode=on_episode,
+    )
+    seconds = time.perf_counter() - start
+    records, env_steps, videos = rollouts.records, rollouts.env_steps, rollouts.videos
+    result = EvalResult(records, positions, int(seed), seconds, env_steps, video_paths=videos)
+    result.info = _eval_info(
+        result, rollouts, target, torch_device, workers, pipeline, env_overrides
+    )
+    if out is not None:
+        _write_eval_outputs(result, out, checkpoint, desc)
+    return result
+
+
+def _check_eval_args(
+    checkpoint: str | Path,
+    n_episodes: int | None,
+    positions: str,
+    seed: int,
+    workers: int,
+    n_videos: int,
+    video_camera: str,
+) -> None:
+    """The UserErrors of :func:`evaluate`'s arguments, raised before anything is loaded."""
     if checkpoint is None or str(checkpoint).strip() in ("", "???", "None"):
         raise UserError(
             "checkpoint= is required: <run dir>/checkpoints/best (from robo-s2 train), "
@@ -618,43 +708,24 @@ def evaluate(
         raise UserError(f"video_camera={video_camera!r}; choose front or wrist")
     position_set(positions, n_episodes, seed)  # validates n for the set before loading anything
 
-    torch_device = resolve_device(device)
-    out = Path(out_dir) if out_dir is not None else None
-    want_videos = out is not None and n_videos > 0
-    target = load_target(
-        checkpoint, torch_device, env_overrides, execution, expert, precision,
-        allow_render_mismatch,
-    )  # fmt: skip
-    desc = target.env_description
-    region = desc["cube_region"]
-    placements = position_set(positions, n_episodes, seed, region, bool(desc["randomize_yaw"]))
-    episodes = episode_specs(placements, seed)
-    if on_start is not None:
-        on_start(len(episodes))
-    workers = min(workers, len(episodes))
 
-    start = time.perf_counter()
-    rollouts = run_episodes(
-        target.actor,
-        target.env_kwargs,
-        episodes,
-        workers=workers,
-        n_videos=n_videos if want_videos else 0,
-        video_dir=out / "videos" if want_videos else None,
-        video_camera=video_camera,
-        pipeline=pipeline,
-        on_episode=on_episode,
-    )
-    seconds = time.perf_counter() - start
-    records, env_steps, videos = rollouts.records, rollouts.env_steps, rollouts.videos
-    result = EvalResult(records, positions, int(seed), seconds, env_steps, video_paths=videos)
+def _eval_info(
+    result: EvalResult,
+    rollouts: Rollouts,
+    target: EvalTarget,
+    device: Any,
+    workers: int,
+    pipeline: bool,
+    env_overrides: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """``eval_info.json`` without the output paths (those are added when written)."""
+    from robo_s2 import __version__
 
+    records, desc = result.records, target.env_description
     lo, hi = result.ci95
     lengths = [r.steps for r in records]
     ok_lengths = [r.steps for r in records if r.success]
-    from robo_s2 import __version__
-
-    result.info = {
+    return {
         "pc_success": result.pc_success,
         "n_success": result.n_success,
         "n_episodes": result.n_episodes,
@@ -663,21 +734,21 @@ def evaluate(
         "avg_episode_length": float(np.mean(lengths)) if lengths else 0.0,
         "avg_success_length": float(np.mean(ok_lengths)) if ok_lengths else None,
         "positions": {
-            "name": positions,
-            "seed": int(seed),
+            "name": result.positions,
+            "seed": result.seed,
             "n": len(records),
-            "region": [list(map(float, r)) for r in region],
+            "region": [list(map(float, r)) for r in desc["cube_region"]],
             "randomize_yaw": bool(desc["randomize_yaw"]),
         },
         **target.describe,
-        "device": str(torch_device),
+        "device": str(device),
         "workers": workers,
         "pipeline": bool(pipeline and workers >= 2),
-        "eval_s": seconds,
-        "eval_ep_s": seconds / max(len(records), 1),
+        "eval_s": result.seconds,
+        "eval_ep_s": result.seconds / max(len(records), 1),
         "startup_s": rollouts.startup_s,
         "rollout_s": rollouts.rollout_s,
-        "env_steps": env_steps,
+        "env_steps": result.env_steps,
         "env_steps_per_s": rollouts.env_steps_per_s,
         "env": {
             "id": ENV_ID,
@@ -687,23 +758,28 @@ def evaluate(
         "per_episode": [r.to_dict() for r in records],
         "robo_s2_version": __version__,
     }
-    if out is not None:
-        from robo_s2.experiments.plots import plot_positions
 
-        out.mkdir(parents=True, exist_ok=True)
-        title = (
-            f"{Path(str(checkpoint)).name if str(checkpoint) != EXPERT else EXPERT}: "
-            f"{result.n_success}/{result.n_episodes} ({result.pc_success:.1f}%, "
-            f"95% CI {lo:.1f}-{hi:.1f}%) on {positions}, seed {seed}"
-        )
-        result.plot_path = plot_positions(
-            [r.to_dict() for r in records],
-            region,
-            out / "positions.png",
-            title=title,
-            cube_size=float(desc.get("cube_size", 0.04)),
-        )
-        result.info["video_paths"] = [str(p) for p in videos]
-        result.info["plot_path"] = str(result.plot_path)
-        result.info_path = _write_json(out / "eval_info.json", result.info)
-    return result
+
+def _write_eval_outputs(
+    result: EvalResult, out: Path, checkpoint: str | Path, desc: Mapping[str, Any]
+) -> None:
+    """The positions plot and ``eval_info.json`` (with the video and plot paths) in ``out``."""
+    from robo_s2.experiments.plots import plot_positions
+
+    out.mkdir(parents=True, exist_ok=True)
+    lo, hi = result.ci95
+    title = (
+        f"{Path(str(checkpoint)).name if str(checkpoint) != EXPERT else EXPERT}: "
+        f"{result.n_success}/{result.n_episodes} ({result.pc_success:.1f}%, "
+        f"95% CI {lo:.1f}-{hi:.1f}%) on {result.positions}, seed {result.seed}"
+    )
+    result.plot_path = plot_positions(
+        [r.to_dict() for r in result.records],
+        desc["cube_region"],
+        out / "positions.png",
+        title=title,
+        cube_size=float(desc.get("cube_size", 0.04)),
+    )
+    result.info["video_paths"] = [str(p) for p in result.video_paths]
+    result.info["plot_path"] = str(result.plot_path)
+    result.info_path = _write_json(out / "eval_info.json", result.info)

@@ -421,57 +421,24 @@ def encode_spec(
     """The features of ``spec`` over every frame of ``store``, from (and into) its feature cache
     when ``rc.cache``, else encoded in memory."""
     from robo_s2.device import resolve_device
-    from robo_s2.encoders import create_encoder
-    from robo_s2.encoders.feature_cache import (
-        _check_image_key,
-        check_frame_size,
-        encode_frames,
-        encode_store,
-        feature_precision,
-        load_features,
-    )
+    from robo_s2.encoders.feature_cache import _check_image_key, check_frame_size
 
     blocks, tokens, parts = [], None, []
     n_now, seconds = 0, 0.0
     dev = resolve_device(rc.device)
     for i, part in enumerate(spec.parts):
         where = spec.label if len(spec.parts) == 1 else f"{spec.label} (part {i})"
-        try:
-            cfg = part_config(part, rc.image_size, rc.pooling)
-            if rc.precision is not None:
-                cfg["precision"] = rc.precision
-            encoder = create_encoder(cfg)
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
-        if getattr(encoder, "input_key", None) is not None:
-            raise UserError(f"{where}: encoder {encoder.label} does not read camera frames")
+        encoder = _part_encoder(part, where, rc)
         _check_image_key(store, image_key)
         check_frame_size(store, encoder, image_key)
         progress = bar(f"{spec.label}", store.n_frames) if bar is not None else None
         start = time.perf_counter()
         if rc.cache:
-
-            def on_batch(status: Any, progress: Any = progress) -> None:
-                if progress is not None:
-                    progress.n = status.n_done
-                    progress.refresh()
-
-            status = encode_store(
-                store, encoder, image_key=image_key, batch_size=rc.batch_size,
-                device=str(dev), on_batch=on_batch, precision=rc.precision,
-            )  # fmt: skip
-            feats = load_features(store, encoder, image_key, status.precision)
-            precision, encoded = status.precision, status.n_encoded_now
+            feats, precision, encoded = _encode_cached(encoder, store, image_key, rc, dev, progress)
         else:
-            precision = feature_precision(encoder, dev, rc.batch_size, rc.precision)
-            encoder = encoder.to(dev).eval()
-            frames, chunks = store.array(image_key), []
-            for lo in range(0, store.n_frames, rc.batch_size):
-                hi = min(lo + rc.batch_size, store.n_frames)
-                chunks.append(encode_frames(encoder, frames[lo:hi], dev, precision))
-                if progress is not None:
-                    progress.update(hi - lo)
-            feats, encoded = np.concatenate(chunks), store.n_frames
+            feats, precision, encoded = _encode_in_memory(
+                encoder, store, image_key, rc, dev, progress
+            )
         took = time.perf_counter() - start
         if progress is not None:
             progress.close()
@@ -482,29 +449,90 @@ def encode_spec(
             )
         tokens = t
         blocks.append(np.asarray(feats, np.float32))
-        parts.append(
-            {
-                "encoder": encoder.label,
-                "overrides": dict(part.overrides),
-                "weights": _weights_of(encoder.config),
-                "image_size": int(encoder.image_size),
-                "img_sizes": list(getattr(encoder, "img_sizes", [encoder.image_size])),
-                "pooling": str(getattr(encoder, "pooling", "")),
-                "feature_dim": int(encoder.feature_dim),
-                "precision": precision,
-                "fingerprint": encoder.fingerprint()[:16],
-                "frames_encoded_now": int(encoded),
-                "seconds": round(took, 2),
-            }
-        )
+        parts.append(_part_record(encoder, part, precision, encoded, took))
         n_now, seconds = n_now + encoded, seconds + took
         del encoder
-    n = len(blocks[0])
-    if rc.per_token and len(blocks) > 1:  # token by token: each token's channels concatenate
-        values = np.concatenate([b.reshape(n, tokens, -1) for b in blocks], axis=2).reshape(n, -1)
-    else:
-        values = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    values = _join_blocks(blocks, tokens, rc.per_token)
     return Features(spec.label, values, int(tokens or 1), parts, n_now, seconds)
+
+
+def _part_encoder(part: EncoderPart, where: str, rc: ReconstructConfig) -> Any:
+    """The encoder of ``part`` under the analysis' settings; it must read camera frames."""
+    from robo_s2.encoders import create_encoder
+
+    try:
+        cfg = part_config(part, rc.image_size, rc.pooling)
+        if rc.precision is not None:
+            cfg["precision"] = rc.precision
+        encoder = create_encoder(cfg)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    if getattr(encoder, "input_key", None) is not None:
+        raise UserError(f"{where}: encoder {encoder.label} does not read camera frames")
+    return encoder
+
+
+def _encode_cached(
+    encoder: Any, store: Any, image_key: str, rc: ReconstructConfig, dev: Any, progress: Any
+) -> tuple[np.ndarray, str, int]:
+    """Features, precision and frames encoded now, through the store's feature cache."""
+    from robo_s2.encoders.feature_cache import encode_store, load_features
+
+    def on_batch(status: Any) -> None:
+        if progress is not None:
+            progress.n = status.n_done
+            progress.refresh()
+
+    status = encode_store(
+        store, encoder, image_key=image_key, batch_size=rc.batch_size,
+        device=str(dev), on_batch=on_batch, precision=rc.precision,
+    )  # fmt: skip
+    feats = load_features(store, encoder, image_key, status.precision)
+    return feats, status.precision, status.n_encoded_now
+
+
+def _encode_in_memory(
+    encoder: Any, store: Any, image_key: str, rc: ReconstructConfig, dev: Any, progress: Any
+) -> tuple[np.ndarray, str, int]:
+    """Features, precision and frames encoded now, without writing into the store."""
+    from robo_s2.encoders.feature_cache import encode_frames, feature_precision
+
+    precision = feature_precision(encoder, dev, rc.batch_size, rc.precision)
+    encoder = encoder.to(dev).eval()
+    frames, chunks = store.array(image_key), []
+    for lo in range(0, store.n_frames, rc.batch_size):
+        hi = min(lo + rc.batch_size, store.n_frames)
+        chunks.append(encode_frames(encoder, frames[lo:hi], dev, precision))
+        if progress is not None:
+            progress.update(hi - lo)
+    return np.concatenate(chunks), precision, store.n_frames
+
+
+def _part_record(
+    encoder: Any, part: EncoderPart, precision: str, encoded: int, took: float
+) -> dict[str, Any]:
+    """What ``Features.encoders`` reports about one encoded part."""
+    return {
+        "encoder": encoder.label,
+        "overrides": dict(part.overrides),
+        "weights": _weights_of(encoder.config),
+        "image_size": int(encoder.image_size),
+        "img_sizes": list(getattr(encoder, "img_sizes", [encoder.image_size])),
+        "pooling": str(getattr(encoder, "pooling", "")),
+        "feature_dim": int(encoder.feature_dim),
+        "precision": precision,
+        "fingerprint": encoder.fingerprint()[:16],
+        "frames_encoded_now": int(encoded),
+        "seconds": round(took, 2),
+    }
+
+
+def _join_blocks(blocks: list[np.ndarray], tokens: int | None, per_token: bool) -> np.ndarray:
+    """The parts' features side by side (per token: each token's channels concatenate)."""
+    n = len(blocks[0])
+    if per_token and len(blocks) > 1:
+        return np.concatenate([b.reshape(n, tokens, -1) for b in blocks], axis=2).reshape(n, -1)
+    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
 
 # -------------------------------------------------------------------------------------- result
@@ -568,65 +596,53 @@ def _opts(part: Mapping[str, Any]) -> str:
     return f" ({', '.join(f'{k}={v}' for k, v in o.items())})" if o else ""
 
 
-def format_table(result: ReconstructResult) -> str:
-    """``reconstruct.md``: the table, what was compared and how."""
-    t, d, s = result.target, result.data, result.settings
-    ratio = s.get("reference")
-    first = result.sources[0].label
+def _ci(v: tuple[float, float] | None, sign: bool = False) -> str:
+    if v is None or not all(math.isfinite(x) for x in v):
+        return ""
+    return f" [{v[0]:+.3f}, {v[1]:+.3f}]" if sign else f" [{v[0]:.3f}, {v[1]:.3f}]"
+
+
+def _sizes(encoder: Mapping[str, Any]) -> str:
+    return "+".join(f"{x}²" for x in encoder["img_sizes"])
+
+
+def _table_head(first: str, ratio: str | None) -> list[str]:
+    """The header row and separator of the table (``ratio``: the reference source, if any)."""
     head = (
         f"| source | weights | dims | held-out R² [95% CI] | ΔR² vs {first} [95% CI] | "
         "mean per-dim R² | train R² | info −log(l/l0) |"
         + (f" I/I* ({ratio}) |" if ratio else "")
         + " ridge λ |"
     )
-    sep = "|---" * (head.count("|") - 1) + "|"
+    return [head, "|---" * (head.count("|") - 1) + "|"]
 
-    def ci(v: tuple[float, float] | None, sign: bool = False) -> str:
-        if v is None or not all(math.isfinite(x) for x in v):
-            return ""
-        return f" [{v[0]:+.3f}, {v[1]:+.3f}]" if sign else f" [{v[0]:.3f}, {v[1]:.3f}]"
 
-    rows = []
-    for i, r in enumerate(result.sources):
-        f = r.fit
-        weights = ", ".join(sorted({e["weights"] for e in r.encoders}))
-        lam = f"{f.alpha:g}" + (" (grid edge)" if f.alpha_at_edge else "")
-        diff = "–" if i == 0 or r.r2_diff is None else f"{r.r2_diff:+.3f}{ci(r.r2_diff_ci95, True)}"
-        info_ratio = None if r.info_ratio is None else r.info_ratio * 100
-        rows.append(
-            f"| {r.label} | {weights} | {r.feature_dim} | {_fmt(f.r2)}{ci(r.r2_ci95)} | {diff} | "
-            f"{_fmt(f.r2_mean_dim)} | {_fmt(f.r2_train)} | {_fmt(f.info)} |"
-            + (f" {_fmt(info_ratio, 1)}% |" if ratio else "")
-            + f" {lam} |"
-        )
-    sizes = lambda e: "+".join(f"{x}²" for x in e["img_sizes"])  # noqa: E731
-    enc_lines = [
-        f"- {r.label}: "
-        + "; ".join(
-            f"{e['encoder']}{_opts(e)} at {sizes(e)}, pooling {e['pooling']}, "
-            f"{e['feature_dim']} dims, "
-            f"{e['weights']}"
-            for e in r.encoders
-        )
-        for r in result.sources
-    ]
-    te = t["encoders"][0]
-    lines = [
-        f"# Reconstructing {t['label']} features from smaller encoders (S² Table 1)",
-        "",
-        f"Target: **{t['label']}** ({te['encoder']} at {sizes(te)}, pooling {te['pooling']}, "
-        f"{t['feature_dim']} dims, {te['weights']}). Store `{d['store']}` (`{d['image_key']}`): "
-        f"{d['n_frames']} frames of {d['n_episodes']} episodes; split by episode "
-        f"(seed {s['seed']}): fitted on {d['train_frames']} frames of {d['train_episodes']} "
-        f"episodes, scored on {d['test_frames']} frames of {d['test_episodes']} held-out episodes.",
-        "",
-        head,
-        sep,
-        *rows,
-        "",
-        "Sources:",
-        *enc_lines,
-        "",
+def _table_row(i: int, r: SourceResult, ratio: str | None) -> str:
+    f = r.fit
+    weights = ", ".join(sorted({e["weights"] for e in r.encoders}))
+    lam = f"{f.alpha:g}" + (" (grid edge)" if f.alpha_at_edge else "")
+    diff = "–" if i == 0 or r.r2_diff is None else f"{r.r2_diff:+.3f}{_ci(r.r2_diff_ci95, True)}"
+    info_ratio = None if r.info_ratio is None else r.info_ratio * 100
+    return (
+        f"| {r.label} | {weights} | {r.feature_dim} | {_fmt(f.r2)}{_ci(r.r2_ci95)} | {diff} | "
+        f"{_fmt(f.r2_mean_dim)} | {_fmt(f.r2_train)} | {_fmt(f.info)} |"
+        + (f" {_fmt(info_ratio, 1)}% |" if ratio else "")
+        + f" {lam} |"
+    )
+
+
+def _source_line(r: SourceResult) -> str:
+    return f"- {r.label}: " + "; ".join(
+        f"{e['encoder']}{_opts(e)} at {_sizes(e)}, pooling {e['pooling']}, "
+        f"{e['feature_dim']} dims, "
+        f"{e['weights']}"
+        for e in r.encoders
+    )
+
+
+def _method_note(s: Mapping[str, Any], ratio: str | None) -> str:
+    """The paragraph under the table: what the scores are and how the map was fitted."""
+    return (
         "R² = 1 − SSE/SST summed over all target dims on the held-out frames (the explained "
         "variance of the target features, 1 − l/l0 with l0 the loss of predicting the training "
         "mean); mean per-dim R² counts every target dim equally; info = −log(l/l0) as in the "
@@ -639,7 +655,31 @@ def format_table(result: ReconstructResult) -> str:
             "; one map shared by every token position (per token), as in the paper."
             if s["per_token"]
             else "; one map from the whole pooled vector to the whole pooled vector."
-        ),
+        )
+    )
+
+
+def format_table(result: ReconstructResult) -> str:
+    """``reconstruct.md``: the table, what was compared and how."""
+    t, d, s = result.target, result.data, result.settings
+    ratio = s.get("reference")
+    te = t["encoders"][0]
+    lines = [
+        f"# Reconstructing {t['label']} features from smaller encoders (S² Table 1)",
+        "",
+        f"Target: **{t['label']}** ({te['encoder']} at {_sizes(te)}, pooling {te['pooling']}, "
+        f"{t['feature_dim']} dims, {te['weights']}). Store `{d['store']}` (`{d['image_key']}`): "
+        f"{d['n_frames']} frames of {d['n_episodes']} episodes; split by episode "
+        f"(seed {s['seed']}): fitted on {d['train_frames']} frames of {d['train_episodes']} "
+        f"episodes, scored on {d['test_frames']} frames of {d['test_episodes']} held-out episodes.",
+        "",
+        *_table_head(result.sources[0].label, ratio),
+        *(_table_row(i, r, ratio) for i, r in enumerate(result.sources)),
+        "",
+        "Sources:",
+        *(_source_line(r) for r in result.sources),
+        "",
+        _method_note(s, ratio),
     ]
     if any(e["weights"] == "random init" for r in result.sources for e in r.encoders) or (
         te["weights"] == "random init"
@@ -652,6 +692,40 @@ def format_table(result: ReconstructResult) -> str:
             "anything learnt; the paper's Table 1 compares pretrained models.",
         ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Frames:
+    """The frame layout of the analysis' store, which every source and the target must share."""
+
+    ends: np.ndarray
+    n_frames: int
+    n_episodes: int
+    frame_shape: list[int] | None
+
+
+class _Stores:
+    """Open demo stores by resolved path: one handle (one lock) per store."""
+
+    def __init__(self, writable: bool) -> None:
+        self.writable = writable
+        self.handles: dict[str, Any] = {}
+
+    def __call__(self, path: str) -> Any:
+        key = str(Path(path).expanduser().resolve())
+        if key not in self.handles:
+            self.handles[key] = _open_store(path, self.writable)
+        return self.handles[key]
+
+    def close(self) -> None:
+        for s in self.handles.values():
+            s.close()
+
+
+def _make_bar(desc: str, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, delay=1.0)
 
 
 def run_reconstruct(
@@ -667,84 +741,127 @@ def run_reconstruct(
         torch.set_num_threads(int(rc.threads))
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    stores: dict[str, Any] = {}
-
-    def store_of(path: str) -> Any:
-        key = str(Path(path).expanduser().resolve())  # one handle (one lock) per store
-        if key not in stores:
-            stores[key] = _open_store(path, rc.cache)
-        return stores[key]
-
-    def make_bar(desc: str, total: int) -> Any:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, delay=1.0)
-
     specs = [("target", rc.target), *(("source", s) for s in rc.source)]
+    stores = _Stores(rc.cache)
     try:
-        main = store_of(rc.store)
-        if main.n_episodes < 2:
-            raise UserError(
-                f"{rc.store} has {main.n_episodes} episode(s); at least 2 are needed to fit on "
-                "some and score on held-out ones (collect more)"
-            )
-        ends = np.asarray(main.episode_ends, np.int64)
-        n_frames, n_episodes = int(main.n_frames), int(main.n_episodes)
-        keys = main.keys()
-        frame_shape = list(main.array(rc.image_key).shape[1:]) if rc.image_key in keys else None
-        # everything that can be checked without encoding, before anything is encoded
-        for role, spec in specs:
-            for i, part in enumerate(spec.parts):
-                where = f"{role} {spec.label}" + (f" (part {i})" if len(spec.parts) > 1 else "")
-                try:
-                    part_config(part, rc.image_size, rc.pooling)
-                except UserError as exc:
-                    raise UserError(f"{where}: {exc}") from None
-            path = spec.store or rc.store
-            store = store_of(path)
-            if store.n_frames != n_frames or not np.array_equal(
-                np.asarray(store.episode_ends, np.int64), ends
-            ):
-                raise UserError(
-                    f"{role} {spec.label} reads {path} ({store.n_frames} frames, "
-                    f"{store.n_episodes} episodes) but {rc.store} has {n_frames} frames, "
-                    f"{n_episodes} episodes: source and target must see the same frames (collect "
-                    "both with the same seeds and episode count)"
-                )
-        encoded = []
-        for role, spec in specs:
-            store = store_of(spec.store or rc.store)
-            feats = encode_spec(
-                spec, store, spec.image_key or rc.image_key, rc, make_bar if progress else None
-            )
-            if feats.values.shape[0] != n_frames:
-                raise UserError(
-                    f"{role} {spec.label} has features for {feats.values.shape[0]} frames, "
-                    f"{rc.store} has {n_frames}"
-                )
-            encoded.append(feats)
+        frames = _main_frames(rc, stores(rc.store))
+        _check_specs(rc, specs, stores, frames)  # before anything is encoded
+        encoded = _encode_specs(rc, specs, stores, frames.n_frames, progress)
     finally:
-        for s in stores.values():
-            s.close()
+        stores.close()
     target, sources = encoded[0], encoded[1:]
-    train, test, episode = episode_split_rows(ends, rc.test_fraction, rc.seed)
-    results = []
-    for feats in sources:
-        if rc.per_token:
-            if feats.tokens != target.tokens:
-                raise UserError(
-                    f"per_token: source {feats.label} pools to {feats.tokens} tokens, the target "
-                    f"to {target.tokens}; give both the same pooling"
-                )
-            tk = target.tokens
-            x = feats.values.reshape(len(feats.values) * tk, -1)
-            y = target.values.reshape(len(target.values) * tk, -1)
-            rows_tr, rows_te = token_rows(train, tk), token_rows(test, tk)
-            groups = np.repeat(episode, tk)
-        else:
-            x, y, rows_tr, rows_te, groups = feats.values, target.values, train, test, episode
-        fit = fit_reconstruction(x, y, rows_tr, rows_te, groups, rc.alphas, rc.folds)
-        results.append(SourceResult(feats.label, feats.dim, feats.tokens, feats.encoders, fit))
+    train, test, episode = episode_split_rows(frames.ends, rc.test_fraction, rc.seed)
+    results = [_fit_source(rc, feats, target, train, test, episode) for feats in sources]
+    _add_intervals(results, rc)
+    prov = provenance(time.perf_counter() - t0)
+    prov["encode_seconds"] = round(target.seconds + sum(f.seconds for f in sources), 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ReconstructResult(
+        out_dir=out_dir,
+        target={"label": target.label, "feature_dim": target.dim, "tokens": target.tokens,
+                "encoders": target.encoders},
+        sources=results,
+        data=_data_summary(rc, frames, train, test, episode),
+        settings=_settings_summary(rc),
+        provenance=prov,
+        json_path=out_dir / "reconstruct.json",
+        md_path=out_dir / "reconstruct.md",
+    )  # fmt: skip
+    result.json_path.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    result.md_path.write_text(format_table(result))
+    return result
+
+
+def _main_frames(rc: ReconstructConfig, main: Any) -> _Frames:
+    if main.n_episodes < 2:
+        raise UserError(
+            f"{rc.store} has {main.n_episodes} episode(s); at least 2 are needed to fit on "
+            "some and score on held-out ones (collect more)"
+        )
+    ends = np.asarray(main.episode_ends, np.int64)
+    keys = main.keys()
+    frame_shape = list(main.array(rc.image_key).shape[1:]) if rc.image_key in keys else None
+    return _Frames(ends, int(main.n_frames), int(main.n_episodes), frame_shape)
+
+
+def _check_specs(
+    rc: ReconstructConfig,
+    specs: Sequence[tuple[str, FeatureSpec]],
+    stores: _Stores,
+    frames: _Frames,
+) -> None:
+    """Everything that can be checked without encoding: each part's config, and that every
+    spec's store has the analysis store's frames."""
+    for role, spec in specs:
+        for i, part in enumerate(spec.parts):
+            where = f"{role} {spec.label}" + (f" (part {i})" if len(spec.parts) > 1 else "")
+            try:
+                part_config(part, rc.image_size, rc.pooling)
+            except UserError as exc:
+                raise UserError(f"{where}: {exc}") from None
+        path = spec.store or rc.store
+        store = stores(path)
+        if store.n_frames != frames.n_frames or not np.array_equal(
+            np.asarray(store.episode_ends, np.int64), frames.ends
+        ):
+            raise UserError(
+                f"{role} {spec.label} reads {path} ({store.n_frames} frames, "
+                f"{store.n_episodes} episodes) but {rc.store} has {frames.n_frames} frames, "
+                f"{frames.n_episodes} episodes: source and target must see the same frames "
+                "(collect both with the same seeds and episode count)"
+            )
+
+
+def _encode_specs(
+    rc: ReconstructConfig,
+    specs: Sequence[tuple[str, FeatureSpec]],
+    stores: _Stores,
+    n_frames: int,
+    progress: bool,
+) -> list[Features]:
+    encoded = []
+    for role, spec in specs:
+        store = stores(spec.store or rc.store)
+        feats = encode_spec(
+            spec, store, spec.image_key or rc.image_key, rc, _make_bar if progress else None
+        )
+        if feats.values.shape[0] != n_frames:
+            raise UserError(
+                f"{role} {spec.label} has features for {feats.values.shape[0]} frames, "
+                f"{rc.store} has {n_frames}"
+            )
+        encoded.append(feats)
+    return encoded
+
+
+def _fit_source(
+    rc: ReconstructConfig,
+    feats: Features,
+    target: Features,
+    train: np.ndarray,
+    test: np.ndarray,
+    episode: np.ndarray,
+) -> SourceResult:
+    """The reconstruction of ``target`` from one source (token by token with ``per_token``)."""
+    if rc.per_token:
+        if feats.tokens != target.tokens:
+            raise UserError(
+                f"per_token: source {feats.label} pools to {feats.tokens} tokens, the target "
+                f"to {target.tokens}; give both the same pooling"
+            )
+        tk = target.tokens
+        x = feats.values.reshape(len(feats.values) * tk, -1)
+        y = target.values.reshape(len(target.values) * tk, -1)
+        rows_tr, rows_te = token_rows(train, tk), token_rows(test, tk)
+        groups = np.repeat(episode, tk)
+    else:
+        x, y, rows_tr, rows_te, groups = feats.values, target.values, train, test, episode
+    fit = fit_reconstruction(x, y, rows_tr, rows_te, groups, rc.alphas, rc.folds)
+    return SourceResult(feats.label, feats.dim, feats.tokens, feats.encoders, fit)
+
+
+def _add_intervals(results: list[SourceResult], rc: ReconstructConfig) -> None:
+    """Bootstrap intervals, differences to the first source and, with a reference, info ratios."""
     cis, diffs = bootstrap_r2([r.fit for r in results], seed=rc.seed)
     for r, ci, diff in zip(results, cis, diffs, strict=True):
         r.r2_ci95, r.r2_diff, r.r2_diff_ci95 = ci, r.fit.r2 - results[0].fit.r2, diff
@@ -752,19 +869,31 @@ def run_reconstruct(
         ref = next(r for r in results if r.label == rc.reference)
         for r in results:
             r.info_ratio = r.fit.info / ref.fit.info if ref.fit.info > 0 else None
-    data = {
+
+
+def _data_summary(
+    rc: ReconstructConfig,
+    frames: _Frames,
+    train: np.ndarray,
+    test: np.ndarray,
+    episode: np.ndarray,
+) -> dict[str, Any]:
+    return {
         "store": rc.store,
         "image_key": rc.image_key,
-        "n_frames": n_frames,
-        "n_episodes": n_episodes,
+        "n_frames": frames.n_frames,
+        "n_episodes": frames.n_episodes,
         "train_frames": int(len(train)),
         "test_frames": int(len(test)),
         "train_episodes": int(len(np.unique(episode[train]))),
         "test_episodes": int(len(np.unique(episode[test]))),
         "test_episode_ids": [int(e) for e in np.unique(episode[test])],
-        "frame_shape": frame_shape,
+        "frame_shape": frames.frame_shape,
     }
-    settings = {
+
+
+def _settings_summary(rc: ReconstructConfig) -> dict[str, Any]:
+    return {
         "image_size": rc.image_size,
         "pooling": rc.pooling,
         "per_token": rc.per_token,
@@ -776,20 +905,3 @@ def run_reconstruct(
         "precision": rc.precision,
         "reference": rc.reference,
     }
-    prov = provenance(time.perf_counter() - t0)
-    prov["encode_seconds"] = round(target.seconds + sum(f.seconds for f in sources), 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = ReconstructResult(
-        out_dir=out_dir,
-        target={"label": target.label, "feature_dim": target.dim, "tokens": target.tokens,
-                "encoders": target.encoders},
-        sources=results,
-        data=data,
-        settings=settings,
-        provenance=prov,
-        json_path=out_dir / "reconstruct.json",
-        md_path=out_dir / "reconstruct.md",
-    )  # fmt: skip
-    result.json_path.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-    result.md_path.write_text(format_table(result))
-    return result

@@ -407,8 +407,40 @@ class Pretrainer:
 
     # -------------------------------------------------------------------------- the loop
     def run(self) -> PretrainResult:
+        self._start()
+        result = PretrainResult(
+            run_dir=self.run_dir, encoder_path=self.run_dir / ENCODER_FILE,
+            epoch=self.start_epoch, epochs=self.epochs, start_epoch=self.start_epoch,
+            step=self.step, seconds=0.0, images_per_s=0.0, train_loss=None, val_loss=None,
+            val_loss_init=self.val_loss_init, n_train=len(self.train_ids),
+            n_val=len(self.val_ids), skipped=list(self.pool.skipped), history=self.history,
+        )  # fmt: skip
+        log_every = max(1, int(self.tcfg.get("log_every") or 10))
+        save_every_steps = int(self.tcfg.get("save_every_steps") or 0)
+        bar = self._progress_bar()
+        self.model.train()
+        start, train_time, images_done = time.perf_counter(), 0.0, 0
+        try:
+            for epoch in range(self.start_epoch + 1, self.stop_epoch + 1):
+                loss_sum, n, t_epoch = self._train_epoch(epoch, bar, log_every, save_every_steps)
+                record = self._end_epoch(epoch, loss_sum, n, t_epoch)
+                train_time += t_epoch
+                images_done += n * self.batch_size
+                result.epoch = epoch
+                result.train_loss, result.val_loss = record["train_loss"], record["val_loss"]
+        finally:
+            bar.close()
+        result.step = self.step
+        result.seconds = time.perf_counter() - start
+        result.images_per_s = images_done / max(train_time, 1e-9)
+        if result.val_loss is None and self.history:
+            result.val_loss = self.history[-1]["val_loss"]
+            result.train_loss = self.history[-1]["train_loss"]
+        return result
+
+    def _start(self) -> None:
+        """Set up, open TensorBoard and, on a fresh run, score the random init on held-out images."""
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         self.setup()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -422,82 +454,76 @@ class Pretrainer:
             self.val_loss_init = self.validate()
             if self.val_loss_init is not None:
                 self.writer.add_scalar("val/loss", self.val_loss_init, 0)
-        result = PretrainResult(
-            run_dir=self.run_dir, encoder_path=self.run_dir / ENCODER_FILE,
-            epoch=self.start_epoch, epochs=self.epochs, start_epoch=self.start_epoch,
-            step=self.step, seconds=0.0, images_per_s=0.0, train_loss=None, val_loss=None,
-            val_loss_init=self.val_loss_init, n_train=len(self.train_ids),
-            n_val=len(self.val_ids), skipped=list(self.pool.skipped), history=self.history,
-        )  # fmt: skip
-        log_every = max(1, int(self.tcfg.get("log_every") or 10))
-        save_every_steps = int(self.tcfg.get("save_every_steps") or 0)
-        bar = tqdm(
+
+    def _progress_bar(self) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(
             total=self.stop_epoch * self.steps_per_epoch, initial=self.step, desc="pretrain",
             unit="step", dynamic_ncols=True, delay=1.0, disable=not self.progress,
         )  # fmt: skip
-        self.model.train()
-        start, train_time, images_done = time.perf_counter(), 0.0, 0
-        try:
-            for epoch in range(self.start_epoch + 1, self.stop_epoch + 1):
-                loss_sum, n, t_epoch = torch.zeros((), device=self.device), 0, 0.0
-                if self.partial is not None:  # resumed inside this epoch
-                    loss_sum = self.partial["loss_sum"].to(self.device)
-                    n, t_epoch = int(self.partial["n"]), float(self.partial["epoch_s"])
-                    self.partial = None
-                while self.step < epoch * self.steps_per_epoch:
-                    t0 = time.perf_counter()
-                    loss = self.train_step()
-                    dt = time.perf_counter() - t0
-                    t_epoch += dt
-                    loss_sum += loss
-                    n += 1
-                    bar.update(1)
-                    if self.step % log_every == 0:
-                        value = float(loss)
-                        if not math.isfinite(value):
-                            raise UserError(
-                                f"pre-training diverged: the loss is {value} at step "
-                                f"{self.step}; lower train.lr or raise train.warmup_epochs"
-                            )
-                        self.writer.add_scalar("train/loss", value, self.step)
-                        self.writer.add_scalar(
-                            "train/lr", self.scheduler.get_last_lr()[0], self.step
-                        )
-                        self.writer.add_scalar(
-                            "train/images_per_s", self.batch_size / dt, self.step
-                        )
-                        bar.set_postfix(loss=f"{value:.4f}", epoch=epoch, refresh=False)
-                    in_epoch = self.step < epoch * self.steps_per_epoch
-                    if save_every_steps and self.step % save_every_steps == 0 and in_epoch:
-                        partial = {"loss_sum": loss_sum, "n": n, "epoch_s": t_epoch}
-                        self.save_state(epoch - 1, partial)
-                train_loss = float(loss_sum) / max(n, 1)
-                val = self.validate()
-                ips = n * self.batch_size / max(t_epoch, 1e-9)
-                record = {
-                    "epoch": epoch, "step": self.step, "train_loss": train_loss,
-                    "val_loss": val, "images_per_s": ips, "epoch_s": t_epoch,
-                }  # fmt: skip
-                self.history.append(record)
-                if val is not None:
-                    self.writer.add_scalar("val/loss", val, self.step)
-                self.writer.add_scalar("train/epoch_loss", train_loss, self.step)
-                self._recon_png(epoch)
-                self.save(epoch, record)
-                with open(self.run_dir / "metrics.jsonl", "w") as f:
-                    f.writelines(json.dumps(h) + "\n" for h in self.history)
-                train_time += t_epoch
-                images_done += n * self.batch_size
-                result.epoch, result.train_loss, result.val_loss = epoch, train_loss, val
-        finally:
-            bar.close()
-        result.step = self.step
-        result.seconds = time.perf_counter() - start
-        result.images_per_s = images_done / max(train_time, 1e-9)
-        if result.val_loss is None and self.history:
-            result.val_loss = self.history[-1]["val_loss"]
-            result.train_loss = self.history[-1]["train_loss"]
-        return result
+
+    def _running_loss(self) -> tuple[Tensor, int, float]:
+        """Loss sum, steps and seconds of the epoch so far: zero, or what a mid-epoch save kept."""
+        loss_sum, n, t_epoch = torch.zeros((), device=self.device), 0, 0.0
+        if self.partial is not None:  # resumed inside this epoch
+            loss_sum = self.partial["loss_sum"].to(self.device)
+            n, t_epoch = int(self.partial["n"]), float(self.partial["epoch_s"])
+            self.partial = None
+        return loss_sum, n, t_epoch
+
+    def _train_epoch(
+        self, epoch: int, bar: Any, log_every: int, save_every_steps: int
+    ) -> tuple[Tensor, int, float]:
+        """The steps of ``epoch`` still to do; returns its loss sum, steps and seconds."""
+        loss_sum, n, t_epoch = self._running_loss()
+        while self.step < epoch * self.steps_per_epoch:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            dt = time.perf_counter() - t0
+            t_epoch += dt
+            loss_sum += loss
+            n += 1
+            bar.update(1)
+            if self.step % log_every == 0:
+                self._log_step(loss, dt, epoch, bar)
+            in_epoch = self.step < epoch * self.steps_per_epoch
+            if save_every_steps and self.step % save_every_steps == 0 and in_epoch:
+                partial = {"loss_sum": loss_sum, "n": n, "epoch_s": t_epoch}
+                self.save_state(epoch - 1, partial)
+        return loss_sum, n, t_epoch
+
+    def _log_step(self, loss: Tensor, dt: float, epoch: int, bar: Any) -> None:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise UserError(
+                f"pre-training diverged: the loss is {value} at step "
+                f"{self.step}; lower train.lr or raise train.warmup_epochs"
+            )
+        self.writer.add_scalar("train/loss", value, self.step)
+        self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+        self.writer.add_scalar("train/images_per_s", self.batch_size / dt, self.step)
+        bar.set_postfix(loss=f"{value:.4f}", epoch=epoch, refresh=False)
+
+    def _end_epoch(self, epoch: int, loss_sum: Tensor, n: int, t_epoch: float) -> dict[str, Any]:
+        """Validate, log, write the reconstructions, checkpoint and ``metrics.jsonl``; returns
+        the epoch's record."""
+        train_loss = float(loss_sum) / max(n, 1)
+        val = self.validate()
+        ips = n * self.batch_size / max(t_epoch, 1e-9)
+        record = {
+            "epoch": epoch, "step": self.step, "train_loss": train_loss,
+            "val_loss": val, "images_per_s": ips, "epoch_s": t_epoch,
+        }  # fmt: skip
+        self.history.append(record)
+        if val is not None:
+            self.writer.add_scalar("val/loss", val, self.step)
+        self.writer.add_scalar("train/epoch_loss", train_loss, self.step)
+        self._recon_png(epoch)
+        self.save(epoch, record)
+        with open(self.run_dir / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in self.history)
+        return record
 
     def close(self) -> None:
         if self.writer is not None:
