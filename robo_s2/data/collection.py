@@ -200,15 +200,7 @@ def collect(
     ``placement`` (``PLACEMENTS``) is how cube positions are drawn: ``random`` by the env per
     attempt, ``stratified`` over a jittered grid of ``n_episodes`` cells (``stratified_placements``).
     """
-    if n_episodes <= 0:
-        raise UserError(f"n_episodes={n_episodes} must be > 0")
-    if placement not in PLACEMENTS:
-        raise UserError(
-            f"placement={placement!r} is unknown; choose one of: {', '.join(PLACEMENTS)}"
-        )
-    check_image_size(env_kwargs.get("image_size", 224))
-    if workers < 0:
-        raise UserError(f"workers={workers} must be >= 0 (0 runs the env in this process)")
+    _check_collect_args(n_episodes, env_kwargs, workers, placement)
     expert_kwargs = dict(expert_kwargs or {})
 
     from envs.cube_pick import CubePickEnv
@@ -218,7 +210,66 @@ def collect(
     env_desc = probe.describe()
     region = probe.cube_region
     probe.close()
-    attrs = {
+    attrs = _new_store_attrs(env_desc, seed, expert_kwargs, keep_failed, placement)
+    store = DemoStore.open_or_create(out, attrs=attrs, format=store_format, check_attrs=("env",))
+    progress = dict(store.attrs.get("collect_progress", {}))
+    layout = _check_resume(store, out, progress, seed, placement, n_episodes)
+
+    result = CollectResult(n_total=store.n_episodes, n_frames=store.n_frames)
+    first_attempt = int(progress.get("next_attempt", store.n_episodes))
+    needed = n_episodes - store.n_episodes
+    if needed <= 0:
+        store.close()
+        return result
+    limit = max_attempts if max_attempts is not None else 2 * needed + 20
+
+    cube_xy: list[tuple[float, float]] | None = None
+    if placement == "stratified":
+        cube_xy = stratified_placements(n_episodes, region, seed, first_attempt + limit)
+
+    start = time.perf_counter()
+    attempts = _attempts(seed, first_attempt, limit, cube_xy)
+    stream = _episode_stream(env_kwargs, expert_kwargs, attempts, workers)
+    try:
+        _store_episodes(
+            store, stream, result, n_episodes, keep_failed, seed, layout, first_attempt, progress,
+            on_episode,
+        )  # fmt: skip
+    finally:
+        stream.close()
+        store.close()
+        result.seconds = time.perf_counter() - start
+    if result.n_total < n_episodes:
+        raise UserError(
+            f"the expert succeeded only {result.successes}/{result.attempts} times; the store "
+            f"holds {result.n_total}/{n_episodes} episodes. Lower expert.noise_std or raise "
+            "max_attempts"
+        )
+    return result
+
+
+def _check_collect_args(
+    n_episodes: int, env_kwargs: dict[str, Any], workers: int, placement: str
+) -> None:
+    if n_episodes <= 0:
+        raise UserError(f"n_episodes={n_episodes} must be > 0")
+    if placement not in PLACEMENTS:
+        raise UserError(
+            f"placement={placement!r} is unknown; choose one of: {', '.join(PLACEMENTS)}"
+        )
+    check_image_size(env_kwargs.get("image_size", 224))
+    if workers < 0:
+        raise UserError(f"workers={workers} must be >= 0 (0 runs the env in this process)")
+
+
+def _new_store_attrs(
+    env_desc: dict[str, Any],
+    seed: int,
+    expert_kwargs: dict[str, Any],
+    keep_failed: bool,
+    placement: str,
+) -> dict[str, Any]:
+    return {
         "env": env_desc,
         "control_hz": env_desc.get("control_hz"),
         "action_semantics": env_desc.get("action_semantics"),
@@ -233,8 +284,17 @@ def collect(
             "placement": placement,
         },
     }
-    store = DemoStore.open_or_create(out, attrs=attrs, format=store_format, check_attrs=("env",))
-    progress = dict(store.attrs.get("collect_progress", {}))
+
+
+def _check_resume(
+    store: Any,
+    out: str | Path,
+    progress: dict[str, Any],
+    seed: int,
+    placement: str,
+    n_episodes: int,
+) -> dict[str, Any]:
+    """Refuse to resume a store collected otherwise; the placement layout to record."""
     if store.n_episodes and progress.get("seed", seed) != seed:
         raise UserError(
             f"{out} was collected with seed={progress['seed']}, not seed={seed}; "
@@ -252,60 +312,53 @@ def collect(
             + (f" over {n_episodes} cells" if layout["cells"] else "")
             + "; resume with the same placement and n_episodes or choose another out="
         )
+    return layout
 
-    result = CollectResult(n_total=store.n_episodes, n_frames=store.n_frames)
-    first_attempt = int(progress.get("next_attempt", store.n_episodes))
-    needed = n_episodes - store.n_episodes
-    if needed <= 0:
-        store.close()
-        return result
-    limit = max_attempts if max_attempts is not None else 2 * needed + 20
 
-    cube_xy: list[tuple[float, float]] | None = None
-    if placement == "stratified":
-        cube_xy = stratified_placements(n_episodes, region, seed, first_attempt + limit)
+def _attempts(
+    seed: int, first_attempt: int, limit: int, cube_xy: list[tuple[float, float]] | None
+) -> Iterator[tuple[int, tuple[float, float] | None]]:
+    """(seed, cube position) of attempts ``first_attempt`` .. ``first_attempt + limit - 1``."""
+    for k in range(first_attempt, first_attempt + limit):
+        yield attempt_seed(seed, k), (cube_xy[k] if cube_xy is not None else None)
 
-    def attempts() -> Iterator[tuple[int, tuple[float, float] | None]]:
-        for k in range(first_attempt, first_attempt + limit):
-            yield attempt_seed(seed, k), (cube_xy[k] if cube_xy is not None else None)
 
-    start = time.perf_counter()
-    stream = _episode_stream(env_kwargs, expert_kwargs, attempts(), workers)
-    try:
-        for episode, success in stream:
-            result.attempts += 1
-            result.successes += int(success)
-            kept = success or keep_failed
-            result.discarded += int(not kept)
-            progress_attrs = {
-                "collect_progress": {
-                    "seed": seed,
-                    **layout,
-                    "next_attempt": first_attempt + result.attempts,
-                    "attempts": int(progress.get("attempts", 0)) + result.attempts,
-                    "discarded": int(progress.get("discarded", 0)) + result.discarded,
-                }
+def _store_episodes(
+    store: Any,
+    stream: Iterator[tuple[dict[str, np.ndarray], bool]],
+    result: CollectResult,
+    n_episodes: int,
+    keep_failed: bool,
+    seed: int,
+    layout: dict[str, Any],
+    first_attempt: int,
+    progress: dict[str, Any],
+    on_episode: Callable[[CollectResult], None] | None,
+) -> None:
+    """Append the kept episodes of ``stream`` until the store holds ``n_episodes``."""
+    for episode, success in stream:
+        result.attempts += 1
+        result.successes += int(success)
+        kept = success or keep_failed
+        result.discarded += int(not kept)
+        progress_attrs = {
+            "collect_progress": {
+                "seed": seed,
+                **layout,
+                "next_attempt": first_attempt + result.attempts,
+                "attempts": int(progress.get("attempts", 0)) + result.attempts,
+                "discarded": int(progress.get("discarded", 0)) + result.discarded,
             }
-            if kept:  # the progress commits with the episode: a resume never repeats a placement
-                store.append_episode(episode, attrs=progress_attrs)
-                result.n_new += 1
-                result.n_total += 1
-                result.n_frames = store.n_frames
-                result.episode_lengths.append(len(episode["action"]))
-            else:
-                store.update_attrs(progress_attrs)
-            if on_episode is not None:
-                on_episode(result)
-            if result.n_total >= n_episodes:
-                break
-    finally:
-        stream.close()
-        store.close()
-        result.seconds = time.perf_counter() - start
-    if result.n_total < n_episodes:
-        raise UserError(
-            f"the expert succeeded only {result.successes}/{result.attempts} times; the store "
-            f"holds {result.n_total}/{n_episodes} episodes. Lower expert.noise_std or raise "
-            "max_attempts"
-        )
-    return result
+        }
+        if kept:  # the progress commits with the episode: a resume never repeats a placement
+            store.append_episode(episode, attrs=progress_attrs)
+            result.n_new += 1
+            result.n_total += 1
+            result.n_frames = store.n_frames
+            result.episode_lengths.append(len(episode["action"]))
+        else:
+            store.update_attrs(progress_attrs)
+        if on_episode is not None:
+            on_episode(result)
+        if result.n_total >= n_episodes:
+            break

@@ -107,6 +107,12 @@ class ExportResult:
 # validation shared by the importers
 
 
+def brief_error(e: BaseException) -> str:
+    """The message of a library error on one line, cut to 160 characters (for a UserError)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def as_image(x: np.ndarray, where: str) -> np.ndarray:
     """Frames as ``uint8 (T,H,W,3)``; integer-valued float/int frames in 0..255 convert exactly.
 
@@ -240,34 +246,7 @@ def _ingest(
     start = time.perf_counter()
     store = DemoStore.open_or_create(out, attrs={**attrs, "import": config}, format=zarr_format)
     try:
-        stored = store.attrs.get("import")
-        if not isinstance(stored, Mapping):
-            raise UserError(
-                f"{out} already holds a demo store that was not made by robo-s2 import; choose a "
-                "new out= for the import (nothing was written)"
-            )
-        if stored != config:
-            if stored.get("src") != config.get("src"):
-                raise UserError(
-                    f"{out} is being imported from {stored.get('src')}, not {config.get('src')}; "
-                    f"re-run with src={stored.get('src')} to resume it, or choose a new out= "
-                    "(nothing was written)"
-                )
-            diffs = "; ".join(_config_mismatch(stored, config)[:3])
-            raise UserError(
-                f"{out} was started by a different import ({diffs}); re-run with the same "
-                "settings to resume it, or choose a new out= (nothing was written)"
-            )
-        progress = dict(store.attrs.get("import_progress") or {})
-        imported = [str(n) for n in progress.get("imported", [])]
-        skipped = [str(n) for n in progress.get("skipped", [])]
-        first = int(progress.get("next_index", 0))
-        if len(imported) != store.n_episodes or not 0 <= first <= len(names):
-            raise UserError(
-                f"{out}: its import progress ({len(imported)} episodes imported, next source "
-                f"episode {first} of {len(names)}) does not match its {store.n_episodes} episodes;"
-                " the store is inconsistent: delete it and import again"
-            )
+        imported, skipped, first = _resume_point(store, out, config, names)
     except BaseException:
         store.close()
         raise
@@ -276,71 +255,149 @@ def _ingest(
     result.skipped = list(skipped)
     if on_episode is not None:
         on_episode(result)  # the starting point (a progress bar's total and initial count)
-
-    def progress_attrs(k: int, done: list[str], bad: list[str]) -> dict[str, Any]:
-        return {
-            "import_progress": {
-                "next_index": k,
-                "next_demo": names[k] if k < len(names) else None,
-                "n_source": len(names),
-                "imported": done,
-                "skipped": bad,
-            }
-        }
-
     try:
-        for k in range(first, len(names)):
-            name = names[k]
-            try:
-                episode = load(name)
-                done = [*imported, name]
-                extra = commit_attrs(done) if commit_attrs else {}
-                commit = {**extra, **progress_attrs(k + 1, done, skipped)}
-                try:
-                    store.append_episode(episode, attrs=commit)
-                except UserError as e:
-                    raise UserError(f"{name} of {result.src}: {e}") from None
-            except UserError:
-                if not skip_bad:
-                    raise
-                skipped.append(name)
-                store.update_attrs(progress_attrs(k + 1, imported, skipped))
-                result.skipped = list(skipped)
-                if on_episode is not None:
-                    on_episode(result)
-                continue
-            imported.append(name)
-            result.n_new += 1
-            result.n_total = store.n_episodes
-            result.n_frames = store.n_frames
-            if on_episode is not None:
-                on_episode(result)
-        if store.n_episodes == 0:
-            raise UserError(
-                f"no episode of {result.src} could be imported ({len(skipped)} skipped as bad); "
-                "run without skip_bad=true to see why"
-            )
+        _append_episodes(
+            store, names, first, imported, skipped, load, commit_attrs, result, skip_bad,
+            on_episode,
+        )  # fmt: skip
     except BaseException as exc:
-        n = store.n_episodes
-        store.close()
-        if n == 0:
-            shutil.rmtree(out, ignore_errors=True)
-            if was_empty_dir:
-                with contextlib.suppress(OSError):
-                    out.mkdir()
+        n = _close_failed_import(store, out, was_empty_dir)
         if isinstance(exc, UserError):
-            if n == 0:
-                tail = "nothing was written" if not existed else f"the empty {out} was removed"
-            else:
-                tail = (
-                    f"{out} keeps the {n} episodes imported before it; fix the source and re-run "
-                    "the same command to continue (or add skip_bad=true to leave bad episodes out)"
-                )
-            raise UserError(f"{exc}; {tail}") from None
+            raise UserError(f"{exc}; {_failure_tail(out, n, existed)}") from None
         raise
     store.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _resume_point(
+    store: DemoStore, out: Path, config: dict[str, Any], names: list[str]
+) -> tuple[list[str], list[str], int]:
+    """(source episodes imported, skipped, index of the next one) of the import ``store`` holds."""
+    stored = store.attrs.get("import")
+    if not isinstance(stored, Mapping):
+        raise UserError(
+            f"{out} already holds a demo store that was not made by robo-s2 import; choose a "
+            "new out= for the import (nothing was written)"
+        )
+    if stored != config:
+        if stored.get("src") != config.get("src"):
+            raise UserError(
+                f"{out} is being imported from {stored.get('src')}, not {config.get('src')}; "
+                f"re-run with src={stored.get('src')} to resume it, or choose a new out= "
+                "(nothing was written)"
+            )
+        diffs = "; ".join(_config_mismatch(stored, config)[:3])
+        raise UserError(
+            f"{out} was started by a different import ({diffs}); re-run with the same "
+            "settings to resume it, or choose a new out= (nothing was written)"
+        )
+    progress = dict(store.attrs.get("import_progress") or {})
+    imported = [str(n) for n in progress.get("imported", [])]
+    skipped = [str(n) for n in progress.get("skipped", [])]
+    first = int(progress.get("next_index", 0))
+    if len(imported) != store.n_episodes or not 0 <= first <= len(names):
+        raise UserError(
+            f"{out}: its import progress ({len(imported)} episodes imported, next source "
+            f"episode {first} of {len(names)}) does not match its {store.n_episodes} episodes;"
+            " the store is inconsistent: delete it and import again"
+        )
+    return imported, skipped, first
+
+
+def _progress_attrs(names: list[str], k: int, done: list[str], bad: list[str]) -> dict[str, Any]:
+    return {
+        "import_progress": {
+            "next_index": k,
+            "next_demo": names[k] if k < len(names) else None,
+            "n_source": len(names),
+            "imported": done,
+            "skipped": bad,
+        }
+    }
+
+
+def _append_episodes(
+    store: DemoStore,
+    names: list[str],
+    first: int,
+    imported: list[str],
+    skipped: list[str],
+    load: Callable[[str], dict[str, np.ndarray]],
+    commit_attrs: Callable[[list[str]], dict[str, Any]] | None,
+    result: ImportResult,
+    skip_bad: bool,
+    on_episode: Callable[[ImportResult], None] | None,
+) -> None:
+    """Append ``names[first:]`` to ``store``, extending ``imported``/``skipped`` as it goes."""
+    for k in range(first, len(names)):
+        name = names[k]
+        try:
+            _append_episode(store, names, k, imported, skipped, load, commit_attrs, result.src)
+        except UserError:
+            if not skip_bad:
+                raise
+            skipped.append(name)
+            store.update_attrs(_progress_attrs(names, k + 1, imported, skipped))
+            result.skipped = list(skipped)
+            if on_episode is not None:
+                on_episode(result)
+            continue
+        imported.append(name)
+        result.n_new += 1
+        result.n_total = store.n_episodes
+        result.n_frames = store.n_frames
+        if on_episode is not None:
+            on_episode(result)
+    if store.n_episodes == 0:
+        raise UserError(
+            f"no episode of {result.src} could be imported ({len(skipped)} skipped as bad); "
+            "run without skip_bad=true to see why"
+        )
+
+
+def _append_episode(
+    store: DemoStore,
+    names: list[str],
+    k: int,
+    imported: list[str],
+    skipped: list[str],
+    load: Callable[[str], dict[str, np.ndarray]],
+    commit_attrs: Callable[[list[str]], dict[str, Any]] | None,
+    src: str,
+) -> None:
+    """Load source episode ``names[k]`` and append it, committing the progress with it."""
+    name = names[k]
+    episode = load(name)
+    done = [*imported, name]
+    extra = commit_attrs(done) if commit_attrs else {}
+    commit = {**extra, **_progress_attrs(names, k + 1, done, skipped)}
+    try:
+        store.append_episode(episode, attrs=commit)
+    except UserError as e:
+        raise UserError(f"{name} of {src}: {e}") from None
+
+
+def _close_failed_import(store: DemoStore, out: Path, was_empty_dir: bool) -> int:
+    """Close ``store`` after a failure, removing it if it holds no episode; its episode count."""
+    n = store.n_episodes
+    store.close()
+    if n == 0:
+        shutil.rmtree(out, ignore_errors=True)
+        if was_empty_dir:
+            with contextlib.suppress(OSError):
+                out.mkdir()
+    return n
+
+
+def _failure_tail(out: Path, n: int, existed: bool) -> str:
+    """What a failed import left at ``out`` (``n`` episodes), for the end of its error."""
+    if n == 0:
+        return "nothing was written" if not existed else f"the empty {out} was removed"
+    return (
+        f"{out} keeps the {n} episodes imported before it; fix the source and re-run "
+        "the same command to continue (or add skip_bad=true to leave bad episodes out)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from robo_s2.data.interop.base import (
     ImportResult,
     as_image,
     as_lowdim,
+    brief_error,
     check_export_target,
     column_names,
     finish_error,
@@ -74,11 +76,6 @@ def register_image_codecs() -> bool:
 
 def _is_image_key(key: str) -> bool:
     return key == "image" or key.startswith("image_")
-
-
-def _brief(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,8 +110,8 @@ class _Source:
             raise
         except Exception as e:  # zarr raises many types for unreadable metadata
             raise UserError(
-                f"{src} is not a readable zarr store ({type(e).__name__}: {_brief(e)}); it may be "
-                "truncated or corrupt"
+                f"{src} is not a readable zarr store ({type(e).__name__}: {brief_error(e)}); "
+                "it may be truncated or corrupt"
             ) from None
         self.codecs = register_image_codecs()
         self.arrays, self.unreadable = self._arrays()
@@ -148,7 +145,7 @@ class _Source:
             try:
                 node = data[name]
             except Exception as e:  # an unknown codec, unreadable metadata
-                unreadable[name] = _brief(e)
+                unreadable[name] = brief_error(e)
                 continue
             if isinstance(node, zarr.Array) and node.ndim >= 1:
                 arrays[name] = node
@@ -164,7 +161,9 @@ class _Source:
         try:
             ends = np.asarray(ends_arr[:])
         except Exception as e:
-            raise UserError(f"cannot read meta/episode_ends of {self.src} ({_brief(e)})") from None
+            raise UserError(
+                f"cannot read meta/episode_ends of {self.src} ({brief_error(e)})"
+            ) from None
         if ends.ndim != 1 or ends.dtype.kind not in "iu":
             raise UserError(
                 f"{self.src}: meta/episode_ends is {ends.dtype} {ends.shape}, not 1-D int"
@@ -308,21 +307,47 @@ def _import(
     on_episode: Callable[[ImportResult], None] | None,
 ) -> ImportResult:
     src = source.src
-    if keys is None or (isinstance(keys, str) and keys == "auto"):
-        preset, mapping = _auto_mapping(source)
-    else:
-        if not isinstance(keys, Mapping):
-            raise UserError(
-                f"keys={keys!r} must map their keys to ours, e.g. "
-                "keys={img:image,agent_pos:proprio,action:action}"
-            )
-        preset, mapping = "custom", {str(k): v for k, v in keys.items()}
+    preset, mapping = _choose_mapping(source, keys)
     entries = _parse_mapping(mapping)
     if "action" not in {e[1] for e in entries}:
         raise UserError(
             f"keys={mapping} maps nothing to action; add their action array, e.g. action: action"
         )
-    # group by our key, keep the order of first appearance
+    targets, semantics = _group_targets(source, entries)
+    attrs = _import_attrs(source, preset, mapping, entries, targets, semantics, env_id)
+    config = {
+        "format": "dp",
+        "src": str(src),
+        "src_bytes": path_size(src),
+        "n_episodes": int(source.ends.size),
+        "keys": mapping,
+    }
+    ep_names = [f"episode_{i}" for i in range(source.ends.size)]
+    result = ImportResult(src=str(src), out=str(out), format="dp", n_source=len(ep_names))
+    return ingest(
+        out, config=config, attrs=attrs, names=ep_names,
+        load=partial(_load_episode, source, targets), result=result, zarr_format=zarr_format,
+        skip_bad=skip_bad, on_episode=on_episode,
+    )  # fmt: skip
+
+
+def _choose_mapping(source: _Source, keys: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(preset, their key -> our key(s)): the given ``keys``, or a preset guessed from source."""
+    if keys is None or (isinstance(keys, str) and keys == "auto"):
+        return _auto_mapping(source)
+    if not isinstance(keys, Mapping):
+        raise UserError(
+            f"keys={keys!r} must map their keys to ours, e.g. "
+            "keys={img:image,agent_pos:proprio,action:action}"
+        )
+    return "custom", {str(k): v for k, v in keys.items()}
+
+
+def _group_targets(
+    source: _Source, entries: list[tuple[str, str, int | None, int | None]]
+) -> tuple[dict[str, list[tuple[str, slice | None]]], dict[str, list[str]]]:
+    """(our key -> [(their key, columns)], our key -> column names), in first-appearance order."""
+    src = source.src
     targets: dict[str, list[tuple[str, slice | None]]] = {}
     semantics: dict[str, list[str]] = {}
     for theirs, ours, a, b in entries:
@@ -346,8 +371,20 @@ def _import(
             cols = cols[sl]
         targets.setdefault(ours, []).append((theirs, sl))
         semantics.setdefault(ours, []).extend(cols)
+    return targets, semantics
 
-    # attributes
+
+def _import_attrs(
+    source: _Source,
+    preset: str,
+    mapping: dict[str, Any],
+    entries: list[tuple[str, str, int | None, int | None]],
+    targets: dict[str, list[tuple[str, slice | None]]],
+    semantics: dict[str, list[str]],
+    env_id: str | None,
+) -> dict[str, Any]:
+    """The imported store's attributes; a robo_s2 export gets its own attributes back."""
+    src = source.src
     base: dict[str, Any] = {}
     src_attrs = dict(source.root.attrs.asdict())
     from_robo_s2 = "robo_s2_version" in src_attrs and preset == "robo_s2"
@@ -388,46 +425,37 @@ def _import(
         attrs["source"] = (
             f"diffusion_policy zarr {src} (exported by robo_s2 from {base.get('source')})"
         )
-    config = {
-        "format": "dp",
-        "src": str(src),
-        "src_bytes": path_size(src),
-        "n_episodes": int(source.ends.size),
-        "keys": mapping,
-    }
+    return attrs
+
+
+def _load_episode(
+    source: _Source, targets: dict[str, list[tuple[str, slice | None]]], name: str
+) -> dict[str, np.ndarray]:
+    """The store episode of the source's ``episode_<i>``, its arrays mapped onto our keys."""
     ends = source.ends
-    ep_names = [f"episode_{i}" for i in range(ends.size)]
-
-    def load(name: str) -> dict[str, np.ndarray]:
-        i = int(name.rsplit("_", 1)[1])
-        s, e = (int(ends[i - 1]) if i else 0), int(ends[i])
-        where = f"{name} of {src}"
-        ep: dict[str, np.ndarray] = {}
-        for ours, parts in targets.items():
-            cols = []
-            for theirs, sl in parts:
-                try:
-                    x = source.arrays[theirs][s:e]
-                except Exception as exc:  # codec or I/O errors from a corrupt chunk
-                    raise UserError(
-                        f"cannot read data/{theirs} of {where} ({type(exc).__name__}: "
-                        f"{_brief(exc)}); the store is truncated or corrupt"
-                    ) from None
-                if _is_image_key(ours):
-                    ep[ours] = as_image(x, f"{where}: data/{theirs}")
-                    continue
-                dtype = np.float64 if ours == "state" and x.dtype == np.float64 else np.float32
-                y = as_lowdim(x, f"{where}: data/{theirs}", dtype=dtype)
-                cols.append(y[:, sl] if sl is not None else y)
-            if cols:
-                ep[ours] = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
-        return ep
-
-    result = ImportResult(src=str(src), out=str(out), format="dp", n_source=len(ep_names))
-    return ingest(
-        out, config=config, attrs=attrs, names=ep_names, load=load, result=result,
-        zarr_format=zarr_format, skip_bad=skip_bad, on_episode=on_episode,
-    )  # fmt: skip
+    i = int(name.rsplit("_", 1)[1])
+    s, e = (int(ends[i - 1]) if i else 0), int(ends[i])
+    where = f"{name} of {source.src}"
+    ep: dict[str, np.ndarray] = {}
+    for ours, parts in targets.items():
+        cols = []
+        for theirs, sl in parts:
+            try:
+                x = source.arrays[theirs][s:e]
+            except Exception as exc:  # codec or I/O errors from a corrupt chunk
+                raise UserError(
+                    f"cannot read data/{theirs} of {where} ({type(exc).__name__}: "
+                    f"{brief_error(exc)}); the store is truncated or corrupt"
+                ) from None
+            if _is_image_key(ours):
+                ep[ours] = as_image(x, f"{where}: data/{theirs}")
+                continue
+            dtype = np.float64 if ours == "state" and x.dtype == np.float64 else np.float32
+            y = as_lowdim(x, f"{where}: data/{theirs}", dtype=dtype)
+            cols.append(y[:, sl] if sl is not None else y)
+        if cols:
+            ep[ours] = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+    return ep
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,16 +490,7 @@ def export_dp(
     s = DemoStore.open(store, mode="r")
     if s.n_episodes == 0:
         raise UserError(f"{s.path} holds no episodes; nothing to export")
-    rename = {str(k): str(v) for k, v in (keys or {}).items()}
-    unknown = sorted(set(rename) - set(s.keys()))
-    if unknown:
-        raise UserError(f"keys renames {unknown}, which {s.path} lacks (its keys: {s.keys()})")
-    names = {k: rename.get(k, k) for k in s.keys()}
-    if len(set(names.values())) != len(names):
-        raise UserError(f"keys={rename} gives two arrays the same name")
-    for theirs in names.values():
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", theirs):
-            raise UserError(f"keys: {theirs!r} is not a valid array name")
+    names = _export_names(s, keys)
     check_export_target(out, overwrite)
     as_zip = out.name.endswith(".zip")
     fmt = "dp (zarr v2 zip)" if as_zip else "dp (zarr v2)"
@@ -484,42 +503,12 @@ def export_dp(
     try:
         root = zarr.open_group(str(tmp_dir), mode="w-", zarr_format=2)
         root.attrs.put({**s.attrs, "robo_s2_export": {"from": str(s.path), "keys": names}})
-        data = root.create_group("data")
-        dst = {}
-        for ours, theirs in names.items():
-            src_arr = s.array(ours)
-            rows = max(1, min(int(src_arr.chunks[0]), s.n_frames))
-            dst[ours] = data.create_array(
-                theirs,
-                shape=(s.n_frames, *src_arr.shape[1:]),
-                chunks=(rows, *src_arr.shape[1:]),
-                dtype=src_arr.dtype,
-                compressors=_blosc(src_arr.dtype),
-                fill_value=0,
-            )
+        dst = _create_data_arrays(root, s, names)
         ends = s.episode_ends
-        for i in range(s.n_episodes):
-            sl = s.episode_slice(i)
-            for ours, arr in dst.items():
-                arr[sl] = s.array(ours)[sl]
-            result.n_episodes += 1
-            result.n_frames = int(ends[i])
-            if on_episode is not None:
-                on_episode(result)
-        meta = root.create_group("meta")
-        ends_arr = meta.create_array(
-            "episode_ends",
-            shape=ends.shape,
-            chunks=(max(1, min(ends.size, 4096)),),
-            dtype="int64",
-            compressors=_blosc(np.dtype(np.int64)),
-            fill_value=0,
-        )
-        ends_arr[:] = ends
+        _copy_episodes(s, dst, ends, result, on_episode)
+        _write_episode_ends(root, ends)
         if as_zip:
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for path in sorted(p for p in tmp_dir.rglob("*") if p.is_file()):
-                    zf.write(path, path.relative_to(tmp_dir).as_posix())
+            _zip_dir(tmp_dir, tmp_zip)
             replace_path(tmp_zip, out)
         else:
             replace_path(tmp_dir, out)
@@ -529,3 +518,73 @@ def export_dp(
     result.bytes = path_size(out)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _export_names(s: Any, keys: Mapping[str, str] | None) -> dict[str, str]:
+    """Our key -> the array name it gets in the export (``keys`` renames, checked)."""
+    rename = {str(k): str(v) for k, v in (keys or {}).items()}
+    unknown = sorted(set(rename) - set(s.keys()))
+    if unknown:
+        raise UserError(f"keys renames {unknown}, which {s.path} lacks (its keys: {s.keys()})")
+    names = {k: rename.get(k, k) for k in s.keys()}
+    if len(set(names.values())) != len(names):
+        raise UserError(f"keys={rename} gives two arrays the same name")
+    for theirs in names.values():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", theirs):
+            raise UserError(f"keys: {theirs!r} is not a valid array name")
+    return names
+
+
+def _create_data_arrays(root: Any, s: Any, names: dict[str, str]) -> dict[str, Any]:
+    """The empty ``data/<name>`` arrays of the export, by our key, shaped for all frames."""
+    data = root.create_group("data")
+    dst = {}
+    for ours, theirs in names.items():
+        src_arr = s.array(ours)
+        rows = max(1, min(int(src_arr.chunks[0]), s.n_frames))
+        dst[ours] = data.create_array(
+            theirs,
+            shape=(s.n_frames, *src_arr.shape[1:]),
+            chunks=(rows, *src_arr.shape[1:]),
+            dtype=src_arr.dtype,
+            compressors=_blosc(src_arr.dtype),
+            fill_value=0,
+        )
+    return dst
+
+
+def _copy_episodes(
+    s: Any,
+    dst: dict[str, Any],
+    ends: np.ndarray,
+    result: ExportResult,
+    on_episode: Callable[[ExportResult], None] | None,
+) -> None:
+    for i in range(s.n_episodes):
+        sl = s.episode_slice(i)
+        for ours, arr in dst.items():
+            arr[sl] = s.array(ours)[sl]
+        result.n_episodes += 1
+        result.n_frames = int(ends[i])
+        if on_episode is not None:
+            on_episode(result)
+
+
+def _write_episode_ends(root: Any, ends: np.ndarray) -> None:
+    meta = root.create_group("meta")
+    ends_arr = meta.create_array(
+        "episode_ends",
+        shape=ends.shape,
+        chunks=(max(1, min(ends.size, 4096)),),
+        dtype="int64",
+        compressors=_blosc(np.dtype(np.int64)),
+        fill_value=0,
+    )
+    ends_arr[:] = ends
+
+
+def _zip_dir(directory: Path, zip_path: Path) -> None:
+    """Store the files under ``directory`` uncompressed in ``zip_path`` (a zarr ZipStore layout)."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            zf.write(path, path.relative_to(directory).as_posix())

@@ -33,6 +33,8 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from robo_s2.data.interop.base import (
     ImportResult,
     as_image,
     as_lowdim,
+    brief_error,
     check_export_target,
     column_names,
     finish_error,
@@ -77,14 +80,9 @@ def _open(src: Path) -> Any:
         return h5py.File(src, "r")
     except _READ_ERRORS as e:
         raise UserError(
-            f"{src} is not a readable HDF5 file ({_brief(e)}); it may be truncated or corrupt: "
-            "download or export it again"
+            f"{src} is not a readable HDF5 file ({brief_error(e)}); it may be truncated or "
+            "corrupt: download or export it again"
         ) from None
-
-
-def _brief(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _demo_order(names: Sequence[str], where: str) -> list[str]:
@@ -123,7 +121,7 @@ def _masks(f: Any, src: Path) -> dict[str, list[str]]:
         try:
             raw = np.asarray(group[key][()]).ravel()
         except _READ_ERRORS as e:
-            raise UserError(f"{src}: cannot read mask/{key} ({_brief(e)})") from None
+            raise UserError(f"{src}: cannot read mask/{key} ({brief_error(e)})") from None
         out[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in raw.tolist()]
     return out
 
@@ -264,6 +262,17 @@ def import_robomimic(
         raise finish_error(e) from None
 
 
+@dataclass(frozen=True)
+class _DemoKeys:
+    """Which datasets of a robomimic demo become which store keys."""
+
+    image_keys: dict[str, str]  # our key -> obs key
+    proprio: list[str]  # obs keys, concatenated in order
+    action_key: str
+    state_key: str | None
+    extras: dict[str, str]  # dataset path -> our key
+
+
 def _import(
     f: Any,
     src: Path,
@@ -279,8 +288,6 @@ def _import(
     zarr_format: int,
     on_episode: Callable[[ImportResult], None] | None,
 ) -> ImportResult:
-    import h5py
-
     all_names = _demo_names(f, src)
     masks = _masks(f, src)
     env_args = _env_args(f, src)
@@ -291,25 +298,74 @@ def _import(
     )
     if image_key in ("", "null", "none", "None"):
         image_key = None
+    names = _select_demos(src, all_names, masks, filter_key)
+    first, obs, state_key = _check_first_demo(
+        f, src, names[0], image_key, extra_images, proprio, action_key, extras
+    )
+    image_keys = _image_key_map(image_key, extra_images)
+    keys = _DemoKeys(image_keys, proprio, action_key, state_key, extras)
+    layout_cols = _proprio_layout(obs, proprio)
+    action_dim = int(np.prod(first[action_key].shape[1:])) if first[action_key].ndim > 1 else 1
+    image_shape = list(obs[image_key].shape[1:]) if image_key else None
+    clash = sorted(set(extras.values()) & {*image_keys, "action", "proprio", "state"})
+    if clash:
+        raise UserError(f"extra_keys maps onto store keys that are already taken: {clash}")
 
-    names = all_names
-    if filter_key is not None:
-        if filter_key not in masks:
-            raise UserError(
-                f"{src} has no filter key {filter_key!r}; its masks are {sorted(masks) or 'none'}"
-                " (or leave filter_key=null to import every demo)"
-            )
-        chosen = set(masks[filter_key])
-        unknown = sorted(chosen - set(all_names))
-        if unknown:
-            raise UserError(f"{src}: mask/{filter_key} names demos not in data/: {unknown[:5]}")
-        names = [n for n in all_names if n in chosen]
-        if not names:
-            raise UserError(f"{src}: mask/{filter_key} is empty; choose another filter_key")
+    robomimic_info = _robomimic_info(env_args, keys, layout_cols, filter_key)
+    attrs = _import_attrs(src, env_args, env_id, keys, layout_cols, action_dim, image_shape)
+    attrs["robomimic"] = robomimic_info
+    resolved = (image_key, extra_images, proprio, extras)
+    if meta and isinstance(meta.get("attrs"), Mapping) and meta_layout:
+        if _resolve_layout(meta_layout, AUTO, AUTO, AUTO, AUTO) == resolved:
+            attrs = _restored_attrs(attrs, meta["attrs"], robomimic_info, src)
+    config = _import_config(src, len(all_names), resolved, action_key, filter_key)
+    result = ImportResult(src=str(src), out=str(out), format="robomimic", n_source=len(names))
+    return ingest(
+        out, config=config, attrs=attrs, names=names, load=partial(_load_demo, f, src, keys),
+        commit_attrs=partial(_demo_attrs, robomimic_info, masks), result=result,
+        zarr_format=zarr_format, skip_bad=skip_bad, on_episode=on_episode,
+    )  # fmt: skip
 
-    # check the mapping against the first demo, where the options can be named
-    first = f["data"][names[0]]
-    where = f"{src}: data/{names[0]}"
+
+def _select_demos(
+    src: Path, all_names: list[str], masks: dict[str, list[str]], filter_key: str | None
+) -> list[str]:
+    """The demos to import: all of them, or those of the mask ``filter_key`` (in file order)."""
+    if filter_key is None:
+        return all_names
+    if filter_key not in masks:
+        raise UserError(
+            f"{src} has no filter key {filter_key!r}; its masks are {sorted(masks) or 'none'}"
+            " (or leave filter_key=null to import every demo)"
+        )
+    chosen = set(masks[filter_key])
+    unknown = sorted(chosen - set(all_names))
+    if unknown:
+        raise UserError(f"{src}: mask/{filter_key} names demos not in data/: {unknown[:5]}")
+    names = [n for n in all_names if n in chosen]
+    if not names:
+        raise UserError(f"{src}: mask/{filter_key} is empty; choose another filter_key")
+    return names
+
+
+def _check_first_demo(
+    f: Any,
+    src: Path,
+    name: str,
+    image_key: str | None,
+    extra_images: list[str],
+    proprio: list[str],
+    action_key: str,
+    extras: dict[str, str],
+) -> tuple[Any, Any, str | None]:
+    """Check the key mapping against the demo ``name``, where the options can be named.
+
+    Returns the demo's group, its obs/ group and the state dataset's name (None without states).
+    """
+    import h5py
+
+    first = f["data"][name]
+    where = f"{src}: data/{name}"
     obs = first.get("obs")
     if not isinstance(obs, h5py.Group):
         raise UserError(f"{where} has no obs/ group (keys there: {sorted(first.keys())})")
@@ -339,8 +395,12 @@ def _import(
     if not proprio:
         raise UserError("proprio_keys is empty; name the low-dim obs keys that form proprio")
     state_key = "states" if isinstance(first.get("states"), h5py.Dataset) else None
+    return first, obs, state_key
 
-    image_keys: dict[str, str] = {}  # our key -> obs key
+
+def _image_key_map(image_key: str | None, extra_images: list[str]) -> dict[str, str]:
+    """Our image keys -> obs keys: ``image`` for ``image_key``, ``image_<camera>`` for the rest."""
+    image_keys: dict[str, str] = {}
     if image_key is not None:
         image_keys["image"] = image_key
     for key in extra_images:
@@ -348,35 +408,33 @@ def _import(
         if ours in image_keys or key == image_key:
             raise UserError(f"extra_image_keys lists {key!r} twice (or it is image_key)")
         image_keys[ours] = key
+    return image_keys
+
+
+def _proprio_layout(obs: Any, proprio: list[str]) -> list[list[Any]]:
+    """``[[obs key, start column, stop column, per-step shape]]`` of the proprio obs keys."""
     layout_cols, col = [], 0
     for key in proprio:
         shape = list(obs[key].shape[1:])
         width = int(np.prod(shape)) if shape else 1
         layout_cols.append([key, col, col + width, shape])
         col += width
-    proprio_semantics = [n for key, _, _, shape in layout_cols for n in column_names(key, shape)]
-    action_dim = int(np.prod(first[action_key].shape[1:])) if first[action_key].ndim > 1 else 1
-    image_shape = list(obs[image_key].shape[1:]) if image_key else None
-    cameras = [camera_name(v) for v in image_keys.values()]
+    return layout_cols
+
+
+def _import_attrs(
+    src: Path,
+    env_args: dict[str, Any],
+    env_id: str | None,
+    keys: _DemoKeys,
+    layout_cols: list[list[Any]],
+    action_dim: int,
+    image_shape: list[int] | None,
+) -> dict[str, Any]:
+    """The imported store's attributes, all but ``robomimic``."""
     env_kwargs = env_args.get("env_kwargs") or {}
     env_name = env_id or env_args.get("env_name") or "unknown"
-
-    clash = sorted(set(extras.values()) & {*image_keys, "action", "proprio", "state"})
-    if clash:
-        raise UserError(f"extra_keys maps onto store keys that are already taken: {clash}")
-
-    robomimic_info: dict[str, Any] = {
-        "env_args": env_args,
-        "image_keys": image_keys,
-        "proprio_layout": layout_cols,
-        "action_key": action_key,
-        "state_key": state_key,
-        "extra_keys": extras,
-        "filter_key": filter_key,
-        "demos": [],
-        "masks": {},
-    }
-    attrs: dict[str, Any] = {
+    return {
         "source": f"robomimic HDF5 {src}",
         "env": {
             "id": env_name,
@@ -385,28 +443,61 @@ def _import(
             "type": env_args.get("type"),
         },
         "control_hz": env_kwargs.get("control_freq") if isinstance(env_kwargs, Mapping) else None,
-        "action_semantics": _action_semantics(env_args, action_key, action_dim),
-        "proprio_semantics": proprio_semantics,
+        "action_semantics": _action_semantics(env_args, keys.action_key, action_dim),
+        "proprio_semantics": [
+            n for key, _, _, shape in layout_cols for n in column_names(key, shape)
+        ],
         "state_semantics": None,
-        "cameras": cameras,
-        "image_keys": {camera_name(v): k for k, v in image_keys.items()},
+        "cameras": [camera_name(v) for v in keys.image_keys.values()],
+        "image_keys": {camera_name(v): k for k, v in keys.image_keys.items()},
         "image_shape": image_shape,
-        "robomimic": robomimic_info,
     }
-    if meta and isinstance(meta.get("attrs"), Mapping) and meta_layout:
-        recorded = _resolve_layout(meta_layout, AUTO, AUTO, AUTO, AUTO)
-        if recorded == (image_key, extra_images, proprio, extras):
-            # a file robo_s2 exported, read back with its own layout: restore the store's attrs
-            base = {k: v for k, v in meta["attrs"].items() if k not in BOOKKEEPING_ATTRS}
-            attrs = {**attrs, **base, "robomimic": robomimic_info}
-            attrs["source"] = (
-                f"robomimic HDF5 {src} (exported by robo_s2 from {base.get('source')})"
-            )
-    config = {
+
+
+def _robomimic_info(
+    env_args: dict[str, Any], keys: _DemoKeys, layout_cols: list[list[Any]], filter_key: str | None
+) -> dict[str, Any]:
+    """``attrs["robomimic"]`` before any demo is imported."""
+    return {
+        "env_args": env_args,
+        "image_keys": keys.image_keys,
+        "proprio_layout": layout_cols,
+        "action_key": keys.action_key,
+        "state_key": keys.state_key,
+        "extra_keys": keys.extras,
+        "filter_key": filter_key,
+        "demos": [],
+        "masks": {},
+    }
+
+
+def _restored_attrs(
+    attrs: dict[str, Any],
+    exported: Mapping[str, Any],
+    robomimic_info: dict[str, Any],
+    src: Path,
+) -> dict[str, Any]:
+    """A file robo_s2 exported, read back with its own layout: the store's attrs restored."""
+    base = {k: v for k, v in exported.items() if k not in BOOKKEEPING_ATTRS}
+    attrs = {**attrs, **base, "robomimic": robomimic_info}
+    attrs["source"] = f"robomimic HDF5 {src} (exported by robo_s2 from {base.get('source')})"
+    return attrs
+
+
+def _import_config(
+    src: Path,
+    n_demos: int,
+    resolved: tuple[str | None, list[str], list[str], dict[str, str]],
+    action_key: str,
+    filter_key: str | None,
+) -> dict[str, Any]:
+    """What identifies the import: resuming needs the same source and key mapping."""
+    image_key, extra_images, proprio, extras = resolved
+    return {
         "format": "robomimic",
         "src": str(src),
         "src_bytes": src.stat().st_size,
-        "n_demos": len(all_names),
+        "n_demos": n_demos,
         "image_key": image_key,
         "extra_image_keys": extra_images,
         "proprio_keys": proprio,
@@ -415,73 +506,85 @@ def _import(
         "filter_key": filter_key,
     }
 
-    def load(name: str) -> dict[str, np.ndarray]:
-        where = f"{name} of {src}"
-        try:
-            g = f["data"][name]
-            o = g.get("obs")
-            if not isinstance(o, h5py.Group):
-                raise UserError(f"{where} has no obs/ group (keys there: {sorted(g.keys())})")
-            if action_key not in g:
-                raise _missing(g, action_key, where, "action_key=")
-            ep = {"action": as_lowdim(g[action_key][()], f"{where}: {action_key}")}
-            for ours, key in image_keys.items():
-                if key not in o:
-                    raise _missing(o, key, f"{where}: obs/", "image keys")
-                ep[ours] = as_image(o[key][()], f"{where}: obs/{key}")
-            parts = []
-            for key in proprio:
-                if key not in o:
-                    raise _missing(o, key, f"{where}: obs/", "proprio_keys=[...]")
-                parts.append(as_lowdim(o[key][()], f"{where}: obs/{key}"))
-            lengths = {f"obs/{k}": len(p) for k, p in zip(proprio, parts, strict=True)}
-            lengths.update({f"obs/{image_keys[k]}": len(ep[k]) for k in image_keys})
-            lengths[action_key] = len(ep["action"])
-            if state_key is not None:
-                if state_key not in g:
-                    raise _missing(g, state_key, where, "a file whose demos all have states")
-                raw = g[state_key][()]
-                dtype = np.float64 if np.asarray(raw).dtype == np.float64 else np.float32
-                ep["state"] = as_lowdim(raw, f"{where}: {state_key}", dtype=dtype)
-                lengths[state_key] = len(ep["state"])
-            for path, ours in extras.items():
-                if path not in g:
-                    raise _missing(g, path, where, "extra_keys")
-                ep[ours] = as_lowdim(g[path][()], f"{where}: {path}")
-                lengths[path] = len(ep[ours])
-            num_samples = g.attrs.get("num_samples")
-        except _READ_ERRORS as e:
-            raise UserError(
-                f"cannot read {where} ({_brief(e)}); the file is truncated or corrupt: download "
-                "or export it again"
-            ) from None
-        if len(set(lengths.values())) > 1:
-            raise UserError(
-                f"{where} has arrays of different lengths ({lengths}); every array of a demo needs "
-                "one row per step"
-            )
-        n = next(iter(lengths.values()))
-        if num_samples is not None and int(num_samples) != n:
-            raise UserError(
-                f"{where} says num_samples={int(num_samples)} but its arrays have {n} steps; the "
-                "demo is inconsistent"
-            )
-        if parts:
-            ep["proprio"] = np.concatenate(parts, axis=1)
-        return ep
 
-    def commit_attrs(done: list[str]) -> dict[str, Any]:
-        index = {n: i for i, n in enumerate(done)}
-        info = dict(robomimic_info)
-        info["demos"] = done
-        info["masks"] = {k: [index[n] for n in v if n in index] for k, v in masks.items()}
-        return {"robomimic": info}
+def _demo_attrs(
+    robomimic_info: dict[str, Any], masks: dict[str, list[str]], done: list[str]
+) -> dict[str, Any]:
+    """``attrs["robomimic"]`` once the demos ``done`` are imported (masks as episode indices)."""
+    index = {n: i for i, n in enumerate(done)}
+    info = dict(robomimic_info)
+    info["demos"] = done
+    info["masks"] = {k: [index[n] for n in v if n in index] for k, v in masks.items()}
+    return {"robomimic": info}
 
-    result = ImportResult(src=str(src), out=str(out), format="robomimic", n_source=len(names))
-    return ingest(
-        out, config=config, attrs=attrs, names=names, load=load, commit_attrs=commit_attrs,
-        result=result, zarr_format=zarr_format, skip_bad=skip_bad, on_episode=on_episode,
-    )  # fmt: skip
+
+def _load_demo(f: Any, src: Path, keys: _DemoKeys, name: str) -> dict[str, np.ndarray]:
+    """The store episode of the demo ``name``: its arrays converted, checked for one length."""
+    where = f"{name} of {src}"
+    try:
+        g = f["data"][name]
+        ep, parts, lengths = _read_demo(g, where, keys)
+        num_samples = g.attrs.get("num_samples")
+    except _READ_ERRORS as e:
+        raise UserError(
+            f"cannot read {where} ({brief_error(e)}); the file is truncated or corrupt: download "
+            "or export it again"
+        ) from None
+    if len(set(lengths.values())) > 1:
+        raise UserError(
+            f"{where} has arrays of different lengths ({lengths}); every array of a demo needs "
+            "one row per step"
+        )
+    n = next(iter(lengths.values()))
+    if num_samples is not None and int(num_samples) != n:
+        raise UserError(
+            f"{where} says num_samples={int(num_samples)} but its arrays have {n} steps; the "
+            "demo is inconsistent"
+        )
+    if parts:
+        ep["proprio"] = np.concatenate(parts, axis=1)
+    return ep
+
+
+def _read_demo(
+    g: Any, where: str, keys: _DemoKeys
+) -> tuple[dict[str, np.ndarray], list[np.ndarray], dict[str, int]]:
+    """(episode without proprio, the proprio parts, the length of each dataset read)."""
+    import h5py
+
+    o = g.get("obs")
+    if not isinstance(o, h5py.Group):
+        raise UserError(f"{where} has no obs/ group (keys there: {sorted(g.keys())})")
+    action_key = keys.action_key
+    if action_key not in g:
+        raise _missing(g, action_key, where, "action_key=")
+    ep = {"action": as_lowdim(g[action_key][()], f"{where}: {action_key}")}
+    for ours, key in keys.image_keys.items():
+        if key not in o:
+            raise _missing(o, key, f"{where}: obs/", "image keys")
+        ep[ours] = as_image(o[key][()], f"{where}: obs/{key}")
+    parts = []
+    for key in keys.proprio:
+        if key not in o:
+            raise _missing(o, key, f"{where}: obs/", "proprio_keys=[...]")
+        parts.append(as_lowdim(o[key][()], f"{where}: obs/{key}"))
+    lengths = {f"obs/{k}": len(p) for k, p in zip(keys.proprio, parts, strict=True)}
+    lengths.update({f"obs/{keys.image_keys[k]}": len(ep[k]) for k in keys.image_keys})
+    lengths[action_key] = len(ep["action"])
+    state_key = keys.state_key
+    if state_key is not None:
+        if state_key not in g:
+            raise _missing(g, state_key, where, "a file whose demos all have states")
+        raw = g[state_key][()]
+        dtype = np.float64 if np.asarray(raw).dtype == np.float64 else np.float32
+        ep["state"] = as_lowdim(raw, f"{where}: {state_key}", dtype=dtype)
+        lengths[state_key] = len(ep["state"])
+    for path, ours in keys.extras.items():
+        if path not in g:
+            raise _missing(g, path, where, "extra_keys")
+        ep[ours] = as_lowdim(g[path][()], f"{where}: {path}")
+        lengths[path] = len(ep[ours])
+    return ep, parts, lengths
 
 
 # ------------------------------------------------------------------------------------------------
@@ -572,33 +675,10 @@ def export_robomimic(
     attrs = s.attrs
     rm = attrs.get("robomimic") if isinstance(attrs.get("robomimic"), Mapping) else {}
     images, proprio, extra = _export_layout(s, image_key, proprio_key, split_proprio)
-    env = attrs.get("env") if isinstance(attrs.get("env"), Mapping) else {}
-    env_args = rm.get("env_args") or {
-        "env_name": env.get("id", "unknown"),
-        "type": GYM_ENV_TYPE,
-        "env_kwargs": env.get("kwargs", {}),
-    }
-    recorded = [str(n) for n in rm.get("demos") or []]
-    if (
-        len(recorded) == s.n_episodes
-        and len(set(recorded)) == len(recorded)
-        and all(_DEMO_RE.fullmatch(n) for n in recorded)
-        and _demo_order(recorded, "") == recorded
-    ):
-        demo_names = recorded
-    else:
-        demo_names = [f"demo_{i}" for i in range(s.n_episodes)]
-    masks = {
-        k: [demo_names[i] for i in v if 0 <= int(i) < len(demo_names)]
-        for k, v in (rm.get("masks") or {}).items()
-    }
-    layout = {
-        "images": images,
-        "proprio": proprio,
-        "action": "actions",
-        "state": "states" if "state" in s.keys() else None,
-        "extra": {path: ours for path, ours in extra.items()},
-    }
+    env_args = rm.get("env_args") or _gym_env_args(attrs)
+    demo_names = _export_demo_names(rm, s.n_episodes)
+    masks = _export_masks(rm, demo_names)
+    layout = _layout_record(s, images, proprio, extra)
     result = ExportResult(
         store=str(s.path), out=str(out), format="robomimic", layout=layout,
         total_episodes=s.n_episodes,
@@ -608,21 +688,10 @@ def export_robomimic(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            data.attrs["env_args"] = json.dumps(env_args)
-            for i, name in enumerate(demo_names):
-                ep = s.episode(i)
-                _write_demo(
-                    data.create_group(name), ep, images, proprio, extra, next_obs, compression
-                )
-                result.n_episodes += 1
-                result.n_frames += len(ep["action"])
-                if on_episode is not None:
-                    on_episode(result)
-            data.attrs["total"] = result.n_frames
-            for key, names in masks.items():
-                f.create_dataset(f"mask/{key}", data=np.array(names, dtype="S"))
-            f.create_dataset(META_DATASET, data=json.dumps(meta))
+            _write_hdf5(
+                f, s, demo_names, env_args, masks, meta, images, proprio, extra, next_obs,
+                compression, result, on_episode,
+            )  # fmt: skip
         replace_path(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -630,6 +699,81 @@ def export_robomimic(
     result.bytes = path_size(out)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _gym_env_args(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """robomimic's ``env_args`` for a store that did not come from robomimic."""
+    env = attrs.get("env") if isinstance(attrs.get("env"), Mapping) else {}
+    return {
+        "env_name": env.get("id", "unknown"),
+        "type": GYM_ENV_TYPE,
+        "env_kwargs": env.get("kwargs", {}),
+    }
+
+
+def _export_demo_names(rm: Mapping[str, Any], n_episodes: int) -> list[str]:
+    """The demo names recorded at import when they still fit the store, else ``demo_<i>``."""
+    recorded = [str(n) for n in rm.get("demos") or []]
+    if (
+        len(recorded) == n_episodes
+        and len(set(recorded)) == len(recorded)
+        and all(_DEMO_RE.fullmatch(n) for n in recorded)
+        and _demo_order(recorded, "") == recorded
+    ):
+        return recorded
+    return [f"demo_{i}" for i in range(n_episodes)]
+
+
+def _export_masks(rm: Mapping[str, Any], demo_names: list[str]) -> dict[str, list[str]]:
+    """The filter masks recorded at import (episode indices) as demo names."""
+    return {
+        k: [demo_names[i] for i in v if 0 <= int(i) < len(demo_names)]
+        for k, v in (rm.get("masks") or {}).items()
+    }
+
+
+def _layout_record(
+    s: Any, images: dict[str, str], proprio: list[list[Any]], extra: dict[str, str]
+) -> dict[str, Any]:
+    """Where each store key went in the file (the result's and ``robo_s2_meta``'s ``layout``)."""
+    return {
+        "images": images,
+        "proprio": proprio,
+        "action": "actions",
+        "state": "states" if "state" in s.keys() else None,
+        "extra": {path: ours for path, ours in extra.items()},
+    }
+
+
+def _write_hdf5(
+    f: Any,
+    s: Any,
+    demo_names: list[str],
+    env_args: Mapping[str, Any],
+    masks: dict[str, list[str]],
+    meta: dict[str, Any],
+    images: dict[str, str],
+    proprio: list[list[Any]],
+    extra: dict[str, str],
+    next_obs: bool,
+    compression: str | None,
+    result: ExportResult,
+    on_episode: Callable[[ExportResult], None] | None,
+) -> None:
+    """Fill the open file ``f``: one demo per store episode, then the masks and the metadata."""
+    data = f.create_group("data")
+    data.attrs["env_args"] = json.dumps(env_args)
+    for i, name in enumerate(demo_names):
+        ep = s.episode(i)
+        _write_demo(data.create_group(name), ep, images, proprio, extra, next_obs, compression)
+        result.n_episodes += 1
+        result.n_frames += len(ep["action"])
+        if on_episode is not None:
+            on_episode(result)
+    data.attrs["total"] = result.n_frames
+    for key, names in masks.items():
+        f.create_dataset(f"mask/{key}", data=np.array(names, dtype="S"))
+    f.create_dataset(META_DATASET, data=json.dumps(meta))
 
 
 def _write_demo(
