@@ -294,8 +294,9 @@ def _check_resume(
     placement: str,
     n_episodes: int,
 ) -> dict[str, Any]:
-    """Refuse to resume a store collected otherwise; the placement layout to record."""
+    """Refuse to resume a store collected otherwise (closing it); the placement layout to record."""
     if store.n_episodes and progress.get("seed", seed) != seed:
+        store.close()
         raise UserError(
             f"{out} was collected with seed={progress['seed']}, not seed={seed}; "
             f"resume with seed={progress['seed']} or choose another out="
