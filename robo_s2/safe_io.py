@@ -23,9 +23,7 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import pickle
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robo_s2.core.io import atomic_file
 from robo_s2.errors import UserError
 
 log = logging.getLogger("robo_s2.weights")
@@ -390,12 +389,8 @@ def save_state(path: str | Path, state: Any) -> Path:
     out = Path(path)
     tensors: dict[str, Tensor] = {}
     tree = _encode(state, tensors)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_file(out) as tmp:
         save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": json.dumps(tree)})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

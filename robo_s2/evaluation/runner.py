@@ -36,9 +36,7 @@ first ``n_videos`` episodes (front camera), and ``positions.png`` (placements co
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from robo_s2.core.io import atomic_file, write_json_atomic
 from robo_s2.data.interop import NATIVE_ENV_ID as ENV_ID
 from robo_s2.data.interop import is_foreign
 from robo_s2.errors import UserError
@@ -425,15 +424,13 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float) -> P
 
     logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)  # macro-block resize notes
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    writer = iio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=16)
-    try:
-        for frame in frames:
-            writer.append_data(np.asarray(frame, np.uint8))
-    finally:
-        writer.close()
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        writer = iio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=16)
+        try:
+            for frame in frames:
+                writer.append_data(np.asarray(frame, np.uint8))
+        finally:
+            writer.close()
     return out
 
 
@@ -599,13 +596,6 @@ class _Rollout:
 
 
 # --- the whole evaluation ------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def evaluate(
@@ -782,4 +772,4 @@ def _write_eval_outputs(
     )
     result.info["video_paths"] = [str(p) for p in result.video_paths]
     result.info["plot_path"] = str(result.plot_path)
-    result.info_path = _write_json(out / "eval_info.json", result.info)
+    result.info_path = write_json_atomic(out / "eval_info.json", result.info)

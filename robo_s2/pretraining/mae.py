@@ -231,11 +231,7 @@ def save_mvp_checkpoint(
     model: MaskedAutoencoder, path: str, extra: dict[str, Any] | None = None
 ) -> None:
     """Write ``{"model": encoder state dict, "robo_s2": extra}`` atomically (MVP's ``.pth``)."""
-    import os
-    from pathlib import Path
+    from robo_s2.core.io import atomic_file
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": model.encoder_state(), "robo_s2": dict(extra or {})}, tmp)
-    os.replace(tmp, out)
+    with atomic_file(path) as tmp:
+        torch.save({"model": model.encoder_state(), "robo_s2": dict(extra or {})}, tmp)

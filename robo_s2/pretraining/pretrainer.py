@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robo_s2.core.config import to_plain
+from robo_s2.core.io import atomic_file
 from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
 from robo_s2.pretraining.mae import MaskedAutoencoder, save_mvp_checkpoint
@@ -55,7 +57,6 @@ from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
 from robo_s2.training.trainer import (
     LAST,
     TRAINING_STATE,
-    _plain,
     find_resume_checkpoint,
     read_training_state,
     state_must_fit,
@@ -141,14 +142,11 @@ def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray, seed: int)
 
 
 def _save_png(grid: Tensor, path: Path) -> None:
-    import os
-
     from PIL import Image
 
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(arr).save(tmp)
 
 
 def _image_paths(images: Any) -> list[str]:
@@ -165,7 +163,7 @@ class Pretrainer:
     def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path, progress: bool = False) -> None:
         from robo_s2.device import resolve_device
 
-        self.cfg = _plain(cfg)
+        self.cfg = to_plain(cfg, json_safe=True)
         self.tcfg: dict[str, Any] = dict(self.cfg.get("train") or {})
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -218,10 +216,8 @@ class Pretrainer:
                     max_distractors=int(scfg.get("max_distractors", 3)),
                     steps=tuple(scfg.get("steps") or (20, 60)),
                 )  # fmt: skip
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.run_dir / ".scenes.tmp.npz"
-                np.savez(tmp, frames=frames, groups=groups, spec=np.array(spec))
-                tmp.replace(cache)
+                with atomic_file(cache) as tmp:
+                    np.savez(tmp, frames=frames, groups=groups, spec=np.array(spec))
             offset = int(pool.groups.max()) + 1 if len(pool) else 0
             pool = ImagePool(
                 np.concatenate([pool.images, frames]),

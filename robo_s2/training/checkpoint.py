@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from robo_s2 import __version__
+from robo_s2.core.io import replace_path
 from robo_s2.errors import UserError
 from robo_s2.safe_io import fit_state_dict, read_safetensors, save_state, strip_trust
 
@@ -96,11 +96,7 @@ def save_checkpoint(
         (tmp / CONFIG_NAME).write_text(OmegaConf.to_yaml(config, resolve=True))
     if training_state is not None:
         save_state(tmp / TRAINING_STATE, training_state)
-    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_path(tmp, final)
     return final
 
 

@@ -414,24 +414,6 @@ def check_export_target(out: Path, overwrite: bool) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def replace_path(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out`` (an existing ``out`` is replaced, never half-way)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old, out)
-            raise
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.rename(tmp, out)
-
-
 def path_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from robo_s2.core.io import replace_path
 from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
@@ -52,7 +53,6 @@ from robo_s2.data.interop.base import (
     finish_error,
     ingest,
     path_size,
-    replace_path,
 )
 from robo_s2.errors import UserError
 
