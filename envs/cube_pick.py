@@ -42,11 +42,10 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from envs import ENV_ID
 from envs import panda_mjcf as P
 from envs.headless_gl import ensure_gl_backend, load_triton_before_mesa
 from envs.ik import DifferentialIK, yaw_down_matrix, yaw_of_matrix
-
-ENV_ID = "robo_s2/CubePick-v0"
 
 PROPRIO_SEMANTICS: tuple[str, ...] = (
     *(f"joint{i}_pos" for i in range(1, 8)),

@@ -50,7 +50,6 @@ FINGER_BASE_Z = 0.0584  # finger body origin below the hand origin
 PAD_CENTER_Z = 0.0445  # pad centre below the finger origin
 FINGER_LENGTH = 0.054  # fingertip below the finger origin
 EE_OFFSET = FINGER_BASE_Z + PAD_CENTER_Z  # end-effector site: between the pad centres
-FINGERTIP_BELOW_EE = FINGER_LENGTH - PAD_CENTER_Z  # ~1 cm
 
 # Arm servo gains: (kp, kv, force limit) per joint.
 # Stiffness as in Menagerie; damping lowered to about critical so a servo settles within one 100 ms

@@ -99,6 +99,16 @@ def load_policy(
     return BasePolicy.from_pretrained(path, device=device, **overrides)
 
 
+def loss_elements(pred: Tensor, target: Tensor, loss_type: str) -> Tensor:
+    """Per-element loss of a ``LOSSES`` type (normalized action space; smooth L1 turns linear at
+    0.1, a tenth of a standard deviation), for training and for validation sums alike."""
+    if loss_type == "l1":
+        return F.l1_loss(pred, target, reduction="none")
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, reduction="none", beta=0.1)
+    return F.mse_loss(pred, target, reduction="none")
+
+
 def _check_dim(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise UserError(f"{name}={value!r} must be an integer >= {minimum}")
@@ -278,12 +288,7 @@ class BasePolicy(nn.Module):
         target = torch.where(mask, target, pred.detach())  # no NaN can leak from padded targets
         w = mask.to(pred.dtype)
         denom = (w.sum() * self.action_dim).clamp_min(1.0)
-        if self.loss_type == "l1":
-            err = F.l1_loss(pred, target, reduction="none")
-        elif self.loss_type == "smooth_l1":
-            err = F.smooth_l1_loss(pred, target, reduction="none", beta=0.1)
-        else:
-            err = F.mse_loss(pred, target, reduction="none")
+        err = loss_elements(pred, target, self.loss_type)
         loss = (err * w).sum() / denom
         with torch.no_grad():
             diff = (pred - target) * w

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from robo_s2.errors import UserError
 
-NORM_KEYS = ("feature", "proprio", "action")
 NORM_MODES = ("gaussian", "limits")
 STAT_NAMES = ("mean", "std", "min", "max")
 

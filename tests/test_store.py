@@ -307,13 +307,15 @@ def _bad_marker(path):
     ],
 )
 @pytest.mark.parametrize("mode", ["r", "a"])
-def test_corrupt_stores_are_refused(filled, damage, message, mode):
+def test_corrupt_stores_are_refused(filled, damage, message, mode, monkeypatch):
     damage(filled)
-    start = time.perf_counter()
+    slept = []
+    monkeypatch.setattr(store_mod.time, "sleep", slept.append)
     with pytest.raises(UserError, match=message) as e:
         DemoStore.open(filled, mode=mode)
     assert "corrupt" in str(e.value) and "re-collect" in str(e.value) and "\n" not in str(e.value)
-    assert time.perf_counter() - start < 1.0  # a read-only open retries only while things change
+    assert sum(slept) < 1.0  # refused at once: an open retries (briefly) only while a store changes
+    monkeypatch.undo()
     if mode == "a":  # the refused open released its lock
         with pytest.raises(UserError):
             DemoStore.open(filled, mode="a")
@@ -681,7 +683,7 @@ def test_a_waiting_writer_gets_the_store_once_the_first_one_is_done(filled):
     assert "got 4" in out  # it sees the episode the first writer committed
 
 
-def test_append_speed(tmp_path):
+def test_a_large_episode_round_trips(tmp_path):  # speed: benchmarks/store_speed.py
     ep = {
         "image": np.random.default_rng(0).integers(0, 256, (60, 224, 224, 3), dtype=np.uint8),
         "action": np.zeros((60, 7), np.float32),
@@ -689,15 +691,10 @@ def test_append_speed(tmp_path):
     }
     with DemoStore.create(tmp_path / "s.zarr") as s:
         s.append_episode(ep)
-        start = time.perf_counter()
         s.append_episode(ep)
-        took = time.perf_counter() - start
-        start = time.perf_counter()
         got = s.episode(1)
-        read = time.perf_counter() - start
-    assert took < 1.0, f"append of 60 frames at 224x224 took {took:.2f}s"
-    assert read < 1.0, f"reading it back took {read:.2f}s"
     np.testing.assert_array_equal(got["image"], ep["image"])
+    np.testing.assert_array_equal(got["action"], ep["action"])
 
 
 # ---------------------------------------------------------------------------- windows
@@ -748,11 +745,12 @@ def test_sequence_indices_edges():
         sequence_indices([3, 2], 1, 1)
 
 
-def test_sequence_indices_are_fast():
+def test_sequence_indices_cover_a_large_store():  # speed: benchmarks/store_speed.py
     ends = np.cumsum(np.full(2000, 100))  # 200k frames
-    start = time.perf_counter()
     idx, _ = sequence_indices(ends, 16, 16)
-    assert time.perf_counter() - start < 2.0 and idx.shape == (200_000, 32)
+    assert idx.shape == (200_000, 32)
+    assert idx[150, 15] == 150 and idx[150, 0] == 135 and idx[150, 31] == 166
+    assert idx[100, 0] == 100 and idx[199, 31] == 199  # clamped at the episode start and end
 
 
 def test_iter_windows(filled):

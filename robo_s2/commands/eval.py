@@ -21,7 +21,8 @@ def _run_dir() -> Path:
         return Path.cwd()
 
 
-def _plain(cfg: DictConfig, key: str) -> dict:
+def _set_values(cfg: DictConfig, key: str) -> dict:
+    """The entries of ``cfg.<key>`` that are set (not null), as a plain dict."""
     node = OmegaConf.select(cfg, key)
     if node is None:
         return {}
@@ -60,9 +61,9 @@ def run(cfg: DictConfig) -> EvalResult:
             device=str(cfg.device),
             n_videos=cfg.n_videos,
             video_camera=str(cfg.video_camera),
-            env_overrides=_plain(cfg, "env_overrides"),
-            execution=_plain(cfg, "execution") or None,
-            expert=_plain(cfg, "expert"),
+            env_overrides=_set_values(cfg, "env_overrides"),
+            execution=_set_values(cfg, "execution") or None,
+            expert=_set_values(cfg, "expert"),
             precision=str(cfg.precision),
             allow_render_mismatch=bool(cfg.allow_render_mismatch),
             out_dir=_run_dir(),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from robo_s2.core.config import to_plain
 from robo_s2.data.interop import ImportResult
 from robo_s2.errors import UserError
 
@@ -29,10 +29,6 @@ def source_format(fmt: str, src: Path) -> str:
         f"cannot tell the format of {src} from its name; pass format=robomimic (HDF5) or "
         "format=dp (diffusion_policy zarr)"
     )
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def run(cfg: DictConfig) -> ImportResult:
@@ -61,11 +57,11 @@ def run(cfg: DictConfig) -> ImportResult:
             res = import_robomimic(
                 src,
                 cfg.out,
-                image_key=_plain(cfg.image_key),
-                extra_image_keys=_plain(cfg.extra_image_keys),
-                proprio_keys=_plain(cfg.proprio_keys),
+                image_key=to_plain(cfg.image_key),
+                extra_image_keys=to_plain(cfg.extra_image_keys),
+                proprio_keys=to_plain(cfg.proprio_keys),
                 action_key=str(cfg.action_key),
-                extra_keys=_plain(cfg.extra_keys),
+                extra_keys=to_plain(cfg.extra_keys),
                 filter_key=cfg.filter_key,
                 env_id=cfg.env_id,
                 **common,
@@ -73,7 +69,7 @@ def run(cfg: DictConfig) -> ImportResult:
         else:
             from robo_s2.data.interop.dp_zarr import import_dp
 
-            res = import_dp(src, cfg.out, keys=_plain(cfg["keys"]), env_id=cfg.env_id, **common)
+            res = import_dp(src, cfg.out, keys=to_plain(cfg["keys"]), env_id=cfg.env_id, **common)
     finally:
         bar.close()
     n_handled = res.n_total + len(res.skipped) - res.done_before

@@ -8,9 +8,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import math
-import os
 import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from robo_s2.core.process import start_orphan_watch
 from robo_s2.errors import UserError
 
 # Patch sizes of the encoders robo_s2 supports (ViT/16 and ViT/14): renders must tile into patches.
@@ -94,17 +93,10 @@ _worker_env = None
 _worker_expert = None
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    """A worker whose collector was SIGKILLed would otherwise live on holding its pipes."""
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
-
-
 def _init_worker(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any]) -> None:
     global _worker_env, _worker_expert
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the collector's to handle
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    start_orphan_watch()
     _worker_env, _worker_expert = make_env_and_expert(env_kwargs, expert_kwargs)
 
 

@@ -139,14 +139,15 @@ def _diff(stored: Any, given: Any, where: str) -> list[str]:
     return [f"{where}: stored {_short(stored)}, given {_short(given)}"]
 
 
-def _is_image_key(key: str) -> bool:
+def is_image_key(key: str) -> bool:
+    """Whether a data key holds camera frames (``image`` or ``image_<camera>``)."""
     return key == "image" or key.startswith("image_")
 
 
 def _chunk_rows(key: str, row_shape: tuple[int, ...], dtype: np.dtype) -> int:
     """Rows per chunk: one frame for images (and any large row), else up to a few thousand rows."""
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize)
-    is_image = _is_image_key(key) or (dtype == np.uint8 and len(row_shape) == 3)
+    is_image = is_image_key(key) or (dtype == np.uint8 and len(row_shape) == 3)
     if is_image or row_bytes >= FRAME_CHUNK_MIN_BYTES:
         return 1
     return int(max(1, min(LOWDIM_MAX_CHUNK_ROWS, LOWDIM_CHUNK_BYTES // row_bytes)))
@@ -720,7 +721,7 @@ class DemoStore:
                 raise UserError(
                     f"episode[{key!r}] has dtype {x.dtype}; store numbers only (bool, int, float)"
                 )
-            if _is_image_key(key) and (x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3):
+            if is_image_key(key) and (x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3):
                 raise UserError(
                     f"episode[{key!r}] is {x.dtype} {x.shape}; images must be uint8 (T,H,W,3) in "
                     "0..255 (convert float [0,1] images with (x * 255).round().astype(np.uint8))"

@@ -154,6 +154,13 @@ class VisionEncoder(nn.Module):
         """``(B,3,H,W)`` float in [0,1] or ``uint8 (B,H,W,3)`` -> ``(B, feature_dim)``."""
         raise NotImplementedError
 
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """``(tokens, width)`` with ``tokens * width == feature_dim``: ``feature.view(B,
+        *feature_shape)`` splits a feature into the tokens a policy attends over (one by default;
+        ``grid:k`` pooling gives k*k)."""
+        return (1, int(self.feature_dim))
+
     def example_input(self, batch: int, device: torch.device | None = None) -> Tensor:
         """A seeded random input batch of the kind ``forward`` takes (for FLOP counts, timing)."""
         g = torch.Generator().manual_seed(0)

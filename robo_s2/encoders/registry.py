@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from robo_s2.core.config import to_plain
 from robo_s2.device import check_precision
 from robo_s2.encoders.base import VisionEncoder
 from robo_s2.errors import UserError
@@ -103,21 +104,6 @@ def load_encoder_config(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-def _to_plain(cfg: Any) -> Any:
-    """DictConfig/ListConfig (resolved) -> plain containers; ``???`` stays the string ``'???'``."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        return cfg
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    if isinstance(cfg, Mapping):
-        return {k: _to_plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, list | tuple):
-        return type(cfg)(_to_plain(v) for v in cfg)
-    return cfg
-
-
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -189,13 +175,13 @@ def _resolve(
         else:
             raise _unknown_name(name)
     else:
-        cfg = _to_plain(name_or_cfg)
+        cfg = to_plain(name_or_cfg)
         if not isinstance(cfg, Mapping):
             raise UserError(
                 f"an encoder config must be a name or a mapping, got {type(cfg).__name__}"
             )
         cfg = dict(cfg)
-    cfg = _merge(cfg, _to_plain(dict(overrides)))
+    cfg = _merge(cfg, to_plain(dict(overrides)))
     if "name" not in cfg:
         raise UserError(f"encoder config {cfg} has no 'name' key naming the encoder to build")
     if cfg["name"] not in _REGISTRY:

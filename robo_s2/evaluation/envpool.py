@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -27,6 +25,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+from robo_s2.core.process import start_orphan_watch
 
 # seconds a worker may take to build its env (EGL on a loaded CPU can be slow to start)
 WORKER_START_TIMEOUT = 300.0
@@ -159,13 +159,6 @@ class SerialEnvPool:
 # --- worker processes ----------------------------------------------------------------------------
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    """A worker whose parent was SIGKILLed would otherwise live on, holding its pipe."""
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
-
-
 def _worker_main(
     conn: Connection,
     env_kwargs: dict[str, Any],
@@ -179,7 +172,7 @@ def _worker_main(
     # several workers sharing the CPUs that oversubscribes them. A user's own setting wins.
     os.environ.setdefault("LP_NUM_THREADS", str(raster_threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    start_orphan_watch(parent_pid)
     try:
         runner = EnvRunner(env_kwargs, obs_keys, video_camera, videos)
     except Exception as exc:

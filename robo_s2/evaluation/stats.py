@@ -23,8 +23,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-
 
 def _check_counts(k: int, n: int) -> tuple[int, int]:
     if isinstance(k, bool) or isinstance(n, bool):

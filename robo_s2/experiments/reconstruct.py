@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.pretraining.probe import ALPHAS, episode_split_rows, fit_ridge, r2_per_dim, standardize
 
@@ -68,18 +69,8 @@ class FeatureSpec:
     image_key: str | None = None  # default: the analysis' image_key
 
 
-def _plain(value: Any) -> Any:
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        return value
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _part(entry: Any, where: str) -> EncoderPart:
-    entry = _plain(entry)
+    entry = to_plain(entry)
     if isinstance(entry, str):
         return EncoderPart(entry)
     if isinstance(entry, Mapping) and "encoder" in entry:
@@ -120,7 +111,7 @@ def parse_spec(entry: Any, where: str) -> FeatureSpec:
     """A ``source`` / ``target`` entry: ``vit_t``; ``{encoder: vit_t_s2, overrides: {...},
     label: ...}``; ``{concat: [vit_t, {encoder: vit_t, overrides: {seed: 1}}], label: ...}``;
     each mapping may also name its own ``store`` and ``image_key``."""
-    entry = _plain(entry)
+    entry = to_plain(entry)
     if isinstance(entry, str):
         if not entry.strip():
             raise UserError(f"{where} is empty; name an encoder config, e.g. vit_t")
@@ -176,7 +167,7 @@ class ReconstructConfig:
         from robo_s2.device import check_precision
         from robo_s2.encoders.pooling import Pooling
 
-        d = dict(_plain(cfg))
+        d = dict(to_plain(cfg))
         d.pop("analysis", None)
         d.pop("hydra", None)
         known = list(cls.__dataclass_fields__)
@@ -442,7 +433,7 @@ def encode_spec(
         took = time.perf_counter() - start
         if progress is not None:
             progress.close()
-        t = int(encoder.feature_shape[0]) if hasattr(encoder, "feature_shape") else 1
+        t = int(encoder.feature_shape[0])
         if rc.per_token and tokens is not None and t != tokens:
             raise UserError(
                 f"{spec.label}: its parts pool to {tokens} and {t} tokens; per_token needs one grid"

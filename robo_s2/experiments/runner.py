@@ -37,6 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import SuccessRate, compare_rates
 
@@ -113,17 +114,11 @@ class ExperimentResult:
 # config
 
 
-def _plain(node: Any) -> Any:
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
 def parse_rows(rows: Any) -> list[Row]:
     """The experiment's rows; labels must be unique and every encoder config must exist."""
     from robo_s2.encoders import list_encoder_configs
 
-    rows = _plain(rows)
+    rows = to_plain(rows)
     if not rows:
         raise UserError("the experiment has no rows: list encoders under experiment.rows")
     known = list_encoder_configs()
@@ -202,7 +197,7 @@ def train_config(
             GlobalHydra.instance().initialize(previous)
     with open_dict(cfg):
         cfg.encoder = OmegaConf.merge(cfg.encoder, row.overrides)
-    missing = missing_values(_plain(cfg.encoder))
+    missing = missing_values(to_plain(cfg.encoder))
     if missing:
         keys = ", ".join(missing)
         raise UserError(
@@ -230,8 +225,8 @@ def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path
         res = collect(
             store,
             n_episodes=n,
-            env_kwargs=dict(_plain(demos.get("env")) or {}),
-            expert_kwargs=dict(_plain(demos.get("expert")) or {}),
+            env_kwargs=dict(to_plain(demos.get("env")) or {}),
+            expert_kwargs=dict(to_plain(demos.get("expert")) or {}),
             seed=int(demos.get("seed", 0)),
             workers=workers,
             placement=str(demos.get("placement", "random")),
@@ -267,7 +262,7 @@ def run_one(
     if not ckpt.is_dir():
         ckpt = run_dir / "checkpoints" / "last"
 
-    protocol = dict(_plain(exp.get("eval")) or {})
+    protocol = dict(to_plain(exp.get("eval")) or {})
     protocol.setdefault("positions", "paper16")
     protocol.setdefault("seed", 0)
     protocol.setdefault("n_episodes", None)
@@ -325,7 +320,7 @@ def encoder_cost(cfg: DictConfig) -> tuple[int, float, int, str]:
     from robo_s2.encoders import create_encoder
     from robo_s2.encoders.profile import count_gflops, count_params
 
-    encoder = create_encoder(_plain(cfg.encoder)).eval()
+    encoder = create_encoder(to_plain(cfg.encoder)).eval()
     params = list(encoder.parameters())
     if encoder.input_key == "state":
         note = "oracle ceiling, not vision"
@@ -668,7 +663,7 @@ def run_experiment(
 
     ``jobs > 1`` runs rows in that many processes at once (a 2-core CPU trains a small policy on
     one thread, so two rows at a time keep both cores busy); results are the same as ``jobs=1``."""
-    exp = _plain(exp)
+    exp = to_plain(exp)
     name = str(exp.get("name") or "experiment")
     rows = parse_rows(exp.get("rows"))
     seeds = [int(s) for s in exp.get("seeds", [0]) or []]

@@ -167,15 +167,6 @@ class SequenceData:
             out["feature"] = feature[hist] if feature.dim() == 2 else feature
         return out
 
-    def stats_arrays(self, frames: np.ndarray, feature: Tensor | None = None) -> dict[str, Any]:
-        """``{feature, proprio, action}`` rows of ``frames``, for ``policy.fit_normalizer``."""
-        f = torch.as_tensor(frames, device=self.device)
-        feats = self.feature if feature is None else feature
-        out: dict[str, Any] = {"proprio": self.proprio[f], "action": self.action[f]}
-        if feats is not None:
-            out["feature"] = feats[f] if feats.shape[0] == self.n_frames else feats
-        return out
-
 
 class FrameSource:
     """uint8 frames of a store by frame index: from memory when the array is small enough, else

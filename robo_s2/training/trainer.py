@@ -61,6 +61,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from policies.base import loss_elements
+from robo_s2.core.config import to_plain
+from robo_s2.core.io import replace_path
 from robo_s2.encoders.feature_cache import CacheStatus, feature_precision, input_key
 from robo_s2.errors import UserError
 from robo_s2.safe_io import load_state
@@ -136,17 +139,6 @@ class BCModel(nn.Module):
         return self.policy.compute_loss(batch)
 
 
-def _loss_elements(pred: Tensor, target: Tensor, loss_type: str) -> Tensor:
-    """Per-element training loss (as in ``BasePolicy.compute_loss``), for validation sums."""
-    import torch.nn.functional as F
-
-    if loss_type == "l1":
-        return (pred - target).abs()
-    if loss_type == "smooth_l1":
-        return F.smooth_l1_loss(pred, target, reduction="none", beta=0.1)
-    return (pred - target).pow(2)
-
-
 def train_step(
     model: nn.Module,
     batch: Mapping[str, Tensor],
@@ -207,21 +199,9 @@ def state_must_fit(source: Path) -> Iterator[None]:
         ) from None
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return json.loads(json.dumps(dict(cfg), default=str))
-
-
 def feature_tokens(encoder: Any) -> int:
     """How many tokens an encoder's per-frame feature is made of (``grid:k`` -> k*k, else 1)."""
-    shape = getattr(encoder, "feature_shape", None)
-    if shape:
-        return int(shape[0])
-    n = getattr(getattr(encoder, "pooling", None), "num_tokens", None)
-    return int(n) if n else 1
+    return int(encoder.feature_shape[0])
 
 
 def find_resume_checkpoint(
@@ -318,7 +298,7 @@ class Trainer:
         progress: bool = False,
         encoder_name: str | None = None,
     ) -> None:
-        self.cfg = _plain(cfg)
+        self.cfg = to_plain(cfg, json_safe=True)
         self.encoder_name = encoder_name  # the encoder config's name, for messages
         self.tcfg: dict[str, Any] = self.cfg["train"]
         self.dcfg: dict[str, Any] = self.cfg["data"]
@@ -823,7 +803,7 @@ class Trainer:
             err_raw = (pred_raw - target).abs() * mask
             sums += torch.stack(
                 [
-                    (_loss_elements(pred, target_n, policy.loss_type) * mask).sum().double(),
+                    (loss_elements(pred, target_n, policy.loss_type) * mask).sum().double(),
                     ((pred - target_n).abs() * mask).sum().double(),
                     ((base_n - target_n).abs() * mask).sum().double(),
                     err_raw.sum().double(),
@@ -1083,8 +1063,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(self.run_dir / "checkpoints" / LAST, tmp)
         (tmp / TRAINING_STATE).unlink(missing_ok=True)
-        shutil.rmtree(best, ignore_errors=True)
-        tmp.rename(best)
+        replace_path(tmp, best)
 
     def _catch_interrupt(self, on: bool) -> None:
         """Single process: the first Ctrl-C (SIGINT) or SIGTERM lets the current step finish,

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from robo_s2.core.io import replace_path
 from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
@@ -50,8 +51,8 @@ from robo_s2.data.interop.base import (
     finish_error,
     ingest,
     path_size,
-    replace_path,
 )
+from robo_s2.data.store import is_image_key
 from robo_s2.errors import UserError
 
 _TARGET_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)(?:\[(-?\d*):(-?\d*)\])?")
@@ -72,10 +73,6 @@ def register_image_codecs() -> bool:
         return False
     register_codecs()
     return True
-
-
-def _is_image_key(key: str) -> bool:
-    return key == "image" or key.startswith("image_")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +237,7 @@ def _auto_mapping(source: _Source) -> tuple[str, dict[str, Any]]:
             "keys={img:image,agent_pos:proprio,act:action}"
         )
     if names & {"image", "proprio"}:
-        ours = [k for k in sorted(names) if k in ("action", "proprio", "state") or _is_image_key(k)]
+        ours = [k for k in sorted(names) if k in ("action", "proprio", "state") or is_image_key(k)]
         return "robo_s2", {k: k for k in ours}
     if {"img", "state"} <= names and source.arrays.get("state") is not None:
         if tuple(source.arrays["state"].shape[1:]) == (5,):
@@ -353,7 +350,7 @@ def _group_targets(
     for theirs, ours, a, b in entries:
         arr = source.require(theirs)
         row = tuple(arr.shape[1:])
-        if _is_image_key(ours):
+        if is_image_key(ours):
             if ours in targets or a is not None or b is not None:
                 raise UserError(f"keys: image {ours!r} needs exactly one array, without columns")
             if len(row) != 3 or row[-1] != 3:
@@ -393,7 +390,7 @@ def _import_attrs(
         base = {k: v for k, v in src_attrs.items() if k not in dropped}
     names_in_store = sorted(set(source.arrays) | set(source.unreadable))
     mapped = {e[0] for e in entries}
-    image_targets = [k for k in targets if _is_image_key(k)]
+    image_targets = [k for k in targets if is_image_key(k)]
     first_image = source.arrays[targets["image"][0][0]] if "image" in targets else None
     if preset == "pusht":
         semantics.update(
@@ -447,7 +444,7 @@ def _load_episode(
                     f"cannot read data/{theirs} of {where} ({type(exc).__name__}: "
                     f"{brief_error(exc)}); the store is truncated or corrupt"
                 ) from None
-            if _is_image_key(ours):
+            if is_image_key(ours):
                 ep[ours] = as_image(x, f"{where}: data/{theirs}")
                 continue
             dtype = np.float64 if ours == "state" and x.dtype == np.float64 else np.float32
