@@ -17,7 +17,12 @@ IMG = 32
 
 def tiny_encoder(**overrides):
     torch.manual_seed(0)
-    kwargs = dict(model="vit_tiny_patch16_224", pretrained=False, image_size=IMG, pooling="mean")
+    # fp32: these tests are about the cache, not precision (auto would pick bf16 on a CPU with
+    # native bf16 for 64-frame passes and fp32 for 4-frame ones; tests/test_frame_cost.py)
+    kwargs = dict(
+        model="vit_tiny_patch16_224", pretrained=False, image_size=IMG, pooling="mean",
+        precision="fp32",
+    )  # fmt: skip
     return create_encoder("timm", **{**kwargs, **overrides})
 
 

@@ -53,6 +53,9 @@ def cache_key(encoder, image_key: str = "image", precision: str = "fp32") -> str
     return f"{name}-{source}-{precision}-{encoder.fingerprint()[:16]}"
 
 
+ENCODE_BATCH = 64  # frames per encoder pass when caching (configs/data/default.yaml's batch_size)
+
+
 def feature_precision(
     encoder, device: torch.device | str, batch_size: int, precision: str | None = None
 ) -> str:
@@ -86,8 +89,13 @@ def _check_image_key(store: DemoStore, image_key: str) -> None:
 
 
 def cache_status(
-    store: DemoStore, encoder, image_key: str = "image", precision: str = "fp32"
+    store: DemoStore, encoder, image_key: str = "image", precision: str | None = None
 ) -> CacheStatus:
+    """How much of ``encoder``'s cache entry in ``precision`` is written. ``precision`` None (or
+    ``auto``): the entry :func:`encode_store` writes with its defaults (the encoder's own setting,
+    batches of ``ENCODE_BATCH`` on the default device), so the two calls find one entry."""
+    if precision in (None, "auto"):
+        precision = feature_precision(encoder, "auto", ENCODE_BATCH, precision)
     key = cache_key(encoder, image_key, precision)
     n_done = 0
     if FEATURES_GROUP in store.root and key in store.root[FEATURES_GROUP]:
@@ -136,7 +144,7 @@ def encode_store(
     store: DemoStore,
     encoder,
     image_key: str = "image",
-    batch_size: int = 64,
+    batch_size: int = ENCODE_BATCH,
     device: str = "auto",
     on_batch: Callable[[CacheStatus], None] | None = None,
     precision: str | None = None,
@@ -201,11 +209,12 @@ def encode_store(
 
 
 def load_features(
-    store: DemoStore, encoder, image_key: str = "image", precision: str = "fp32"
+    store: DemoStore, encoder, image_key: str = "image", precision: str | None = None
 ) -> np.ndarray:
-    """All cached features ``(n_frames, D)`` computed in ``precision``; an error says how to
-    compute them when incomplete."""
+    """All cached features ``(n_frames, D)`` computed in ``precision`` (None: as
+    :func:`cache_status` resolves it); an error says how to compute them when incomplete."""
     status = cache_status(store, encoder, image_key, precision)
+    precision = status.precision
     if not status.complete:
         raise UserError(
             f"{store.path} has features for {status.n_done}/{status.n_frames} frames of encoder "
