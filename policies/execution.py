@@ -39,6 +39,9 @@ from torch import Tensor
 from robo_s2.errors import UserError
 
 EXECUTION_MODES = ("receding", "ensemble")
+# what a policy built without an execution dict runs; configs/policy/*.yaml state the same values
+# (tests/test_config_defaults.py holds the two together)
+DEFAULT_MODE = "ensemble"
 DEFAULT_N_ACTION_STEPS = 8
 DEFAULT_K = 0.01
 
@@ -46,7 +49,7 @@ DEFAULT_K = 0.01
 def resolve_execution(execution: Mapping[str, Any] | None, chunk: int) -> dict[str, Any]:
     """Validated, complete execution dict: ``{"mode", "n_action_steps", "k"}``.
 
-    Missing entries take the defaults (``receding``, ``min(8, chunk)``, ``0.01``); bad values are
+    Missing entries take the defaults (``ensemble``, ``min(8, chunk)``, ``0.01``); bad values are
     :class:`UserError` s.
     """
     cfg = dict(execution or {})
@@ -55,7 +58,7 @@ def resolve_execution(execution: Mapping[str, Any] | None, chunk: int) -> dict[s
         raise UserError(
             f"unknown execution options {sorted(unknown)}; allowed: mode, n_action_steps, k"
         )
-    mode = str(cfg.get("mode", "receding"))
+    mode = str(cfg.get("mode") or DEFAULT_MODE)
     if mode not in EXECUTION_MODES:
         raise UserError(
             f"unknown execution mode '{mode}'; choose one of: {', '.join(EXECUTION_MODES)}"
@@ -67,7 +70,7 @@ def resolve_execution(execution: Mapping[str, Any] | None, chunk: int) -> dict[s
             f"execution n_action_steps={n!r} must be an integer in [1, chunk={chunk}] "
             "(how many actions of each predicted chunk to execute before re-planning)"
         )
-    k = cfg.get("k", DEFAULT_K)
+    k = DEFAULT_K if cfg.get("k") is None else cfg["k"]
     try:
         k = float(k)
     except (TypeError, ValueError):

@@ -468,7 +468,9 @@ def test_report_command_checks_names_before_work(tmp_path, monkeypatch):
     from robo_s2.commands.encoders import run
 
     monkeypatch.chdir(tmp_path)
-    cfg = OmegaConf.create({"names": ["vit_t", "vit_q"], "batch_sizes": [1], "device": "cpu"})
+    from robo_s2.core.config import load_config
+
+    cfg = load_config("encoders", ["names=[vit_t,vit_q]", "batch_sizes=[1]", "device=cpu"])
     with pytest.raises(UserError, match="unknown encoder 'vit_q'"):
         run(cfg)
     assert not (tmp_path / "encoders.json").exists()

@@ -2,12 +2,11 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import robo_s2
 
 from robo_s2.errors import UserError
 from robo_s2.evaluation.runner import episode_seed, evaluate, position_set
@@ -174,13 +173,13 @@ def test_serial_and_parallel_rollouts_are_identical(tiny_checkpoint, tmp_path):
         "index", "seed", "cube_pos", "cube_yaw", "success", "steps"
     }  # fmt: skip
     assert info["encoder"]["label"] == "vit_t" and len(info["encoder"]["fingerprint"]) >= 12
-    assert info["policy"] == "chunk_transformer" and info["execution"]["mode"] == "receding"
+    assert info["policy"] == "chunk_transformer" and info["execution"]["mode"] == "ensemble"
     assert info["env"]["kwargs"]["max_episode_steps"] == 10
     assert (tmp_path / "s" / "videos" / "episode_000.mp4").is_file()
     assert (tmp_path / "s" / "positions.png").is_file()
     # another execution mode runs through the same machinery
-    ens = evaluate(tiny_checkpoint, workers=0, execution={"mode": "ensemble"}, **kw)
-    assert ens.info["execution"]["mode"] == "ensemble" and ens.n_episodes == 3
+    rec = evaluate(tiny_checkpoint, workers=0, execution={"mode": "receding"}, **kw)
+    assert rec.info["execution"]["mode"] == "receding" and rec.n_episodes == 3
 
 
 class _LoggingActor:
@@ -244,24 +243,21 @@ def test_checkpoint_for_another_env_is_refused(tmp_path):
         evaluate(foreign, n_episodes=1, positions="random", workers=0)
     yaw = _tiny_checkpoint(tmp_path / "yaw", action_dim=5, env_kwargs={"randomize_yaw": True})
     with pytest.raises(UserError, match="5-D actions but the env takes 4-D"):
-        evaluate(yaw, n_episodes=1, positions="random", env_overrides={"randomize_yaw": False})
+        evaluate(
+            yaw, n_episodes=1, positions="random", workers=0, env_overrides={"randomize_yaw": False}
+        )
     with pytest.raises(UserError, match="unknown env_overrides"):
-        evaluate("expert", n_episodes=1, positions="random", env_overrides={"cube_colour": 1})
+        evaluate(
+            "expert", n_episodes=1, positions="random", workers=0, env_overrides={"cube_colour": 1}
+        )
 
 
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-def robo_s2(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "robo_s2", "eval", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
-    )  # fmt: skip
-
-
 def test_cli_expert_run_ends_with_one_summary_line(tmp_path):
     out = robo_s2(
-        "checkpoint=expert", "positions=grid", "n_episodes=4", "workers=2", "n_videos=0",
+        "eval", "checkpoint=expert", "positions=grid", "n_episodes=4", "workers=2", "n_videos=0",
         "env_overrides.image_size=64", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -298,7 +294,7 @@ def _corrupt_fingerprint(checkpoint, directory):
 def test_cli_bad_input_is_one_line(tmp_path, tiny_checkpoint, args, message):
     args = [f"checkpoint={_corrupt_fingerprint(tiny_checkpoint, tmp_path)}" if a == "checkpoint=BAD"
             else a for a in args]  # fmt: skip
-    out = robo_s2(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    out = robo_s2("eval", *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr

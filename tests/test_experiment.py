@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from robo_s2.core.config import load_config, to_plain
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import compare_rates
 from robo_s2.experiments.runner import (
@@ -62,7 +64,9 @@ def tiny_experiment(tmp_path: Path, **changes) -> dict:
         "reference": {"ViT-T-S2": 62.5},
     }  # fmt: skip
     exp.update(changes)
-    return exp
+    # what configs/base/experiment.yaml gives every experiment config (demos.placement, ...)
+    base = OmegaConf.create(to_plain(load_config("experiment", ["~experiment"]))["experiment"])
+    return to_plain(OmegaConf.merge(base, exp))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -149,8 +149,8 @@ def test_default_sizes():
         4,
         4,
     )
-    assert cfg["dropout"] == 0.1 and cfg["execution"] == {
-        "mode": "receding",
+    assert cfg["dropout"] == 0.1 and cfg["execution"] == {  # configs/policy's ensemble
+        "mode": "ensemble",
         "n_action_steps": 8,
         "k": 0.01,
     }

@@ -44,7 +44,7 @@ ANALYSES: dict[str, Callable[[DictConfig], Any]] = {"reconstruct": reconstruct}
 
 
 def run(cfg: DictConfig) -> Any:
-    name = str(cfg.get("analysis") or "")
+    name = str(cfg.analysis or "")
     if name not in ANALYSES:
         raise UserError(f"unknown analysis '{name}'; choose one of: {', '.join(ANALYSES)}")
     return ANALYSES[name](cfg)

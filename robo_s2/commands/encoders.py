@@ -47,10 +47,10 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
     batch_sizes = [int(b) for b in _as_list(cfg.batch_sizes, "batch_sizes")]
     if any(b < 1 for b in batch_sizes):
         raise UserError(f"batch_sizes must be >= 1, got {batch_sizes}")
-    if cfg.get("threads"):
+    if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(str(cfg.device))
-    overrides = cfg.get("overrides") or {}
+    overrides = cfg.overrides or {}
     if OmegaConf.is_config(overrides):
         overrides = OmegaConf.to_container(overrides, resolve=True)
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
         raise UserError(f"overrides.{extra[0]} is given but '{extra[0]}' is not in names={names}")
     for name in names:  # every name resolves before any work starts
         resolve_encoder_config(name, **overrides.get(name, {}))
-    use_random = bool(cfg.get("random_weights", False))
+    use_random = bool(cfg.random_weights)
     start = time.perf_counter()
     profiles: list[EncoderProfile] = []
     with tqdm(names, desc="encoders", unit="enc", dynamic_ncols=True, delay=1.0) as bar:
@@ -75,9 +75,9 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
                     encoder,
                     batch_sizes,
                     device,
-                    min_time=float(cfg.get("min_time", 1.0)),
+                    min_time=float(cfg.min_time),
                     name=name,
-                    precision=str(cfg.get("precision") or "auto"),
+                    precision=str(cfg.precision),
                 )
             )
             del encoder
@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "device": str(device),
-        "precision": str(cfg.get("precision") or "auto"),
+        "precision": str(cfg.precision),
         "threads": torch.get_num_threads(),
         "random_weights": use_random,
         "batch_sizes": batch_sizes,
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
     }
     (out / "encoders.json").write_text(json.dumps(record, indent=2) + "\n")
     note = (
-        f"Device: {device} (precision {cfg.get('precision') or 'auto'}, resolved per batch size "
+        f"Device: {device} (precision {cfg.precision}, resolved per batch size "
         f"as shown beside each frames/s; {torch.get_num_threads()} CPU threads). "
         "GFLOPs counted with torch FlopCounterMode (2 per multiply-accumulate); GMACs = GFLOPs / 2 "
         "(the S² paper's #FLOPs).\n"

@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> ExperimentResult:
         keys = ", ".join(f"experiment.{k}" for k in missing)
         raise UserError(
             f"{keys} must be set (e.g. experiment.{missing[0]}=/path/to/file) for experiment "
-            f"{cfg.experiment.get('name', '?')}"
+            f"{cfg.experiment.name}"
         )
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     result = run_experiment(
@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> ExperimentResult:
         out_dir,
         workers=int(cfg.workers),
         device=str(cfg.device),
-        jobs=int(cfg.get("jobs", 1)),
+        jobs=int(cfg.jobs),
     )
     print()
     print(result.table_path.read_text().strip())

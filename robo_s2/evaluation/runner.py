@@ -319,7 +319,7 @@ def load_target(
     from robo_s2.evaluation.actors import ExpertActor, PolicyActor
 
     if str(checkpoint) == EXPERT:
-        expert = dict(expert or {})
+        expert = {"noise_std": 0.0, **dict(expert or {})}  # evaluated noiseless unless asked
         env_kwargs, desc = build_env_kwargs({}, env_overrides, render_images=False)
         actor = ExpertActor(env_kwargs, expert)
         about = {
@@ -603,7 +603,7 @@ def evaluate(
     n_episodes: int | None = None,
     positions: str = "paper16",
     seed: int = 0,
-    workers: int = 0,
+    workers: int = 2,
     device: str = "auto",
     n_videos: int = 4,
     video_camera: str = "front",

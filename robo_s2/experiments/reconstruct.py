@@ -154,7 +154,7 @@ class ReconstructConfig:
     per_token: bool = False
     test_fraction: float = 0.3
     seed: int = 0
-    alphas: tuple[float, ...] = ALPHAS
+    alphas: tuple[float, ...] = (*ALPHAS, 1e6)  # the probe's ridge grid and one decade more
     folds: int = 5
     cache: bool = True
     batch_size: int = 64
@@ -197,25 +197,25 @@ class ReconstructConfig:
         out.reference = None if d.get("reference") in (None, "") else str(d["reference"])
         if out.reference is not None and out.reference not in labels:
             raise UserError(f"reference={out.reference} is not a source label; sources: {labels}")
-        out.image_key = str(d.get("image_key") or "image")
+        out.image_key = str(d["image_key"])
         size = d.get("image_size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
             raise UserError(f"image_size={size!r} must be a positive integer (or null)")
         out.image_size = size
         pooling = d.get("pooling")
         out.pooling = None if pooling is None else str(Pooling.parse(pooling))
-        out.per_token = bool(d.get("per_token", False))
+        out.per_token = bool(d["per_token"])
         if out.per_token and (out.pooling is None or not out.pooling.startswith("grid:")):
             raise UserError(
                 "per_token=true fits one map shared by the token positions of a grid: set "
                 "pooling=grid:k (e.g. grid:7 for all 7x7 patch tokens of a 112² ViT/16)"
             )
-        tf = float(d.get("test_fraction", 0.3))
+        tf = float(d["test_fraction"])
         if not 0.0 < tf < 1.0:
             raise UserError(f"test_fraction={tf} must be in (0, 1), e.g. 0.3")
         out.test_fraction = tf
-        out.seed = int(d.get("seed", 0))
-        alphas = d.get("alphas") or ALPHAS
+        out.seed = int(d["seed"])
+        alphas = d["alphas"]
         try:
             alphas = tuple(float(a) for a in alphas)
         except (TypeError, ValueError):
@@ -223,14 +223,14 @@ class ReconstructConfig:
         if not alphas or min(alphas) <= 0:
             raise UserError(f"alphas={list(alphas)} must be a non-empty list of numbers > 0")
         out.alphas = tuple(sorted(alphas))
-        out.folds = int(d.get("folds", 5))
+        out.folds = int(d["folds"])
         if out.folds < 2:
             raise UserError(f"folds={out.folds} must be >= 2 (grouped K-fold choice of alpha)")
-        out.cache = bool(d.get("cache", True))
-        out.batch_size = int(d.get("batch_size", 64))
+        out.cache = bool(d["cache"])
+        out.batch_size = int(d["batch_size"])
         if out.batch_size < 1:
             raise UserError(f"batch_size={out.batch_size} must be >= 1")
-        out.device = str(d.get("device") or "auto")
+        out.device = str(d["device"])
         precision = d.get("precision")
         out.precision = None if precision in (None, "") else check_precision(str(precision))
         threads = d.get("threads")
@@ -362,7 +362,7 @@ def part_config(part: EncoderPart, image_size: int | None, pooling: str | None) 
         cfg["pooling"] = pooling
     if image_size is not None:
         if cfg["name"] == "s2":
-            backbone = resolve_encoder_config(cfg.get("backbone", "vit_t"))
+            backbone = resolve_encoder_config(cfg["backbone"])
             backbone.pop("_label", None)
             backbone["image_size"] = image_size
             cfg["backbone"] = backbone

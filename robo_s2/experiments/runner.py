@@ -37,7 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robo_s2.core.config import to_plain
+from robo_s2.core.config import load_config, require_complete, to_plain
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import SuccessRate, compare_rates
 
@@ -114,6 +114,16 @@ class ExperimentResult:
 # config
 
 
+def require_experiment_config(exp: Mapping[str, Any]) -> None:
+    """Refuse an experiment config that lacks a key of ``configs/base/experiment.yaml`` (the
+    runner has no defaults of its own): build it with ``load_config("experiment",
+    ["experiment=<name>"]).experiment``, as ``robo-s2 experiment`` does."""
+    require_complete(
+        {"experiment": exp}, "experiment", overrides=["~experiment"],
+        exclude=("workers", "jobs", "device"),
+    )  # fmt: skip
+
+
 def parse_rows(rows: Any) -> list[Row]:
     """The experiment's rows; labels must be unique and every encoder config must exist."""
     from robo_s2.encoders import list_encoder_configs
@@ -164,37 +174,22 @@ def train_config(
     exp: Mapping[str, Any], row: Row, seed: int, store: str | Path, device: str
 ) -> DictConfig:
     """``configs/train.yaml`` composed for one (row, seed) of the experiment."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from robo_s2.paths import config_dir
-
     overrides = [
         f"encoder={row.encoder}",
-        *[str(o) for o in exp.get("train_overrides") or []],
+        *[str(o) for o in exp["train_overrides"]],
         f"data.store={store}",
         f"seed={seed}",
         f"device={device}",
         "resume=auto",
         "data.store_wait_s=3600",  # rows in parallel jobs cache their features one at a time
     ]
-    # compose() needs its own GlobalHydra; inside a running Hydra app, borrow it for the call
-    previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    if previous is not None:
-        GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            try:
-                cfg = compose("train", overrides=overrides)
-            except Exception as exc:  # Hydra's override/config errors
-                raise UserError(
-                    f"experiment row {row.label}: the train overrides do not compose: "
-                    f"{str(exc).splitlines()[0]}"
-                ) from None
-    finally:
-        if previous is not None:
-            GlobalHydra.instance().clear()
-            GlobalHydra.instance().initialize(previous)
+        cfg = load_config("train", overrides)
+    except Exception as exc:  # Hydra's override/config errors
+        raise UserError(
+            f"experiment row {row.label}: the train overrides do not compose: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     with open_dict(cfg):
         cfg.encoder = OmegaConf.merge(cfg.encoder, row.overrides)
     missing = missing_values(to_plain(cfg.encoder))
@@ -225,11 +220,11 @@ def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path
         res = collect(
             store,
             n_episodes=n,
-            env_kwargs=dict(to_plain(demos.get("env")) or {}),
-            expert_kwargs=dict(to_plain(demos.get("expert")) or {}),
-            seed=int(demos.get("seed", 0)),
+            env_kwargs=dict(to_plain(demos["env"])),
+            expert_kwargs=dict(to_plain(demos["expert"])),
+            seed=int(demos["seed"]),
             workers=workers,
-            placement=str(demos.get("placement", "random")),
+            placement=str(demos["placement"]),
             on_episode=lambda r: (setattr(bar, "n", r.n_total), bar.refresh()),
         )
     finally:
@@ -262,10 +257,7 @@ def run_one(
     if not ckpt.is_dir():
         ckpt = run_dir / "checkpoints" / "last"
 
-    protocol = dict(to_plain(exp.get("eval")) or {})
-    protocol.setdefault("positions", "paper16")
-    protocol.setdefault("seed", 0)
-    protocol.setdefault("n_episodes", None)
+    protocol = dict(to_plain(exp["eval"]))
     eval_dir = run_dir / "eval"
     info_path, protocol_path = eval_dir / "eval_info.json", eval_dir / "protocol.json"
     reused_eval = False
@@ -285,8 +277,8 @@ def run_one(
             seed=int(protocol["seed"]),
             workers=workers,
             device=device,
-            n_videos=int(protocol.get("n_videos", 2)),
-            env_overrides=dict(protocol.get("env_overrides") or {}),
+            n_videos=int(protocol["n_videos"]),
+            env_overrides=dict(protocol["env_overrides"]),
             out_dir=eval_dir,
         )
         n_success, n_episodes, eval_s = res.n_success, res.n_episodes, time.perf_counter() - t1
@@ -664,9 +656,10 @@ def run_experiment(
     ``jobs > 1`` runs rows in that many processes at once (a 2-core CPU trains a small policy on
     one thread, so two rows at a time keep both cores busy); results are the same as ``jobs=1``."""
     exp = to_plain(exp)
-    name = str(exp.get("name") or "experiment")
+    require_experiment_config(exp)
+    name = str(exp["name"])
     rows = parse_rows(exp.get("rows"))
-    seeds = [int(s) for s in exp.get("seeds", [0]) or []]
+    seeds = [int(s) for s in exp["seeds"]]
     if not seeds:
         raise UserError("experiment.seeds is empty: give at least one training seed")
     if workers < 0:
@@ -675,7 +668,7 @@ def run_experiment(
         raise UserError(f"jobs={jobs} must be >= 1 (rows trained and evaluated at once)")
     if "demos" not in exp or "store" not in exp["demos"]:
         raise UserError("the experiment needs demos.store (and demos.n_episodes to collect)")
-    references = dict(exp.get("reference") or {})
+    references = dict(exp["reference"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every row's encoder must build (configs compose, weights load) before hours of work start
@@ -708,10 +701,10 @@ def run_experiment(
             RowResult(row.label, row.encoder, params, gflops, dim, runs,
                       None if ref is None else float(ref), note)
         )  # fmt: skip
-    protocol = dict(exp.get("eval") or {})
-    described = f"positions={protocol.get('positions', 'paper16')} seed={protocol.get('seed', 0)}"
+    protocol = exp["eval"]
+    described = f"positions={protocol['positions']} seed={protocol['seed']}"
     seconds = time.perf_counter() - t0
     md, csv_path, json_path, plot = write_reports(
-        name, str(exp.get("title") or ""), results, out, described, provenance(seconds)
+        name, str(exp["title"]), results, out, described, provenance(seconds)
     )
     return ExperimentResult(name, out, results, seconds, md, csv_path, json_path, plot)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robo_s2.core.config import to_plain
+from robo_s2.core.config import require_complete, to_plain
 from robo_s2.core.io import atomic_file
 from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
@@ -163,11 +163,12 @@ class Pretrainer:
     def __init__(self, cfg: Mapping[str, Any], run_dir: str | Path, progress: bool = False) -> None:
         from robo_s2.device import resolve_device
 
+        require_complete(cfg, "pretrain")
         self.cfg = to_plain(cfg, json_safe=True)
-        self.tcfg: dict[str, Any] = dict(self.cfg.get("train") or {})
+        self.tcfg: dict[str, Any] = dict(self.cfg["train"])
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.device = resolve_device(str(self.cfg.get("device", "auto")))
+        self.device = resolve_device(str(self.cfg["device"]))
         self.writer = None
 
     # -------------------------------------------------------------------------- setup
@@ -176,22 +177,22 @@ class Pretrainer:
 
         cfg = self.cfg
         size = self.image_size
-        paths = _image_paths(cfg.get("images"))
-        scfg = dict(cfg.get("scenes") or {})
-        n_scenes = int(scfg.get("episodes") or 0)
+        paths = _image_paths(cfg["images"])
+        scfg = dict(cfg["scenes"])
+        n_scenes = int(scfg["episodes"] or 0)
         if not paths and not n_scenes:
             raise UserError(
                 "no images to pre-train on: set images=<store or image folder> (several: "
                 "images=[a,b]) and/or scenes.episodes=<n> for randomized-scene frames"
             )
-        keys = cfg.get("image_keys")
+        keys = cfg["image_keys"]
         pool = (
             load_images(
                 paths,
                 size,
                 image_keys=[keys] if isinstance(keys, str) else keys,
-                frames_per_episode=cfg.get("frames_per_episode"),
-                max_images=cfg.get("max_images"),
+                frames_per_episode=cfg["frames_per_episode"],
+                max_images=cfg["max_images"],
                 seed=self.seed,
             )
             if paths
@@ -210,11 +211,11 @@ class Pretrainer:
                     print(f"pretrain: rendering {n_scenes} randomized-scene episodes")
                 frames, groups = scene_frames(
                     n_scenes, size, seed=self.seed,
-                    frames_per_episode=int(scfg.get("frames_per_episode", 8)),
-                    cameras=tuple(scfg.get("cameras") or ("front", "wrist")),
-                    cube_sizes=tuple(scfg.get("cube_sizes") or (0.03, 0.04, 0.05)),
-                    max_distractors=int(scfg.get("max_distractors", 3)),
-                    steps=tuple(scfg.get("steps") or (20, 60)),
+                    frames_per_episode=int(scfg["frames_per_episode"]),
+                    cameras=tuple(scfg["cameras"]),
+                    cube_sizes=tuple(scfg["cube_sizes"]),
+                    max_distractors=int(scfg["max_distractors"]),
+                    steps=tuple(scfg["steps"]),
                 )  # fmt: skip
                 with atomic_file(cache) as tmp:
                     np.savez(tmp, frames=frames, groups=groups, spec=np.array(spec))
@@ -226,13 +227,13 @@ class Pretrainer:
                 pool.skipped,
             )
         self.pool = pool
-        self.train_ids, self.val_ids = pool.split(float(cfg.get("val_fraction", 0.05)), self.seed)
+        self.train_ids, self.val_ids = pool.split(float(cfg["val_fraction"]), self.seed)
         if len(self.train_ids) == 0:
             raise UserError("no training images left after holding out val_fraction of them")
 
     def setup(self) -> None:
         cfg, tcfg = self.cfg, self.tcfg
-        self.seed = int(cfg.get("seed", 0))
+        self.seed = int(cfg["seed"])
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
         torch.manual_seed(self.seed)
@@ -244,16 +245,16 @@ class Pretrainer:
                 raise UserError(
                     f"{self.resume_from} is not a robo-s2 pretrain checkpoint this version reads"
                 )
-        self.image_size = int(cfg.get("image_size") or 224)
-        dcfg = dict(cfg.get("decoder") or {})
+        self.image_size = int(cfg["image_size"])
+        dcfg = dict(cfg["decoder"])
         self.model = MaskedAutoencoder(
-            arch=str(cfg.get("arch") or "vit_tiny_patch16_224"),
+            arch=str(cfg["arch"]),
             img_size=self.image_size,
-            decoder_dim=int(dcfg.get("dim", 256)),
-            decoder_depth=int(dcfg.get("depth", 4)),
-            decoder_heads=int(dcfg.get("heads", 8)),
-            mask_ratio=float(cfg.get("mask_ratio", 0.75)),
-            norm_pix_loss=bool(cfg.get("norm_pix_loss", True)),
+            decoder_dim=int(dcfg["dim"]),
+            decoder_depth=int(dcfg["depth"]),
+            decoder_heads=int(dcfg["heads"]),
+            mask_ratio=float(cfg["mask_ratio"]),
+            norm_pix_loss=bool(cfg["norm_pix_loss"]),
             seed=self.seed,
         ).to(self.device)
         if state is not None and state["mae_config"] != self.model.config:
@@ -262,27 +263,27 @@ class Pretrainer:
                 f"{state['mae_config']} vs {self.model.config}; resume with its settings"
             )
         self._load_pool()
-        self.batch_size = int(tcfg.get("batch_size", 64))
-        self.epochs = int(tcfg.get("epochs", 1))
+        self.batch_size = int(tcfg["batch_size"])
+        self.epochs = int(tcfg["epochs"])
         if self.batch_size < 1 or self.epochs < 1:
             raise UserError("train.batch_size and train.epochs must be >= 1")
         # the encoder sees the visible (unmasked) patches only: those decide whether bf16 pays
         grid = self.image_size // self.model.patch_size
         visible = round(grid * grid * (1 - self.model.mask_ratio))
         self.precision = resolve_precision(
-            str(cfg.get("precision") or "auto"), self.device, self.batch_size * (visible + 1)
+            str(cfg["precision"]), self.device, self.batch_size * (visible + 1)
         )
-        stop = tcfg.get("stop_at_epoch")
+        stop = tcfg["stop_at_epoch"]
         self.stop_epoch = min(self.epochs, int(stop)) if stop else self.epochs
         self.steps_per_epoch = max(1, math.ceil(len(self.train_ids) / self.batch_size))
         self.total_steps = self.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(
             self.model,
-            lr=float(tcfg.get("lr", 1.5e-4)),
-            weight_decay=float(tcfg.get("weight_decay", 0.05)),
-            betas=tcfg.get("betas", (0.9, 0.95)),
+            lr=float(tcfg["lr"]),
+            weight_decay=float(tcfg["weight_decay"]),
+            betas=tuple(tcfg["betas"]),
         )
-        warmup = int(float(tcfg.get("warmup_epochs", 0)) * self.steps_per_epoch)
+        warmup = int(float(tcfg["warmup_epochs"]) * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(warmup_cosine, warmup=warmup, total=self.total_steps)
         )
@@ -317,14 +318,14 @@ class Pretrainer:
         raw = torch.from_numpy(self.pool.images[ids]).to(self.device)
         t = self.tcfg
         x = augment(
-            raw, self.image_size, gen, scale=tuple(t.get("crop_scale", (0.35, 1.0))),
-            hflip=float(t.get("hflip", 0.5)),
+            raw, self.image_size, gen, scale=tuple(t["crop_scale"]),
+            hflip=float(t["hflip"]),
         )  # fmt: skip
         with autocast(self.device, self.precision):
             loss, _, _ = self.model(x, gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = float(t.get("grad_clip") or 0.0)
+        clip = float(t["grad_clip"] or 0.0)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
         self.optimizer.step()
@@ -381,7 +382,7 @@ class Pretrainer:
         (last / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.cfg)))
 
     def _recon_png(self, epoch: int) -> None:
-        n = int(self.cfg.get("recon_images", 6) or 0)
+        n = int(self.cfg["recon_images"] or 0)
         if n <= 0:
             return
         ids = self.val_ids if len(self.val_ids) else self.train_ids
@@ -411,8 +412,8 @@ class Pretrainer:
             val_loss_init=self.val_loss_init, n_train=len(self.train_ids),
             n_val=len(self.val_ids), skipped=list(self.pool.skipped), history=self.history,
         )  # fmt: skip
-        log_every = max(1, int(self.tcfg.get("log_every") or 10))
-        save_every_steps = int(self.tcfg.get("save_every_steps") or 0)
+        log_every = max(1, int(self.tcfg["log_every"]))
+        save_every_steps = int(self.tcfg["save_every_steps"] or 0)
         bar = self._progress_bar()
         self.model.train()
         start, train_time, images_done = time.perf_counter(), 0.0, 0

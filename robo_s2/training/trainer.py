@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.base import loss_elements
-from robo_s2.core.config import to_plain
+from robo_s2.core.config import require_complete, to_plain
 from robo_s2.core.io import replace_path
 from robo_s2.encoders.feature_cache import CacheStatus, feature_precision, input_key
 from robo_s2.errors import UserError
@@ -204,6 +204,20 @@ def feature_tokens(encoder: Any) -> int:
     return int(encoder.feature_shape[0])
 
 
+def check_train_config(cfg: Mapping[str, Any]) -> None:
+    """Refuse a train config that lacks a key of ``configs/train.yaml`` (the policy section checked
+    against its own ``configs/policy/<name>.yaml``; the encoder's keys are its factory's to check):
+    the trainer has no defaults of its own, so Python and ``robo-s2 train`` run one recipe."""
+    from robo_s2.paths import config_dir
+
+    policy = to_plain(cfg).get("policy")
+    name = policy.get("name") if isinstance(policy, Mapping) else None
+    if name and (config_dir() / "policy" / f"{name}.yaml").is_file():
+        require_complete(cfg, "train", overrides=[f"policy={name}"], exclude=("encoder",))
+    else:
+        require_complete(cfg, "train", exclude=("encoder", "policy"))
+
+
 def find_resume_checkpoint(
     cfg: Mapping[str, Any], run_dir: str | Path, command: str = "train"
 ) -> Path | None:
@@ -213,8 +227,8 @@ def find_resume_checkpoint(
     with a training state), or ``auto`` (resume when there is one, else start fresh).
     ``resume_from`` alone implies ``resume=true``.
     """
-    mode = cfg.get("resume", False)
-    source = cfg.get("resume_from")
+    mode = cfg["resume"]
+    source = cfg["resume_from"]
     if isinstance(mode, str):
         if mode.lower() not in ("auto", "true", "false"):
             raise UserError(f"resume={mode!r} must be true, false or auto")
@@ -298,12 +312,13 @@ class Trainer:
         progress: bool = False,
         encoder_name: str | None = None,
     ) -> None:
+        check_train_config(cfg)
         self.cfg = to_plain(cfg, json_safe=True)
         self.encoder_name = encoder_name  # the encoder config's name, for messages
         self.tcfg: dict[str, Any] = self.cfg["train"]
         self.dcfg: dict[str, Any] = self.cfg["data"]
         self.progress = progress
-        self.dist, self.device = D.init_distributed(str(self.cfg.get("device", "auto")))
+        self.dist, self.device = D.init_distributed(str(self.cfg["device"]))
         self.run_dir = Path(D.broadcast_object(str(run_dir), self.dist))
         self.writer = None
         self.bar = None
@@ -314,7 +329,7 @@ class Trainer:
     def setup(self) -> None:
         """Build the run: data, encoder, policy, optimizer, and the state it resumes from.
         The order is part of the behaviour: the seeded RNGs draw the initial weights in it."""
-        self.seed = int(self.cfg.get("seed", 0))
+        self.seed = int(self.cfg["seed"])
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
         torch.manual_seed(self.seed)
@@ -339,15 +354,15 @@ class Trainer:
         """Open ``data.store``; its episode ends, actions and proprioception (checked finite)."""
         from robo_s2.data.store import DemoStore
 
-        store_path = self.dcfg.get("store")
+        store_path = self.dcfg["store"]
         if not store_path:
             raise UserError("data.store is not set; pass data.store=<path to a demo store>")
         self.store = store = DemoStore.open(store_path, mode="r")
         ends = store.episode_ends
         if store.n_episodes == 0 or store.n_frames == 0:
             raise UserError(f"{store.path} has no episodes; collect some first (robo-s2 collect)")
-        self.action_key = str(self.dcfg.get("action_key") or "action")
-        self.proprio_key = self.dcfg.get("proprio_key", "proprio")
+        self.action_key = str(self.dcfg["action_key"])
+        self.proprio_key = self.dcfg["proprio_key"]
         action = self._read_lowdim(self.action_key)
         proprio = (
             self._read_lowdim(self.proprio_key)
@@ -363,10 +378,10 @@ class Trainer:
         """The resumed run's episode split, or a new one."""
         store = self.store
         if state is None:
-            split_seed = self.dcfg.get("split_seed")
+            split_seed = self.dcfg["split_seed"]
             return split_episodes(
                 store.n_episodes,
-                self.dcfg.get("val_fraction", 0.1),
+                self.dcfg["val_fraction"],
                 self.seed if split_seed is None else int(split_seed),
             )
         split = Split.from_dict(state["split"])
@@ -388,7 +403,7 @@ class Trainer:
 
         self.encoder = encoder = create_encoder(self.cfg["encoder"])
         # the store array the encoder reads: a camera's frames, or data/state for the oracle
-        self.image_key = input_key(encoder, str(self.dcfg.get("image_key") or "image"))
+        self.image_key = input_key(encoder, str(self.dcfg["image_key"]))
         if self.encoder_name:  # the config's name (vit_t_s2) labels the feature cache, not "timm"
             encoder.label = self.encoder_name
         self.encoder_fp0 = encoder.fingerprint()
@@ -402,7 +417,7 @@ class Trainer:
         name = pcfg.pop("name", None)
         if not name:
             raise UserError("policy.name is not set; choose a policy config (policy=...)")
-        if pcfg.get("feature_tokens", "auto") in ("auto", None):
+        if pcfg.get("feature_tokens") in ("auto", None):  # (a policy without the option: auto)
             pcfg["feature_tokens"] = feature_tokens(self.encoder)
         pcfg.update(
             feature_dim=int(self.encoder.feature_dim),
@@ -422,10 +437,10 @@ class Trainer:
         store, encoder = self.store, self.encoder
         _check_image_key(store, self.image_key)
         check_frame_size(store, encoder, self.image_key)
-        gb = float(self.dcfg.get("images_in_memory_gb", 4.0))
+        gb = float(self.dcfg["images_in_memory_gb"])
         self.frames = FrameSource(store.array(self.image_key), gb * 2**30)
         self.feature_precision = feature_precision(
-            encoder, self.device, int(self.dcfg.get("batch_size", 64))
+            encoder, self.device, int(self.dcfg["batch_size"])
         )
         self.feature_source = (
             f"images ({self.image_key}), encoder trained end to end in {self.feature_precision}"
@@ -455,7 +470,7 @@ class Trainer:
         self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if self.n_params == 0:
             raise UserError("nothing to train: the policy and encoder have no trainable parameters")
-        ema = self.tcfg.get("ema")
+        ema = self.tcfg["ema"]
         self.ema = EMA(self.model, float(ema)) if ema else None
 
     def _build_optimizer(self) -> None:
@@ -464,18 +479,18 @@ class Trainer:
         self.total_steps = int(tcfg["steps"])
         if self.total_steps < 1:
             raise UserError(f"train.steps={self.total_steps} must be >= 1")
-        stop_at = tcfg.get("stop_at")
+        stop_at = tcfg["stop_at"]
         self.stop_step = min(self.total_steps, int(stop_at)) if stop_at else self.total_steps
         self.optimizer = make_optimizer(
             self.model,
             lr=float(tcfg["lr"]),
-            weight_decay=float(tcfg.get("weight_decay", 0.0)),
-            betas=tcfg.get("betas", (0.9, 0.999)),
-            lr_by_prefix={"encoder.": tcfg.get("encoder_lr")},
+            weight_decay=float(tcfg["weight_decay"]),
+            betas=tuple(tcfg["betas"]),
+            lr_by_prefix={"encoder.": tcfg["encoder_lr"]},
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            partial(warmup_cosine, warmup=int(tcfg.get("warmup_steps", 0)), total=self.total_steps),
+            partial(warmup_cosine, warmup=int(tcfg["warmup_steps"]), total=self.total_steps),
         )
 
     def _build_sampler(self) -> None:
@@ -530,11 +545,11 @@ class Trainer:
         from robo_s2.encoders.feature_cache import cache_status, encoder_label, load_features
 
         store, enc, key = self.store, self.encoder, self.image_key
-        batch_size = int(self.dcfg.get("batch_size", 64))
+        batch_size = int(self.dcfg["batch_size"])
         self.feature_precision = precision = feature_precision(enc, self.device, batch_size)
         status = cache_status(store, enc, key, precision)
         if not status.complete:
-            if not self.dcfg.get("encode", True):
+            if not self.dcfg["encode"]:
                 name = self.encoder_name or encoder_label(enc)
                 raise UserError(
                     f"{store.path} has no cached features of encoder {name} "
@@ -581,7 +596,7 @@ class Trainer:
             bar.refresh()
 
         writable = DemoStore.open(
-            store.path, mode="a", wait_s=float(self.dcfg.get("store_wait_s") or 0)
+            store.path, mode="a", wait_s=float(self.dcfg["store_wait_s"] or 0)
         )
         try:
             done = encode_store(
@@ -606,7 +621,7 @@ class Trainer:
     ) -> None:
         frames = self.train_windows
         if features is None:  # training from images: statistics of the initial encoder's features
-            n = min(int(self.dcfg.get("norm_frames", 1024)), frames.size)
+            n = min(int(self.dcfg["norm_frames"]), frames.size)
             rng = np.random.default_rng(self.seed)
             frames = np.sort(rng.choice(frames, size=n, replace=False))
             self.encoder.to(self.device)
@@ -746,7 +761,7 @@ class Trainer:
         was_training = encoder.training
         encoder.eval()
         table = torch.zeros(self.data.n_frames, int(self.encoder.feature_dim), device=self.device)
-        bs = int(self.dcfg.get("batch_size", 64))
+        bs = int(self.dcfg["batch_size"])
         for lo in range(0, len(frames), bs):
             ids = frames[lo : lo + bs]
             x = images_to_tensor(self.frames(ids), self.encoder.image_size, self.device)
@@ -789,7 +804,7 @@ class Trainer:
         windows = torch.as_tensor(self.val_windows[self.dist.rank :: self.dist.world_size])
         sums = torch.zeros(6 + da, dtype=torch.float64, device=self.device)
         mean_raw = norm.action_mean.float()
-        bs = int(self.tcfg.get("eval_batch_size", 256))
+        bs = int(self.tcfg["eval_batch_size"])
         for lo in range(0, windows.numel(), bs):
             batch = self.data.batch(windows[lo : lo + bs], feature=table)
             with autocast(self.device):
@@ -956,10 +971,10 @@ class Trainer:
     def _loop_settings(self) -> _LoopSettings:
         tcfg = self.tcfg
         return _LoopSettings(
-            eval_every=int(tcfg.get("eval_every") or 0),
-            save_every=int(tcfg.get("save_every") or 0),
-            log_every=max(1, int(tcfg.get("log_every") or 50)),
-            grad_clip=float(tcfg.get("grad_clip") or 0.0),
+            eval_every=int(tcfg["eval_every"] or 0),
+            save_every=int(tcfg["save_every"] or 0),
+            log_every=max(1, int(tcfg["log_every"])),
+            grad_clip=float(tcfg["grad_clip"] or 0.0),
             has_val=self.val_windows.size > 0,
             params=[p for p in self.model.parameters() if p.requires_grad],
         )
