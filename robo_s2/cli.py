@@ -7,6 +7,8 @@ keys, unknown config-group options (the available ones are listed), and ``+key=v
 keys the config does not have (Hydra would accept and silently ignore ``+train.stepz=5``; options
 under ``encoder.`` and ``policy.`` may be added, their factories check them).
 
+``ROBO_S2_DEBUG=1`` prints the traceback behind such a one-line error.
+
 ``encoder.trust_weights=true`` (or ``trust_weights=true``) is taken off the command line before
 Hydra sees it: it lets weights files that need pickle load (:func:`robo_s2.safe_io.trusted_weights`)
 and is never part of any config, so no file (a checkpoint, a saved run config) can switch it on.
@@ -18,6 +20,7 @@ import difflib
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -169,6 +172,33 @@ def _added_keys(command: str, overrides: list[str]) -> None:
         )
 
 
+def _sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """The override lists to check for a command line with ``--multirun`` sweeps: one with every
+    sweep at its first value, then one per further value of each sweep (the others at their first),
+    so a typo in any swept key or value is caught. A list value (``a=[1,2]``) is no sweep;
+    ``interval(...)`` sweeps (enumerated only by a sweeper plugin) are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values: list[list[str]] = []
+    for text, ov in zip(overrides, parsed, strict=True):
+        if not ov.is_sweep_override():
+            values.append([text])
+            continue
+        try:
+            choices = list(ov.sweep_string_iterator())
+        except HydraException:
+            choices = []
+        values.append([f"{ov.get_key_element()}={v}" for v in choices])
+    base = [v[0] for v in values if v]
+    variants = [base]
+    for i, vals in enumerate(values):
+        for v in vals[1:]:
+            variants.append([v if j == i else w[0] for j, w in enumerate(values) if w])
+    return variants
+
+
 def _check_overrides(command: str, args: list[str]) -> None:
     """Compose the config with the user's overrides; Hydra's multi-line errors become one line."""
     from hydra import compose, initialize_config_dir
@@ -183,12 +213,11 @@ def _check_overrides(command: str, args: list[str]) -> None:
             skip_next = True
         elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
             overrides.append(arg)
-    if any("," in a.split("=", 1)[-1] or "range(" in a for a in overrides):
-        return  # sweeps are validated by Hydra itself when --multirun expands them
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            compose(config_name=command, overrides=overrides)
-            _added_keys(command, overrides)
+            for variant in _sweep_variants(overrides):
+                compose(config_name=command, overrides=variant)
+                _added_keys(command, variant)
     except (HydraException, OmegaConfBaseException) as exc:
         if isinstance(exc, MissingConfigException) and _missing_option(command, exc):
             fail(_missing_option(command, exc))
@@ -207,6 +236,8 @@ def guarded(task: Callable) -> Callable:
         try:
             return task(cfg)
         except UserError as exc:
+            if os.environ.get("ROBO_S2_DEBUG") == "1":  # the traceback behind the one line
+                traceback.print_exc()
             fail(str(exc))
         except KeyboardInterrupt:
             fail("interrupted; everything finished before the interrupt is kept", code=130)

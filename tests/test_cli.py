@@ -1,22 +1,10 @@
 """The robo-s2 console script: dispatch, config resolution and one-line errors."""
 
-import subprocess
-import sys
-
 import pytest
+from cli_helpers import robo_s2
 
 from robo_s2.cli import COMMANDS
 from robo_s2.paths import config_dir
-
-
-def robo_s2(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "robo_s2", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 def test_every_command_has_a_config_and_module():
@@ -65,3 +53,37 @@ def test_bad_values_are_one_line_errors(tmp_path, override, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.stepz=1,2", "train.stepz"),  # a swept key with a typo
+        ("encoder=vit_t,vit_q", "unknown encoder 'vit_q'"),  # a typo in a later sweep value
+        ("train.stepz=[1,2]", "train.stepz"),  # a list value (a comma, but no sweep)
+    ],
+)
+def test_overrides_with_commas_are_checked_too(override, named):
+    out = robo_s2("train", "data.store=x.zarr", override, "--multirun")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], out.stderr
+
+
+def test_a_valid_sweep_passes_the_check(tmp_path):
+    from robo_s2.cli import _sweep_variants
+
+    variants = _sweep_variants(["seed=0,1,2", "encoder=vit_t,vit_s", "train.steps=5"])
+    assert variants[0] == ["seed=0", "encoder=vit_t", "train.steps=5"]
+    assert ["seed=2", "encoder=vit_t", "train.steps=5"] in variants
+    assert ["seed=0", "encoder=vit_s", "train.steps=5"] in variants and len(variants) == 4
+
+
+def test_debug_env_shows_the_traceback_behind_a_one_line_error(tmp_path):
+    args = ("train", f"data.store={tmp_path / 'nope.zarr'}")
+    quiet = robo_s2(*args, cwd=tmp_path)
+    loud = robo_s2(*args, cwd=tmp_path, env={"ROBO_S2_DEBUG": "1"})
+    assert quiet.returncode == loud.returncode == 2
+    assert "Traceback" not in quiet.stderr and len(quiet.stderr.strip().splitlines()) == 1
+    assert "Traceback" in loud.stderr and "UserError" in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()

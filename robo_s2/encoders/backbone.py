@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder
 from robo_s2.encoders.pooling import Pooling
 from robo_s2.encoders.registry import register_encoder
-from robo_s2.errors import UserError
+from robo_s2.errors import ModelArgsRejected, UserError
 
 NORMALIZE_CHOICES = ("imagenet", "model", "none")
 
@@ -256,7 +257,7 @@ def create_timm_model(
     except UserError:
         raise
     except TypeError as exc:
-        raise UserError(
+        raise ModelArgsRejected(
             f"timm model '{model}' rejected model_kwargs {model_kwargs}: {exc}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - timm/hub/torch raise many kinds
@@ -264,7 +265,7 @@ def create_timm_model(
         if not from_timm:
             raise UserError(f"could not build timm model '{model}': {first}") from exc
         where = "from the local Hugging Face cache or the hub"
-        if "weights_only" in str(exc) or "pickle" in str(exc).lower():
+        if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refused it
             first = "the file needs pickle to load, which is refused"
         raise UserError(
             f"pretrained weights for timm model '{model}' could not be loaded {where} "

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD
-from robo_s2.errors import UserError
+from robo_s2.errors import ModelArgsRejected, UserError
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> Tensor:
@@ -52,9 +52,7 @@ def build_vit(arch: str, img_size: int, seed: int = 0) -> nn.Module:
     else:
         try:
             net = create_timm_model(str(arch), False, None, {"img_size": int(img_size)}, seed)
-        except UserError as exc:
-            if "rejected model_kwargs" not in str(exc):
-                raise
+        except ModelArgsRejected:
             net = None  # a timm model without img_size: not a ViT
     ok = (
         isinstance(net, VisionTransformer)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robo_s2.errors import UserError
+from robo_s2.errors import ImportFailure, UserError
 
 if TYPE_CHECKING:
     from robo_s2.data.store import DemoStore
@@ -213,18 +213,17 @@ def ingest(
             out, config, attrs, names, load, commit_attrs, result, zarr_format, skip_bad,
             on_episode,
         )  # fmt: skip
-    except UserError as e:
-        e.final = True  # says what became of out: no "nothing was written" to add
+    except ImportFailure:
         raise
+    except UserError as e:  # its message says what became of out: no "nothing was written" to add
+        raise ImportFailure(str(e)) from e
 
 
-def finish_error(e: UserError) -> UserError:
+def finish_error(e: UserError) -> ImportFailure:
     """A setup error of an importer (raised before ``out`` was touched) says so."""
-    if getattr(e, "final", False) or "nothing was written" in str(e):
+    if isinstance(e, ImportFailure):
         return e
-    err = UserError(f"{e}; nothing was written")
-    err.final = True
-    return err
+    return ImportFailure(f"{e}; nothing was written")
 
 
 def _ingest(
