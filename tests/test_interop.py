@@ -8,7 +8,6 @@ JPEG2000 images via imagecodecs when it is installed).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from cli_helpers import robo_s2
 
 from robo_s2.data.interop import NATIVE_ENV_ID, is_foreign, require_native_env
 from robo_s2.data.interop.dp_zarr import export_dp, import_dp
@@ -705,14 +705,6 @@ def test_bad_dp_input_is_one_clear_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # CLI
-
-
-def robo_s2(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "robo_s2", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120, env=env,
-    )  # fmt: skip
 
 
 def test_cli_import_export_and_one_line_errors(tmp_path):

@@ -3,13 +3,12 @@ falling below the random init's, exact resume, the linear probe, bad input and t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import robo_s2
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -334,17 +333,14 @@ def test_probe_reads_the_cube_position_from_a_store(store):
 # --------------------------------------------------------------------------------- CLI
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "robo_s2", "pretrain", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-
-
 def test_cli_bad_input_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    bad = run_cli(f"images=[{tmp_path / 'empty'}]", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    bad = robo_s2(
+        "pretrain",
+        f"images=[{tmp_path / 'empty'}]",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "has no images" in lines[0], bad.stderr
@@ -373,11 +369,11 @@ def test_cli_pretrain_runs_and_resumes(store, tmp_path):
         "frames_per_episode=2",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    out = run_cli(*common, "train.epochs=1", cwd=tmp_path)
+    out = robo_s2("pretrain", *common, "train.epochs=1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "pretrain: epochs 0->1/1" in out.stdout and "held-out loss" in out.stdout
     assert (tmp_path / "run" / "encoder.pth").is_file()
-    more = run_cli(*common, "train.epochs=2", "resume=true", cwd=tmp_path)
+    more = robo_s2("pretrain", *common, "train.epochs=2", "resume=true", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert "pretrain: epochs 1->2/2" in more.stdout
 
