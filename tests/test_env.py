@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import gymnasium as gym
 import mujoco
@@ -31,7 +32,9 @@ def _hold(env: CubePickEnv) -> np.ndarray:
 def test_gym_make_and_check_env():
     env = gym.make(envs.ENV_ID, image_size=112, render_mode="rgb_array")
     assert isinstance(env.unwrapped, CubePickEnv)
-    check_env(env.unwrapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium's checker only warns about most problems
+        check_env(env.unwrapped)
     obs, _ = env.reset(seed=0)
     frame = env.render()
     assert frame.shape == (112, 112, 3) and frame.dtype == np.uint8
@@ -41,7 +44,9 @@ def test_gym_make_and_check_env():
 
 def test_check_env_without_images_and_with_yaw():
     env = CubePickEnv(render_images=False, randomize_yaw=True)
-    check_env(env, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
     env.close()
 
 
