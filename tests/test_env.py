@@ -239,7 +239,7 @@ def test_describe_and_cube_region():
     assert CubePickEnv(**desc["kwargs"]).describe() == desc
 
 
-def test_model_is_physically_honest(fast_env):
+def test_contacts_are_elliptic_cones_with_torsional_friction(fast_env):
     m = fast_env.model
     assert m.opt.cone == mujoco.mjtCone.mjCONE_ELLIPTIC
     assert 5 <= m.opt.impratio <= 20
@@ -247,6 +247,10 @@ def test_model_is_physically_honest(fast_env):
     assert fast_env.n_substeps * m.opt.timestep == pytest.approx(0.1)
     for name in (P.CUBE_GEOM, *P.PAD_GEOMS):
         assert m.geom_condim[m.geom(name).id] == 4, name
+
+
+def test_nothing_holds_the_cube_but_the_fingers(fast_env):
+    m = fast_env.model
     cube_body = m.body(P.CUBE_BODY).id
     cube_joint = m.joint("cube").id
     for i in range(m.neq):
@@ -260,7 +264,10 @@ def test_model_is_physically_honest(fast_env):
     assert m.jnt_type[cube_joint] == mujoco.mjtJoint.mjJNT_FREE
     assert m.body_mass[cube_body] == pytest.approx(0.07)
     np.testing.assert_allclose(m.geom_size[m.geom(P.CUBE_GEOM).id], [0.02] * 3)
-    # real Panda kinematics and limits
+
+
+def test_arm_has_real_panda_kinematics_and_limits(fast_env):
+    m = fast_env.model
     np.testing.assert_allclose(m.body("link1").pos, [0, 0, 0.333])
     np.testing.assert_allclose(m.body("link3").pos, [0, -0.316, 0])
     np.testing.assert_allclose(m.body("link5").pos, [-0.0825, 0.384, 0])

@@ -72,12 +72,24 @@ def tiny_experiment(tmp_path: Path, **changes) -> dict:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny experiment run end to end (shared by the tests that read its outputs)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
+    tmp_path = tmp_path_factory.mktemp("experiment")
     exp = tiny_experiment(tmp_path)
     out = tmp_path / "out"
-    res = run_experiment(exp, out, workers=0, device="cpu", progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = run_experiment(exp, out, workers=0, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return exp, out, res
 
+
+def test_experiment_trains_and_evaluates_every_row(finished):
+    _, out, res = finished
     assert [r.label for r in res.rows] == ["ViT-T", "ViT-T-S2"]
     for row in res.rows:
         (run,) = row.runs
@@ -88,15 +100,22 @@ def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
         info = json.loads((run_dir / "eval" / "eval_info.json").read_text())
         assert info["n_episodes"] == 2 and info["positions"]["name"] == "random"
         assert info["positions"]["seed"] == 3
-        assert row.params > 5e6 and row.gflops > 0
+
+
+def test_experiment_rows_report_their_cost_and_reference(finished):
     # S² concatenates two scales of the same ViT-T: its parameters (but for the position
     # embeddings of a 32² instead of a 64² input: 12 fewer tokens x 192), twice the feature width
-    t, s2 = res.rows
+    t, s2 = finished[2].rows
+    assert t.params > 5e6 and t.gflops > 0 and s2.gflops > 0
     assert t.params - s2.params == 12 * 192 and s2.feature_dim == 2 * t.feature_dim
     assert s2.reference == 62.5 and t.reference is None
 
+
+def test_experiment_writes_table_csv_json_and_plot(finished):
+    res = finished[2]
     table = res.table_path.read_text()
     assert "| ViT-T |" in table and "| ViT-T-S2 |" in table and "baseline" in table
+    assert "Ran at commit " in table
     with open(res.csv_path) as f:
         records = list(csv.DictReader(f))
     assert [r["encoder"] for r in records] == ["ViT-T", "ViT-T-S2"]
@@ -105,9 +124,11 @@ def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
     assert [len(r["runs"]) for r in saved["rows"]] == [1, 1]
     assert saved["provenance"]["minutes"] >= 0 and saved["provenance"]["commit"]
     assert [(p["a"], p["b"]) for p in saved["pairwise"]] == [("ViT-T", "ViT-T-S2")]
-    assert "Ran at commit " in table
     assert res.plot_path is not None and res.plot_path.stat().st_size > 1000
 
+
+def test_experiment_rerun_reads_back_and_a_new_protocol_only_re_evaluates(finished):
+    exp, out, res = finished
     # a second invocation reads every run and evaluation back instead of redoing them
     infos = sorted(out.glob("runs/*/seed0/eval/eval_info.json"))
     stamps = [p.stat().st_mtime_ns for p in infos]
@@ -117,11 +138,14 @@ def test_experiment_trains_evaluates_tabulates_and_resumes(tmp_path):
     assert [(r.n_success, r.n_episodes) for r in again.rows] == [
         (r.n_success, r.n_episodes) for r in res.rows
     ]
-
     # a changed evaluation protocol re-evaluates the trained policies, without retraining
-    exp["eval"] = {**exp["eval"], "seed": 4}
-    third = run_experiment(exp, out, workers=0, device="cpu", progress=False)
+    weights = sorted(out.glob("runs/*/seed0/checkpoints/best/model.safetensors"))
+    trained = [p.stat().st_mtime_ns for p in weights]
+    third = run_experiment(
+        {**exp, "eval": {**exp["eval"], "seed": 4}}, out, workers=0, device="cpu", progress=False
+    )
     assert not any(run.reused for row in third.rows for run in row.runs)
+    assert [p.stat().st_mtime_ns for p in weights] == trained
     assert json.loads(infos[0].read_text())["positions"]["seed"] == 4
 
 

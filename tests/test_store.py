@@ -65,14 +65,20 @@ def filled(tmp_path):
 # ---------------------------------------------------------------------------- round trip, formats
 
 
-@pytest.mark.parametrize("fmt", [3, 2])
-def test_round_trip_and_layout(tmp_path, fmt):
+def written(tmp_path, fmt):
+    """Four small episodes written to a new store and closed; (path, episodes)."""
     path = tmp_path / "demos.zarr"
     eps = [small_episode(i) for i in range(4)]
     with DemoStore.create(path, attrs={"control_hz": 10}, format=fmt) as s:
         assert s.n_episodes == 0 and s.n_frames == 0 and s.keys() == []
         for i, ep in enumerate(eps):
             assert s.append_episode(ep) == i
+    return path, eps
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_round_trip_keeps_episodes_and_their_boundaries(tmp_path, fmt):
+    path, eps = written(tmp_path, fmt)
     s = DemoStore.open(path)
     assert s.format == fmt and s.mode == "r" and len(s) == 4
     lengths = [len(ep["action"]) for ep in eps]
@@ -82,12 +88,24 @@ def test_round_trip_and_layout(tmp_path, fmt):
     assert s.keys() == ["action", "image", "proprio"]
     for i, ep in enumerate(eps):
         assert_episode_equal(s.episode(i), ep)
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_episode_access_by_slice_negative_index_and_keys(tmp_path, fmt):
+    path, eps = written(tmp_path, fmt)
+    s = DemoStore.open(path)
+    lengths = [len(ep["action"]) for ep in eps]
     assert s.episode_slice(1) == slice(lengths[0], lengths[0] + lengths[1])
     assert_episode_equal(s.episode(-1), eps[-1])
     assert list(s.episode(2, keys=["action"])) == ["action"]
     for got, want in zip(s.iter_episodes(["proprio"]), eps, strict=True):
         np.testing.assert_array_equal(got["proprio"], want["proprio"])
-    # diffusion_policy's layout, readable with plain zarr
+
+
+@pytest.mark.parametrize("fmt", [3, 2])
+def test_layout_is_diffusion_policys_and_readable_with_plain_zarr(tmp_path, fmt):
+    path, eps = written(tmp_path, fmt)
+    lengths = [len(ep["action"]) for ep in eps]
     raw = zarr.open_group(str(path), mode="r", zarr_format=fmt)
     assert raw["meta/episode_ends"].dtype == np.int64
     np.testing.assert_array_equal(raw["meta/episode_ends"][:], np.cumsum(lengths))
