@@ -133,7 +133,7 @@ def test_timm_backbone_frozen_normalised_and_cls_after_norm():
         assert torch.allclose(enc(x), ref[:, 0], atol=1e-6)
         frames = (x * 255).round().to(torch.uint8)
         assert torch.allclose(enc(frames.permute(0, 2, 3, 1)), enc(frames.float() / 255), atol=1e-6)
-    with pytest.raises(UserError, match="expects 64x64"):
+    with pytest.raises(UserError, match="32x32 frames; the encoder needs 64x64"):
         enc(torch.rand(1, 3, 32, 32))
 
 

@@ -49,8 +49,12 @@ def test_groupnorm_everywhere_no_classifier_and_feature_shapes():
     kp = create_encoder("resnet18_e2e", image_size=IMG, pooling="spatial_softmax", num_kp=8).eval()
     out = kp(_frames(2))
     assert kp.feature_dim == 16 and out.shape == (2, 16) and out.abs().max() <= 1.0
-    with pytest.raises(UserError, match="expects 64x64 images, got 96x96"):
-        enc(torch.rand(1, 3, 96, 96))
+    # larger frames are area-downsized to the encoder's input (one policy for every encoder),
+    # smaller ones refused: upsampling would fake detail
+    big = torch.rand(2, 3, 2 * IMG, 2 * IMG)
+    torch.testing.assert_close(enc(big), enc(torch.nn.functional.avg_pool2d(big, 2)))
+    with pytest.raises(UserError, match="32x32 frames; the encoder needs 64x64"):
+        enc(torch.rand(1, 3, 32, 32))
     with pytest.raises(UserError, match="crop_ratio=1.5 must be in"):
         create_encoder("resnet18_e2e", crop_ratio=1.5)
     with pytest.raises(UserError, match="is not a timm ResNet"):
@@ -194,7 +198,7 @@ def _cfg(store, *overrides: str):
 
 
 def test_trains_end_to_end_saves_reloads_and_evaluates(tmp_path, store, monkeypatch):
-    from robo_s2.encoders.feature_cache import images_to_tensor
+    from robo_s2.encoders.preprocess import frames_to_input
     from robo_s2.evaluation.runner import evaluate
     from robo_s2.training.checkpoint import load_checkpoint
     from robo_s2.training.trainer import Trainer
@@ -213,7 +217,7 @@ def test_trains_end_to_end_saves_reloads_and_evaluates(tmp_path, store, monkeypa
     try:
         res = trainer.run()
         trained = trainer.eval_model().encoder  # what the checkpoint holds (EMA weights)
-        frames = images_to_tensor(trainer.frames(np.arange(6)), IMG, torch.device("cpu"))
+        frames = frames_to_input(trainer.frames(np.arange(6)), IMG, torch.device("cpu"))
     finally:
         trainer.close()
     assert res.step == 4 and res.feature_source.startswith("images")

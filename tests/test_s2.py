@@ -227,8 +227,8 @@ def test_native_encoder_takes_the_high_resolution_render():
     assert enc.image_size == 128
     with torch.no_grad():
         assert enc(_images(size=128)).shape == (2, 96)
-    with pytest.raises(UserError, match="expects 128x128"):
-        enc(_images(size=64))
+    with pytest.raises(UserError, match="64x64 frames; the encoder needs 128x128"):
+        enc(_images(size=64))  # the native scale is never faked by upsampling
 
 
 def test_bad_input_is_user_error(vit):
@@ -258,8 +258,12 @@ def test_bad_input_is_user_error(vit):
     with pytest.raises(UserError, match="tiles_per_pass"):
         create_encoder("s2", backbone=backbone, tiles_per_pass=0)
     enc = create_encoder("s2", backbone=backbone, scales=[1, 2])
-    with pytest.raises(UserError, match="expects 64x64"):
-        enc(_images(size=72))
+    big = _images(size=72)  # larger frames are area-downsized to the base scale first
+    with torch.no_grad():
+        small = torch.nn.functional.interpolate(big, size=(64, 64), mode="area")
+        torch.testing.assert_close(enc(big), enc(small))
+    with pytest.raises(UserError, match="48x48 frames; the encoder needs 64x64"):
+        enc(_images(size=48))
     with pytest.raises(UserError, match="patch size"):
         create_encoder(backbone, image_size=72)
     assert isinstance(enc, S2Encoder)

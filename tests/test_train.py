@@ -379,7 +379,7 @@ TINY_PIIP = [
 
 
 def test_trainable_encoder_trains_from_images(tmp_path, synthetic_store):
-    from robo_s2.encoders.feature_cache import images_to_tensor
+    from robo_s2.encoders.preprocess import frames_to_input
     from robo_s2.training.checkpoint import load_checkpoint
 
     base = [x for x in TINY if not x.startswith("encoder")] + TINY_PIIP
@@ -399,7 +399,7 @@ def test_trainable_encoder_trains_from_images(tmp_path, synthetic_store):
         with torch.no_grad():
             loss, _ = trainer.model(batch)
             hist = trainer.data.history_frames(windows)
-            x = images_to_tensor(trainer.frames(hist.flatten().numpy()), IMG, torch.device("cpu"))
+            x = frames_to_input(trainer.frames(hist.flatten().numpy()), IMG, torch.device("cpu"))
             feats = trainer.model.encoder(x).view(*hist.shape, -1)
             naive, _ = trainer.model.policy.compute_loss(trainer.data.batch(windows, feats))
         torch.testing.assert_close(loss, naive)

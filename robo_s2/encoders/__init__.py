@@ -9,7 +9,8 @@ group (``configs/encoder/<name>.yaml``), a timm model name or a config mapping::
     feats = enc(frames)                                # (B,3,H,W) in [0,1] or uint8 (B,H,W,3)
 """
 
-from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder, to_float_images
+from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder
+from robo_s2.encoders.preprocess import to_float_images
 from robo_s2.encoders.registry import (
     create_encoder,
     list_encoder_configs,

@@ -22,60 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robo_s2.errors import UserError
+from robo_s2.encoders.preprocess import to_float_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _FROZEN_ATTR = "_robo_s2_frozen"
-
-
-def to_float_images(images: Tensor | Any, image_size: int | None = None) -> Tensor:
-    """Frames to float ``(B,3,H,W)`` in ``[0,1]``.
-
-    Accepts float ``(B,3,H,W)`` in [0,1] (returned as is), ``uint8 (B,H,W,3)`` (the demo store's
-    layout) or ``uint8 (B,3,H,W)``, and numpy arrays of either. A single frame (3 dims) gets a
-    batch dimension. When ``image_size`` is given the frames must be ``image_size`` square: a
-    mismatch is a :class:`UserError` (resize or render at the encoder's ``image_size``), never a
-    silent resize.
-    """
-    if not isinstance(images, Tensor):
-        try:
-            images = torch.as_tensor(images)
-        except Exception as exc:  # noqa: BLE001 - anything not array-like
-            raise UserError(
-                f"images must be a tensor or array, got {type(images).__name__}"
-            ) from exc
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4:
-        raise UserError(f"images must be (B,3,H,W) or (B,H,W,3), got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        if images.shape[1] != 3 and images.shape[-1] == 3:
-            images = images.permute(0, 3, 1, 2)
-        images = images.float().div_(255.0)
-    elif not images.is_floating_point():
-        raise UserError(f"images must be uint8 or float in [0,1], got dtype {images.dtype}")
-    else:
-        if images.dtype != torch.float32:  # float64/float16/bfloat16 frames: the weights are fp32
-            images = images.float()
-        top = float(images.amax()) if images.numel() else 0.0
-        if top > 2.0:  # (resampling may overshoot 1 a little; 0-255 pixels go far beyond)
-            raise UserError(
-                f"float images must be in [0,1], got values up to {top:.4g} "
-                "(0-255 pixels?); divide by 255 or pass the uint8 frames"
-            )
-    if images.shape[1] != 3:
-        raise UserError(f"images must have 3 colour channels, got shape {tuple(images.shape)}")
-    if image_size is not None and (
-        images.shape[-2] != image_size or images.shape[-1] != image_size
-    ):
-        raise UserError(
-            f"this encoder expects {image_size}x{image_size} images, got "
-            f"{images.shape[-2]}x{images.shape[-1]}; render or resize frames to "
-            f"{image_size}x{image_size}"
-        )
-    return images
 
 
 class VisionEncoder(nn.Module):

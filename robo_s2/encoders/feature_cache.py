@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from robo_s2.data.store import DemoStore
 from robo_s2.device import autocast, resolve_device, resolve_precision
+from robo_s2.encoders.preprocess import check_frame_size as check_frame_size_of
+from robo_s2.encoders.preprocess import frames_to_input
 from robo_s2.errors import UserError
 
 FEATURES_GROUP = "features"
@@ -106,23 +107,13 @@ def cache_status(
 
 
 def check_frame_size(store: DemoStore, encoder, image_key: str) -> None:
-    """Frames may be downsized to the encoder's input, never upsampled: that would fake detail."""
+    """The store's frames must suit the encoder (:mod:`robo_s2.encoders.preprocess`'s policy)."""
     height, width = store.array(image_key).shape[1:3]
-    if height != width or height < encoder.image_size:
-        raise UserError(
-            f"{store.path} has {height}x{width} frames in data/{image_key}, encoder "
-            f"{encoder_label(encoder)} needs {encoder.image_size}x"
-            f"{encoder.image_size}; collect with env.image_size={encoder.image_size} (or larger)"
-        )
-
-
-def images_to_tensor(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """uint8 ``(B,H,W,3)`` frames to float ``(B,3,size,size)`` in [0,1], area-downsized."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    x = x.permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="area")
-    return x
+    check_frame_size_of(
+        int(height), int(width), encoder.image_size,
+        f"{store.path} data/{image_key} (encoder {encoder_label(encoder)})",
+        f"collect with env.image_size={encoder.image_size} (or larger)",
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -134,7 +125,7 @@ def encode_frames(
     if getattr(encoder, "input_key", None) is not None:
         x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)
     else:
-        x = images_to_tensor(images, encoder.image_size, device)
+        x = frames_to_input(images, encoder.image_size, device)
     with autocast(device, precision):
         feats = encoder(x)
     return feats.float().cpu().numpy()

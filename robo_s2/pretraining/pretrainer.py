@@ -105,7 +105,7 @@ def reconstruction_loss(
     """MAE loss of uint8 ``(N, S, S, 3)`` images (no augmentation, fixed masks), averaged, with
     the model run in a resolved ``precision`` (fp32 | bf16)."""
     from robo_s2.device import autocast
-    from robo_s2.encoders.feature_cache import images_to_tensor
+    from robo_s2.encoders.preprocess import frames_to_input
 
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -113,7 +113,7 @@ def reconstruction_loss(
     gen = torch.Generator().manual_seed(mask_seed)
     total, n = 0.0, 0
     for lo in range(0, len(images), batch_size):
-        x = images_to_tensor(images[lo : lo + batch_size], model.img_size, device)
+        x = frames_to_input(images[lo : lo + batch_size], model.img_size, device)
         with autocast(device, precision):
             loss, _, _ = model(x, gen)
         total += float(loss) * x.shape[0]
@@ -125,12 +125,12 @@ def reconstruction_loss(
 @torch.no_grad()
 def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray, seed: int) -> Tensor:
     """``(3, H, W)`` grid, one row per image: original | masked input | reconstruction."""
-    from robo_s2.encoders.feature_cache import images_to_tensor
+    from robo_s2.encoders.preprocess import frames_to_input
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    x = images_to_tensor(images, model.img_size, device)
+    x = frames_to_input(images, model.img_size, device)
     _, pred, mask = model(x, torch.Generator().manual_seed(seed))
     recon = model.reconstruct(x, pred, mask)
     p = model.patch_size

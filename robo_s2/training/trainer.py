@@ -16,7 +16,7 @@ its features are cached inside it (:mod:`robo_s2.encoders.feature_cache`; comput
 frames; every DISTINCT frame is encoded once (``torch.unique`` over the window's frame indices,
 one encoder forward, features scattered back to ``(B, H, D)``), and the encoder's trainable
 parameters train with the policy. Frames are area-downsized to ``encoder.image_size`` exactly as
-when caching and at evaluation (:func:`robo_s2.encoders.feature_cache.images_to_tensor`).
+when caching and at evaluation (:func:`robo_s2.encoders.preprocess.frames_to_input`).
 
 **Data.** One window per frame (:mod:`robo_s2.training.data`); an episode-level split
 (``data.val_fraction``, seeded by ``data.split_seed`` or ``seed``); the policy's normalizer is
@@ -756,7 +756,7 @@ class Trainer:
     def _encode_frames(self, encoder: nn.Module, frames: np.ndarray) -> Tensor:
         """A per-frame feature table ``(n_frames, D)`` with the rows of ``frames`` filled."""
         from robo_s2.device import autocast
-        from robo_s2.encoders.feature_cache import images_to_tensor
+        from robo_s2.encoders.preprocess import frames_to_input
 
         was_training = encoder.training
         encoder.eval()
@@ -764,7 +764,7 @@ class Trainer:
         bs = int(self.dcfg["batch_size"])
         for lo in range(0, len(frames), bs):
             ids = frames[lo : lo + bs]
-            x = images_to_tensor(self.frames(ids), self.encoder.image_size, self.device)
+            x = frames_to_input(self.frames(ids), self.encoder.image_size, self.device)
             with autocast(self.device, self.feature_precision):
                 table[torch.as_tensor(ids, device=self.device)] = encoder(x).float()
         encoder.train(was_training)
@@ -773,13 +773,13 @@ class Trainer:
     def _make_batch(self, windows: Tensor) -> dict[str, Tensor]:
         if not self.trainable_encoder:
             return self.data.batch(windows)
-        from robo_s2.encoders.feature_cache import images_to_tensor
+        from robo_s2.encoders.preprocess import frames_to_input
 
         hist = self.data.history_frames(windows)
         uniq, inverse = torch.unique(hist, return_inverse=True)
         frames = self.frames(uniq.cpu().numpy())
         batch = self.data.batch(windows, feature=None)
-        batch["frames"] = images_to_tensor(frames, self.encoder.image_size, self.device)
+        batch["frames"] = frames_to_input(frames, self.encoder.image_size, self.device)
         batch["inverse"] = inverse
         return batch
 
