@@ -301,3 +301,16 @@ def test_a_job_process_ends_when_its_parent_is_killed():
         assert not alive()
     finally:
         parent.kill()
+
+
+def test_a_protocol_file_from_before_a_key_existed_is_still_reused(finished):
+    exp, out, _ = finished
+    for path in out.glob("runs/*/seed0/eval/protocol.json"):  # as written before env_overrides
+        saved = json.loads(path.read_text())
+        saved["seed"] = 4  # the last protocol the module's runs were evaluated under
+        path.write_text(json.dumps({k: v for k, v in saved.items() if k != "n_videos"}))
+    again = run_experiment(
+        {**exp, "eval": {**exp["eval"], "seed": 4, "n_videos": 2}}, out, workers=0,
+        device="cpu", progress=False,
+    )  # fmt: skip
+    assert all(run.reused for row in again.rows for run in row.runs)

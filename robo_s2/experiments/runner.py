@@ -263,7 +263,10 @@ def run_one(
     reused_eval = False
     if result.steps_run == 0 and info_path.is_file() and protocol_path.is_file():
         # the evaluation of this very checkpoint under this very protocol is on disk already
-        reused_eval = json.loads(protocol_path.read_text()) == {**protocol, "checkpoint": str(ckpt)}
+        # a protocol written before a key existed had that key's default (configs/base)
+        base = to_plain(load_config("experiment", ["~experiment"]))["experiment"]["eval"]
+        saved = {**base, **json.loads(protocol_path.read_text())}
+        reused_eval = saved == {**protocol, "checkpoint": str(ckpt)}
         info = json.loads(info_path.read_text())
     if reused_eval:
         n_success, n_episodes, eval_s = info["n_success"], info["n_episodes"], info["eval_s"]
