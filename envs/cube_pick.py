@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -84,7 +85,7 @@ RENDER_PROFILE_KEYS = ("shadows", "shadow_size", "msaa_samples")
 LEGACY_RENDER_PROFILE: dict[str, Any] = {"shadows": True, "shadow_size": 1024, "msaa_samples": 4}
 
 
-def render_profile(kwargs: dict[str, Any]) -> dict[str, Any]:
+def render_profile(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The render profile of env kwargs or a description (legacy values for missing keys)."""
     profile = {k: kwargs.get(k, LEGACY_RENDER_PROFILE[k]) for k in RENDER_PROFILE_KEYS}
     return {
@@ -196,9 +197,8 @@ class CubePickEnv(gym.Env):
         self._look_up_ids()
         self._appearance0 = self._appearance()
         self._solve_start_posture()
-        self.action_space = spaces.Box(
-            -1.0, 1.0, shape=(5 if self.randomize_yaw else 4,), dtype=np.float32
-        )
+        self.action_dim = 5 if self.randomize_yaw else 4  # dx dy dz [dyaw] gripper
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(self.action_dim,), dtype=np.float32)
         self.observation_space = self._build_observation_space()
 
         self._renderer: mujoco.Renderer | None = None
@@ -378,7 +378,7 @@ class CubePickEnv(gym.Env):
             "kwargs": dict(self._kwargs),
             "physics_timestep": self.PHYSICS_TIMESTEP,
             "n_substeps": self.n_substeps,
-            "action_dim": int(self.action_space.shape[0]),
+            "action_dim": self.action_dim,
             "action_semantics": self.action_semantics,
             "action_scale": {"pos_m": self.max_delta_pos, "yaw_rad": self.max_delta_yaw},
             "gripper_semantics": "absolute: -1 open (0.08 m), +1 closed, linear in between",

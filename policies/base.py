@@ -195,14 +195,14 @@ class BasePolicy(nn.Module):
         """Where the policy's parameters (or, for a parameterless stub, its buffers) live."""
         for t in self.parameters():
             return t.device
-        return self.normalizer.fitted.device
+        return next(self.normalizer.buffers()).device
 
     # ------------------------------------------------------------------ normalization
     def fit_normalizer(self, stats_or_arrays: Mapping[str, Any]) -> None:
         """Fit the normalizer from ``{feature, proprio, action}`` arrays ``(N, D)`` or stats."""
         self.normalizer.fit(stats_or_arrays)
 
-    def _normalized_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _normalized_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Any]:
         """Normalized ``feature (B,H,K,Dt)``, ``proprio (B,H,Dp)``, ``prev_action (B,H,Da)``, and
         ``valid (B,H)``; padded steps' inputs are zeroed so their raw values can never leak."""
         if not self.normalizer.is_fitted:
@@ -233,7 +233,10 @@ class BasePolicy(nn.Module):
         if not bool(valid[:, -1].all()):
             raise ValueError("the last (current) step of every window must be valid")
         feat = self.normalizer.normalize(feat.reshape(b, h, self.feature_dim), "feature")
-        out = {"feature": feat.reshape(b, h, self.feature_tokens, self.token_dim), "valid": valid}
+        out: dict[str, Any] = {  # tensors; prev_action None when the batch has none
+            "feature": feat.reshape(b, h, self.feature_tokens, self.token_dim),
+            "valid": valid,
+        }
         if self.proprio_dim:
             out["proprio"] = self.normalizer.normalize(batch["proprio"], "proprio")
         else:
@@ -348,6 +351,7 @@ class BasePolicy(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
+                assert self._rollout is not None  # reset above when there was none
                 return self._rollout.step(self.predict_chunk, obs)
         finally:
             self.train(was_training)

@@ -101,7 +101,7 @@ class Block(nn.Module):
     ) -> Tensor:
         y = self.norm1(x)
         x = x + self.drop(self.attn(y, y, mask))
-        if self.cross is not None:
+        if self.cross is not None and self.norm_x is not None:
             x = x + self.drop(self.cross(self.norm_x(x), memory, memory_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 

@@ -89,6 +89,8 @@ class Normalizer(nn.Module):
     Until :meth:`fit` runs the map is the identity and :attr:`is_fitted` is False.
     """
 
+    fitted: Tensor  # a registered buffer (mypy reads nn.Module attributes as Tensor | Module)
+
     def __init__(
         self, dims: Mapping[str, int], mode: str | Mapping[str, str] = "gaussian", eps: float = 1e-4
     ) -> None:

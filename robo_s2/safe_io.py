@@ -136,7 +136,9 @@ def _pickle_globals(p: Path) -> list[str]:
     data = p.read_bytes()
     if not data.startswith(b"\x80"):  # every torch / protocol >= 2 pickle starts with PROTO
         return []
-    stream, names, strings = io.BytesIO(data), [], []
+    stream = io.BytesIO(data)
+    names: list[str] = []
+    strings: list[str] = []
     try:
         while stream.tell() < len(data):  # legacy torch files are several pickles in a row
             for op, arg, _ in pickletools.genops(stream):

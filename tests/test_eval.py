@@ -56,7 +56,7 @@ def test_rate_comparison_known_values(tmp_path):
     assert c.diff == pytest.approx(0.1875) and not c.significant and c.p_value > 0.05
     assert compare_rates(95, 100, 50, 100).significant
     # the experiment's bar plot of such rates, with the paper's values beside them
-    from robo_s2.experiments.plots import plot_success_bars
+    from robo_s2.evaluation.plots import plot_success_bars
 
     png = plot_success_bars(["b", "b_s2"], [7, 10], [16, 16], tmp_path / "bars.png",
                             reference={"b": 43.8, "b_s2": 62.5})  # fmt: skip

@@ -19,10 +19,11 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from robo_s2.data.store import DemoStore
+from robo_s2.data.windows import split_episodes
 from robo_s2.errors import UserError
 from robo_s2.paths import config_dir
 from robo_s2.safe_io import load_state
-from robo_s2.training.data import SequenceData, previous_actions, split_episodes
+from robo_s2.training.data import SequenceData, previous_actions
 from robo_s2.training.optim import (
     EMA,
     BatchSampler,

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 
 
@@ -31,7 +32,7 @@ def _run_dir() -> Path:
 def reconstruct(cfg: DictConfig) -> Any:
     from robo_s2.experiments.reconstruct import ReconstructConfig, format_table, run_reconstruct
 
-    rc = ReconstructConfig.from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    rc = ReconstructConfig.from_mapping(to_plain(cfg))
     result = run_reconstruct(rc, _run_dir())
     print()
     print(format_table(result).strip())

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from robo_s2.core.config import to_plain
 from robo_s2.data.collection import CollectResult, collect
 
 
 def run(cfg: DictConfig) -> CollectResult:
-    env_kwargs = OmegaConf.to_container(cfg.env, resolve=True)
+    env_kwargs = dict(to_plain(cfg.env))
     env_kwargs.pop("id", None)
     bar = tqdm(total=cfg.n_episodes, desc="collect", unit="ep", dynamic_ncols=True, delay=1.0)
 
@@ -23,7 +24,7 @@ def run(cfg: DictConfig) -> CollectResult:
             out=cfg.out,
             n_episodes=cfg.n_episodes,
             env_kwargs=env_kwargs,
-            expert_kwargs=OmegaConf.to_container(cfg.expert, resolve=True),
+            expert_kwargs=dict(to_plain(cfg.expert)),
             seed=cfg.seed,
             workers=cfg.workers,
             keep_failed=cfg.keep_failed,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from robo_s2.core.config import to_plain
 from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
 from robo_s2.encoders.feature_cache import CacheStatus, encode_store
@@ -27,7 +28,7 @@ def run(cfg: DictConfig) -> CacheStatus:
             f"{cfg.store} has no episodes to encode; collect or import some first "
             f"(robo-s2 collect out={cfg.store})"
         )
-    encoder = create_encoder(OmegaConf.to_container(cfg.encoder, resolve=True))
+    encoder = create_encoder(to_plain(cfg.encoder))
     encoder.label = encoder_choice() or encoder.label
     bar = tqdm(total=store.n_frames, desc="encode", unit="frame", dynamic_ncols=True, delay=1.0)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.evaluation.runner import EpisodeRecord, EvalResult, evaluate
 
@@ -26,7 +27,7 @@ def _set_values(cfg: DictConfig, key: str) -> dict:
     node = OmegaConf.select(cfg, key)
     if node is None:
         return {}
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
+    return {k: v for k, v in to_plain(node).items() if v is not None}
 
 
 def run(cfg: DictConfig) -> EvalResult:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.experiments.runner import ExperimentResult, missing_values, run_experiment
 
@@ -25,7 +26,7 @@ def run(cfg: DictConfig) -> ExperimentResult:
         )
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     result = run_experiment(
-        OmegaConf.to_container(cfg.experiment, resolve=True),
+        to_plain(cfg.experiment),
         out_dir,
         workers=int(cfg.workers),
         device=str(cfg.device),

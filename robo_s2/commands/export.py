@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from robo_s2.core.config import to_plain
 from robo_s2.data.interop import ExportResult
 from robo_s2.errors import UserError
 
@@ -65,7 +66,7 @@ def run(cfg: DictConfig) -> ExportResult:
             res = export_dp(
                 cfg.store,
                 out,
-                keys=OmegaConf.to_container(keys) if OmegaConf.is_config(keys) else keys,
+                keys=to_plain(keys),
                 overwrite=bool(cfg.overwrite),
                 on_episode=on_episode,
             )

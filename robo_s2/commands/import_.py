@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -47,7 +48,7 @@ def run(cfg: DictConfig) -> ImportResult:
         bar.set_postfix(frames=res.n_frames, **skipped, refresh=False)
         bar.update(res.n_total + len(res.skipped) - bar.n)  # displays only after the delay
 
-    common = dict(
+    common: dict[str, Any] = dict(
         skip_bad=bool(cfg.skip_bad), zarr_format=int(cfg.zarr_format), on_episode=on_episode
     )
     try:

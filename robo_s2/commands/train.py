@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from robo_s2.commands.encode import encoder_choice
+from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.safe_io import strip_trust
 from robo_s2.training.trainer import TrainResult, find_resume_checkpoint, train
@@ -41,7 +42,7 @@ def resume_config(
     cfg: DictConfig, run_dir: Path, overrides: list[str], command: str = "train"
 ) -> DictConfig:
     """``cfg`` for a fresh run; when resuming, the saved config with ``overrides`` re-applied."""
-    last = find_resume_checkpoint(OmegaConf.to_container(cfg, resolve=True), run_dir, command)
+    last = find_resume_checkpoint(to_plain(cfg), run_dir, command)
     if last is None:
         return cfg
     saved_file = last / "config.yaml"

@@ -11,7 +11,7 @@ import math
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -145,7 +145,7 @@ def _episode_stream(
     expert_kwargs: dict[str, Any],
     attempts: Iterator[tuple[int, tuple[float, float] | None]],
     workers: int,
-) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
+) -> Generator[tuple[dict[str, np.ndarray], bool]]:
     """Yield episodes of (seed, cube_pos) attempts in order; with workers keep 2 each in flight."""
     if workers <= 0:
         env, expert = make_env_and_expert(env_kwargs, expert_kwargs)

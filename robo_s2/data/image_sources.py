@@ -53,7 +53,7 @@ class ImagePool:
 
     def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Image indices ``(train, held_out)``, split by group (seeded); none held out at 0."""
-        from robo_s2.training.data import split_episodes
+        from robo_s2.data.windows import split_episodes
 
         ids = np.arange(len(self))
         uniq = np.unique(self.groups)
@@ -161,7 +161,9 @@ def folder_images(
             f"image folder {path} has no images ({found}); expected files ending in "
             f"{' '.join(IMAGE_SUFFIXES)}, or a demo store"
         )
-    images, groups, skipped = [], [], []
+    images: list[np.ndarray] = []
+    groups: list[int] = []
+    skipped: list[str] = []
     for f in files:
         try:
             with Image.open(f) as im:

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -413,7 +413,7 @@ class DemoStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
         try:
-            root = zarr.open_group(str(tmp), mode="w-", zarr_format=format)
+            root = zarr.open_group(str(tmp), mode="w-", zarr_format=cast(Literal[2, 3], format))
             root.create_group("data")
             meta = root.create_group("meta")
             meta.create_array(
@@ -785,6 +785,7 @@ class DemoStore:
                 _delete_array_dir(data_dir / key)  # only empty arrays from an aborted first append
                 del self._arrays[key]
         data = self._root["data"]
+        assert isinstance(data, zarr.Group)  # checked when the store was opened
         for key, x in episode.items():
             if key in self._arrays:
                 continue

@@ -190,7 +190,7 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _resample_pos_embed(net: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+def _resample_pos_embed(net: Any, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A ViT file's position table resampled to the model's grid (bicubic, as timm does)."""
     own, pos = getattr(net, "pos_embed", None), state.get("pos_embed")
     grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
@@ -285,6 +285,8 @@ def create_timm_model(
 
 class TimmEncoder(TokenEncoder):
     """Any timm ViT (or other ``forward_features`` network) by name, frozen, pooled per frame."""
+
+    model: Any  # a timm model (forward_features, num_prefix_tokens, ...): duck-typed
 
     def __init__(
         self,

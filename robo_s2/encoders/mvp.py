@@ -61,7 +61,7 @@ def build_mvp_vit(arch: str, img_size: int = 224) -> nn.Module:
     """MVP's ViT as a timm ``VisionTransformer`` (no classifier head)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    spec = ARCHS[_resolve_arch(arch)]
+    spec: dict[str, Any] = dict(ARCHS[_resolve_arch(arch)])
     return VisionTransformer(
         img_size=img_size,
         patch_size=PATCH_SIZE,
@@ -115,6 +115,8 @@ def load_mvp_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 class MVPEncoder(TokenEncoder):
     """An MVP ViT checkpoint: CLS token after the final LayerNorm (or another pooling)."""
+
+    model: Any  # timm's VisionTransformer in MVP's layout: duck-typed
 
     def __init__(
         self,

@@ -68,10 +68,10 @@ def count_params(encoder: torch.nn.Module, trainable_only: bool = False) -> int:
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")
 
 

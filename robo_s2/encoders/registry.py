@@ -20,7 +20,7 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from robo_s2.core.config import to_plain
 from robo_s2.device import check_precision
@@ -91,7 +91,7 @@ def list_encoders(include_configs: bool = False) -> list[str]:
 
 def load_encoder_config(name: str) -> dict[str, Any]:
     """``configs/encoder/<name>.yaml`` as a plain dict (no Hydra compose; ``???`` left in place)."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     path = encoder_config_dir() / f"{name}.yaml"
     if not path.is_file():
@@ -100,8 +100,10 @@ def load_encoder_config(name: str) -> dict[str, Any]:
             f"known: {', '.join(list_encoder_configs())}"
         )
     cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{path} is not a mapping of encoder options; restore it")
     cfg.pop("defaults", None)
-    return OmegaConf.to_container(cfg, resolve=False)
+    return dict(cast(dict, OmegaConf.to_container(cfg, resolve=False)))
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

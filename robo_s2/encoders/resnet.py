@@ -99,14 +99,17 @@ def _describe_resnet(state: dict[str, Tensor]) -> str:
     if stem is None or stem.dim() != 4:
         keys = list(state)[:3]
         return f"no ResNet stem (conv1.weight) in the file; its first keys: {keys}"
-    depths = []
+    depths: list[int] = []
     for i in range(1, 5):
         blocks = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{i}.")}
         depths.append(len(blocks))
     bottleneck = any(k.endswith(".conv3.weight") for k in state)
     kind = "bottleneck" if bottleneck else "basic"
-    names = {(2, 2, 2, 2, "basic"): "resnet18", (3, 4, 6, 3, "basic"): "resnet34"}
-    names[(3, 4, 6, 3, "bottleneck")] = "resnet50"
+    names: dict[tuple[object, ...], str] = {
+        (2, 2, 2, 2, "basic"): "resnet18",
+        (3, 4, 6, 3, "basic"): "resnet34",
+        (3, 4, 6, 3, "bottleneck"): "resnet50",
+    }
     name = names.get((*depths, kind))
     return f"the file looks like a ResNet with {kind} blocks {depths}" + (
         f" ({name})" if name else ""
@@ -155,6 +158,9 @@ def load_resnet_weights(net: nn.Module, model: str, path: str) -> None:
 
 class ResNetE2EEncoder(VisionEncoder):
     """A GroupNorm ResNet trained end to end from images, with random-crop augmentation."""
+
+    model: Any  # a timm ResNet (forward_features, num_features): duck-typed
+    pool: SpatialSoftmax | None
 
     def __init__(
         self,

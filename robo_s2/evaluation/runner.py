@@ -365,8 +365,8 @@ def load_target(
         "image_key": ckpt.image_key,
         "train_step": ckpt.meta.get("step"),
     }
-    actor = PolicyActor(ckpt.policy, ckpt.encoder, ckpt.image_key, device, run_precision)
-    return EvalTarget(actor, env_kwargs, desc, about)
+    policy_actor = PolicyActor(ckpt.policy, ckpt.encoder, ckpt.image_key, device, run_precision)
+    return EvalTarget(policy_actor, env_kwargs, desc, about)
 
 
 # --- rollouts ------------------------------------------------------------------------------------
@@ -591,6 +591,7 @@ class _Rollout:
         self.records[rec.index] = rec
         if run.frames:
             name = f"episode_{rec.index:03d}.mp4"
+            assert self.video_dir is not None  # frames are only kept when videos are written
             self.videos.append(write_video(run.frames, Path(self.video_dir) / name, self.fps))
         return rec
 
@@ -651,7 +652,7 @@ def evaluate(
         episodes,
         workers=workers,
         n_videos=n_videos if want_videos else 0,
-        video_dir=out / "videos" if want_videos else None,
+        video_dir=out / "videos" if out is not None and want_videos else None,
         video_camera=video_camera,
         pipeline=pipeline,
         on_episode=on_episode,
@@ -754,7 +755,7 @@ def _write_eval_outputs(
     result: EvalResult, out: Path, checkpoint: str | Path, desc: Mapping[str, Any]
 ) -> None:
     """The positions plot and ``eval_info.json`` (with the video and plot paths) in ``out``."""
-    from robo_s2.experiments.plots import plot_positions
+    from robo_s2.evaluation.plots import plot_positions
 
     out.mkdir(parents=True, exist_ok=True)
     lo, hi = result.ci95

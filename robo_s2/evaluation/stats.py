@@ -107,8 +107,13 @@ class SuccessRate:
     """``pc_success`` and its Wilson ``ci95`` (percent) for a class with ``n_success`` and
     ``n_episodes``."""
 
-    n_success: int
-    n_episodes: int
+    @property
+    def n_success(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_episodes(self) -> int:
+        raise NotImplementedError
 
     @property
     def pc_success(self) -> float:

@@ -522,6 +522,7 @@ def _join_blocks(blocks: list[np.ndarray], tokens: int | None, per_token: bool) 
     """The parts' features side by side (per token: each token's channels concatenate)."""
     n = len(blocks[0])
     if per_token and len(blocks) > 1:
+        assert tokens is not None  # per_token needs a grid pooling (checked in the config)
         return np.concatenate([b.reshape(n, tokens, -1) for b in blocks], axis=2).reshape(n, -1)
     return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 

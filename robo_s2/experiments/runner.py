@@ -225,7 +225,7 @@ def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path
             seed=int(demos["seed"]),
             workers=workers,
             placement=str(demos["placement"]),
-            on_episode=lambda r: (setattr(bar, "n", r.n_total), bar.refresh()),
+            on_episode=lambda r: bar.update(r.n_total - bar.n),
         )
     finally:
         bar.close()
@@ -465,7 +465,7 @@ def write_reports(
     protocol: str,
     prov: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path, Path, Path | None]:
-    from robo_s2.experiments.plots import plot_success_bars
+    from robo_s2.evaluation.plots import plot_success_bars
 
     records = results_table(rows)
     md = out_dir / "results.md"
@@ -522,7 +522,7 @@ def write_reports(
             [f"{r.label}\n({r.note})" if r.note else r.label for r in rows],
             [r.n_success for r in rows],
             [r.n_episodes for r in rows],
-            plot,
+            out_dir / "success.png",
             title=title or name,
             reference=reference or None,
         )

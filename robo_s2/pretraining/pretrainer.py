@@ -63,8 +63,8 @@ from robo_s2.training.trainer import (
 )
 
 STATE_VERSION = 1
-STATE_KEYS = ("version", "kind", "step", "mae_config", "model", "optimizer", "scheduler")
-STATE_KEYS += ("sampler", "history", "n_images", "n_train")
+STATE_KEYS: tuple[str, ...] = ("version", "kind", "step", "mae_config", "model", "optimizer")
+STATE_KEYS += ("scheduler", "sampler", "history", "n_images", "n_train")
 ENCODER_FILE = "encoder.pth"
 VAL_MASK_SEED = 12_345  # held-out masks are the same at every evaluation (comparable losses)
 
@@ -169,7 +169,7 @@ class Pretrainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.device = resolve_device(str(self.cfg["device"]))
-        self.writer = None
+        self.writer: Any = None  # a TensorBoard SummaryWriter once the run starts
 
     # -------------------------------------------------------------------------- setup
     def _load_pool(self) -> None:
@@ -296,6 +296,7 @@ class Pretrainer:
                     f"the images differ from the run being resumed ({self.resume_from}: "
                     f"{state['n_images']} images, now {len(self.pool)}); resume with its sources"
                 )
+            assert self.resume_from is not None  # a state is only read from a checkpoint
             with state_must_fit(self.resume_from):
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])

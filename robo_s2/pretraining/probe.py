@@ -2,7 +2,7 @@
 
 A ridge regression from a frame's feature to the cube's ``(x, y)`` (the ``cube_x, cube_y`` columns
 of the store's privileged ``state``; see ``envs/cube_pick.py``), fitted on the frames of some
-episodes and scored on the frames of held-out episodes (:func:`robo_s2.training.data.split_episodes`),
+episodes and scored on the frames of held-out episodes (:func:`robo_s2.data.windows.split_episodes`),
 so a probe cannot win by recognising frames it was fitted on. Features are standardised with the
 training statistics; the ridge strength is chosen among ``alphas`` by cross-validation over the
 training episodes (grouped K-fold; no peeking at the held-out ones). Scores: R² over both
@@ -66,7 +66,7 @@ def fit_ridge(
     uniq = np.unique(groups) if groups is not None else np.zeros(0)
     if len(uniq) >= 2:
         fold_of = {g: i % min(folds, len(uniq)) for i, g in enumerate(uniq)}
-        fold = np.array([fold_of[g] for g in groups])
+        fold = np.array([fold_of[g] for g in np.asarray(groups)])
         for k in np.unique(fold):
             tr, te = fold != k, fold == k
             xm, ym, s, vt, uty = _ridge_path(x[tr], y[tr])
@@ -109,10 +109,9 @@ def episode_split_rows(
     episode_ends: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frame rows of the training and held-out episodes of a seeded episode-level split
-    (:func:`robo_s2.training.data.split_episodes`), and the episode of every frame: frames of one
+    (:func:`robo_s2.data.windows.split_episodes`), and the episode of every frame: frames of one
     episode are never on both sides (neighbouring frames are near-duplicates)."""
-    from robo_s2.data.windows import episode_starts, frame_episode
-    from robo_s2.training.data import split_episodes
+    from robo_s2.data.windows import episode_starts, frame_episode, split_episodes
 
     ends = np.asarray(episode_ends, np.int64)
     starts = episode_starts(ends)

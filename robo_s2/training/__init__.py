@@ -7,7 +7,8 @@
 * :mod:`robo_s2.training.distributed` — ``torchrun`` / DistributedDataParallel plumbing.
 """
 
-from robo_s2.training.data import SequenceData, Split, check_finite, split_episodes
+from robo_s2.data.windows import Split, split_episodes
+from robo_s2.training.data import SequenceData, check_finite
 from robo_s2.training.optim import EMA, BatchSampler, make_optimizer, warmup_cosine
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Training data in memory: per-frame arrays, finite-value checks, the split, window batches.
+"""Training data in memory: per-frame arrays, finite-value checks, window batches (the episode
+split is :func:`robo_s2.data.windows.split_episodes`).
 
 A demo store of ~120 episodes x ~40 steps is a few thousand frames: actions, proprioception and
 cached features (even a 4x4 grid of 384-wide tokens, 6144 floats per frame) fit in memory as
@@ -17,56 +18,18 @@ episode's borders and masked, so a window never mixes two episodes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from robo_s2.data.windows import episode_starts, frame_episode, sequence_indices
+from robo_s2.data.windows import (
+    episode_starts,
+    frame_episode,
+    sequence_indices,
+)
 from robo_s2.errors import UserError
-
-
-@dataclass
-class Split:
-    """Episode indices of the training and validation sets (sorted, disjoint)."""
-
-    train: np.ndarray
-    val: np.ndarray
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"train": [int(i) for i in self.train], "val": [int(i) for i in self.val]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Sequence[int]]) -> Split:
-        return cls(np.asarray(d["train"], np.int64), np.asarray(d["val"], np.int64))
-
-
-def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> Split:
-    """Seeded episode-level split: ``round(val_fraction * E)`` validation episodes (at least 1 and
-    at most ``E - 1``); ``val_fraction = 0`` trains on every episode with no validation set."""
-    try:
-        val_fraction = float(val_fraction)
-    except (TypeError, ValueError):
-        raise UserError(f"data.val_fraction={val_fraction!r} must be a number in [0, 1)") from None
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(
-            f"data.val_fraction={val_fraction} must be in [0, 1) (e.g. 0.1; 0 = no validation)"
-        )
-    if n_episodes < 1:
-        raise UserError("the store has no episodes; collect some first (robo-s2 collect)")
-    if val_fraction == 0.0:
-        return Split(np.arange(n_episodes, dtype=np.int64), np.zeros(0, np.int64))
-    if n_episodes < 2:
-        raise UserError(
-            f"too few episodes for a split: need ≥2, store has {n_episodes} (collect more, or set "
-            "data.val_fraction=0 to train without validation)"
-        )
-    n_val = min(max(1, round(val_fraction * n_episodes)), n_episodes - 1)
-    perm = np.random.default_rng(seed).permutation(n_episodes)
-    return Split(train=np.sort(perm[n_val:]), val=np.sort(perm[:n_val]))
 
 
 def check_finite(what: str, array: np.ndarray, episode_ends: np.ndarray, fix: str) -> None:

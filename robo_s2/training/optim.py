@@ -39,7 +39,9 @@ def make_optimizer(
         {"params": ps, "lr": g_lr, "weight_decay": weight_decay if decay else 0.0}
         for (g_lr, decay), ps in groups.items()
     ]
-    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return torch.optim.AdamW(
+        param_groups, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay
+    )
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:

@@ -64,12 +64,13 @@ from torch import Tensor, nn
 from policies.base import loss_elements
 from robo_s2.core.config import require_complete, to_plain
 from robo_s2.core.io import replace_path
+from robo_s2.data.windows import Split, split_episodes
 from robo_s2.encoders.feature_cache import CacheStatus, feature_precision, input_key
 from robo_s2.errors import UserError
 from robo_s2.safe_io import load_state
 from robo_s2.training import distributed as D
 from robo_s2.training.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
-from robo_s2.training.data import FrameSource, SequenceData, Split, check_finite, split_episodes
+from robo_s2.training.data import FrameSource, SequenceData, check_finite
 from robo_s2.training.optim import (
     EMA,
     BatchSampler,

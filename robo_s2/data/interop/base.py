@@ -32,6 +32,11 @@ BOOKKEEPING_ATTRS = ("import", "import_progress", "created", "robo_s2_version")
 # foreign stores
 
 
+def mapping_of(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping (an attribute read from a store), else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _store_attrs(store: DemoStore | str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(store, Mapping):
         return dict(store)
@@ -62,7 +67,7 @@ def require_native_env(
     attrs = _store_attrs(store)
     if not is_foreign(attrs):
         return
-    env = attrs.get("env") if isinstance(attrs.get("env"), Mapping) else {}
+    env = mapping_of(attrs.get("env"))
     where = f"env {env.get('id')!r}" if env.get("id") else "an unknown env"
     source = attrs.get("source") or "an unknown source"
     raise UserError(

@@ -92,6 +92,7 @@ class _Source:
                 "or .zarr.zip>"
             )
         self.zip = src.is_file()
+        self.store: zarr.storage.ZipStore | zarr.storage.LocalStore
         try:
             if self.zip:
                 if not zipfile.is_zipfile(src):
@@ -168,7 +169,7 @@ class _Source:
         ends = ends.astype(np.int64)
         marker = self.root.attrs.get(PENDING_ATTR)
         if isinstance(marker, Mapping) and "n_episodes" in marker:  # a robo_s2 store mid-append
-            ends = ends[: int(marker["n_episodes"])]
+            ends = ends[: int(str(marker["n_episodes"]))]
         if ends.size == 0:
             raise UserError(f"{self.src} holds no episodes (meta/episode_ends is empty)")
         if ends[0] <= 0 or np.any(np.diff(ends) <= 0):

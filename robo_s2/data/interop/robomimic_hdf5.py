@@ -52,6 +52,7 @@ from robo_s2.data.interop.base import (
     column_names,
     finish_error,
     ingest,
+    mapping_of,
     path_size,
 )
 from robo_s2.errors import UserError
@@ -596,7 +597,7 @@ def _export_layout(
 ) -> tuple[dict[str, str], list[list[Any]], dict[str, str]]:
     """(images: our key -> obs key, proprio: [[obs key, start, stop, shape]], extra: path -> ours)."""
     attrs = store.attrs
-    rm = attrs.get("robomimic") if isinstance(attrs.get("robomimic"), Mapping) else {}
+    rm = mapping_of(attrs.get("robomimic"))
     recorded_images = rm.get("image_keys") or {}
     keys = store.keys()
     images: dict[str, str] = {}
@@ -673,7 +674,7 @@ def export_robomimic(
         raise UserError(f"{s.path} holds no episodes; nothing to export")
     check_export_target(out, overwrite)
     attrs = s.attrs
-    rm = attrs.get("robomimic") if isinstance(attrs.get("robomimic"), Mapping) else {}
+    rm = mapping_of(attrs.get("robomimic"))
     images, proprio, extra = _export_layout(s, image_key, proprio_key, split_proprio)
     env_args = rm.get("env_args") or _gym_env_args(attrs)
     demo_names = _export_demo_names(rm, s.n_episodes)
@@ -703,7 +704,7 @@ def export_robomimic(
 
 def _gym_env_args(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """robomimic's ``env_args`` for a store that did not come from robomimic."""
-    env = attrs.get("env") if isinstance(attrs.get("env"), Mapping) else {}
+    env = mapping_of(attrs.get("env"))
     return {
         "env_name": env.get("id", "unknown"),
         "type": GYM_ENV_TYPE,
