@@ -10,9 +10,29 @@ pipelined rollout runs one per group).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # (env workers import this module: no torch at import time)
+    import torch
+
+    from policies import BasePolicy
+    from robo_s2.encoders import VisionEncoder
+
+
+class Actor(Protocol):
+    """What the rollout machinery needs of whatever chooses the actions (see the module doc)."""
+
+    obs_keys: tuple[str, ...]  # the observation entries the actor reads (the envs render those)
+
+    def fork(self) -> Actor: ...
+
+    def begin(self, n_slots: int) -> None: ...
+
+    def start(self, slots: list[int], seeds: list[int]) -> None: ...
+
+    def act(self, slots: list[int], obs: list[dict[str, np.ndarray]]) -> np.ndarray: ...
 
 
 class PolicyActor:
@@ -25,7 +45,12 @@ class PolicyActor:
     """
 
     def __init__(
-        self, policy: Any, encoder: Any, image_key: str, device: Any, precision: str = "fp32"
+        self,
+        policy: BasePolicy,
+        encoder: VisionEncoder,
+        image_key: str,
+        device: torch.device,
+        precision: str = "fp32",
     ) -> None:
         self.policy = policy.eval()
         self.encoder = encoder.eval()

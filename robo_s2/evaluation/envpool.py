@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -300,13 +300,30 @@ class ProcessEnvPool:
         self.close()
 
 
+class EnvPool(Protocol):
+    """``n_slots`` envs driven by slot: reset some, step some (send then receive, so a caller can
+    compute other slots' actions while these simulate), close all."""
+
+    n_slots: int
+
+    def reset(self, requests: list[ResetRequest]) -> list[Transition]: ...
+
+    def step_send(self, slots: list[int], actions: np.ndarray) -> None: ...
+
+    def step_recv(self, slots: list[int]) -> list[Transition]: ...
+
+    def step(self, slots: list[int], actions: np.ndarray) -> list[Transition]: ...
+
+    def close(self) -> None: ...
+
+
 def make_env_pool(
     env_kwargs: dict[str, Any],
     obs_keys: tuple[str, ...],
     workers: int,
     video_camera: str = "front",
     videos: bool = False,
-) -> SerialEnvPool | ProcessEnvPool:
+) -> SerialEnvPool | ProcessEnvPool:  # both are EnvPools (and context managers)
     """``workers=0``: one env in this process; ``workers=n``: ``n`` env processes. ``videos``:
     some episodes will be recorded (so the renderer is needed even without image observations)."""
     if workers <= 0:

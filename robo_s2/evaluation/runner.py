@@ -50,6 +50,7 @@ from robo_s2.core.io import atomic_file, write_json_atomic
 from robo_s2.data.interop import NATIVE_ENV_ID as ENV_ID
 from robo_s2.data.interop import is_foreign
 from robo_s2.errors import UserError
+from robo_s2.evaluation.actors import Actor
 from robo_s2.evaluation.envpool import ResetRequest, make_env_pool
 from robo_s2.evaluation.stats import SuccessRate
 
@@ -184,7 +185,7 @@ class EvalResult(SuccessRate):
 class EvalTarget:
     """An actor plus the env it runs in and what to report about it."""
 
-    actor: Any
+    actor: Actor
     env_kwargs: dict[str, Any]
     env_description: dict[str, Any]
     describe: dict[str, Any]
@@ -452,7 +453,7 @@ class _Lane:
     """A group of env slots with its own actor; lanes take turns so that one lane's envs simulate
     while the next lane's actions are computed."""
 
-    actor: Any
+    actor: Actor
     slots: list[int]  # pool slots; the actor numbers them 0..len-1
     active: dict[int, _Running] = field(default_factory=dict)
     obs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -460,7 +461,7 @@ class _Lane:
 
 
 def run_episodes(
-    actor: Any,
+    actor: Actor,
     env_kwargs: dict[str, Any],
     episodes: Sequence[EpisodeSpec],
     workers: int = 0,
@@ -503,7 +504,7 @@ class _Rollout:
     def __init__(
         self,
         pool: Any,
-        actor: Any,
+        actor: Actor,
         episodes: Sequence[EpisodeSpec],
         pipeline: bool,
         n_videos: int,

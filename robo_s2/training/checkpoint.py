@@ -25,7 +25,11 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from policies import BasePolicy
+    from robo_s2.encoders import VisionEncoder
 
 import torch
 
@@ -44,8 +48,8 @@ LEGACY_TRAINING_STATE = "training_state.pt"  # robo_s2 <= 0.x: a pickle, never l
 @dataclass
 class Checkpoint:
     path: Path
-    policy: Any  # policies.BasePolicy
-    encoder: Any  # robo_s2.encoders.VisionEncoder
+    policy: BasePolicy
+    encoder: VisionEncoder
     meta: dict[str, Any]
 
     @property
