@@ -1,10 +1,15 @@
-"""MuJoCo cube-picking task: env, controller, scripted expert.
+"""MuJoCo cube-picking task: env, controller, scripted expert, and the registry of tasks.
 
 - ``envs.cube_pick.CubePickEnv`` — the gymnasium env, registered as ``robo_s2/CubePick-v0``
   (``import envs; gymnasium.make("robo_s2/CubePick-v0", image_size=224)``).
 - ``envs.panda_mjcf`` — the MJCF scene (Panda-like arm from primitives, table, cube).
 - ``envs.ik`` — damped-least-squares differential IK.
 - ``envs.expert.ScriptedExpert`` — the privileged-state scripted demonstrator.
+
+The pipeline builds every env through :func:`make_env` from an env spec: a mapping whose ``id``
+names a registered task (default ``robo_s2/CubePick-v0``) and whose other keys are constructor
+arguments over the task's defaults. A new task is :func:`register_task` plus an env config
+(``configs/env/<name>.yaml`` with its ``id``); collection, evaluation and their workers need no edit.
 
 Rendering is headless through EGL unless ``MUJOCO_GL`` says otherwise; it is set here, before any
 module of this package imports mujoco.
@@ -14,11 +19,51 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
 import gymnasium  # noqa: E402
 
 ENV_ID = "robo_s2/CubePick-v0"
 
-if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="envs.cube_pick:CubePickEnv")
+# task id -> (entry point "module:Class", default constructor kwargs)
+TASKS: dict[str, tuple[str, dict[str, Any]]] = {}
 
-__all__ = ["ENV_ID"]
+
+def register_task(env_id: str, entry_point: str, **defaults: Any) -> None:
+    """Make ``env_id`` a task: ``entry_point`` (``"module:Class"``, importable in worker
+    processes) built with ``defaults`` under any spec's own kwargs; gymnasium learns it too."""
+    TASKS[env_id] = (entry_point, dict(defaults))
+    if env_id not in gymnasium.registry:
+        gymnasium.register(id=env_id, entry_point=entry_point, kwargs=dict(defaults))
+
+
+def env_class(env_id: str = ENV_ID) -> type:
+    """The class of task ``env_id``; an unknown id is a ValueError naming the known ones."""
+    if env_id not in TASKS:
+        raise ValueError(f"unknown env id {env_id!r}; registered tasks: {', '.join(TASKS)}")
+    module, _, name = TASKS[env_id][0].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def env_parameters(env_id: str = ENV_ID) -> list[str]:
+    """The constructor arguments an env spec of task ``env_id`` may set (besides ``id``)."""
+    return [p for p in inspect.signature(env_class(env_id)).parameters if p != "self"]
+
+
+def make_env(spec: Mapping[str, Any] | None = None) -> Any:
+    """The env ``spec`` describes: ``spec["id"]`` (default :data:`ENV_ID`) picks the task, the
+    other keys are its constructor kwargs over the task's defaults. ``env.task_id`` says which."""
+    kwargs = dict(spec or {})
+    env_id = str(kwargs.pop("id", None) or ENV_ID)
+    cls = env_class(env_id)
+    env = cls(**{**TASKS[env_id][1], **kwargs})
+    env.task_id = env_id
+    return env
+
+
+register_task(ENV_ID, "envs.cube_pick:CubePickEnv")
+
+__all__ = ["ENV_ID", "TASKS", "env_class", "env_parameters", "make_env", "register_task"]

@@ -135,6 +135,8 @@ class CubePickEnv(gym.Env):
         msaa_samples: anti-aliasing samples of the offscreen buffer (0 = off).
     """
 
+    task_id: str = ENV_ID  # the registered task it was built as (envs.make_env sets it)
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     # Workspace of the end-effector target (m); at the bottom the fingertips clear the table by 2 mm
@@ -372,7 +374,7 @@ class CubePickEnv(gym.Env):
         cameras and image shape, control rate, cube region and versions.
         """
         return {
-            "id": ENV_ID,
+            "id": self.task_id,
             "entry_point": f"{type(self).__module__}:{type(self).__name__}",
             **self._kwargs,
             "kwargs": dict(self._kwargs),

@@ -10,8 +10,7 @@ from robo_s2.data.collection import CollectResult, collect
 
 
 def run(cfg: DictConfig) -> CollectResult:
-    env_kwargs = dict(to_plain(cfg.env))
-    env_kwargs.pop("id", None)
+    env_kwargs = dict(to_plain(cfg.env))  # an env spec: its id picks the task (envs.make_env)
     bar = tqdm(total=cfg.n_episodes, desc="collect", unit="ep", dynamic_ncols=True, delay=1.0)
 
     def on_episode(res: CollectResult) -> None:

@@ -101,10 +101,11 @@ def _init_worker(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any]) -> N
 
 
 def make_env_and_expert(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any]):
-    from envs.cube_pick import CubePickEnv
+    """The env an env spec describes (``envs.make_env``: ``id`` picks the task) and its expert."""
+    from envs import make_env
     from envs.expert import ScriptedExpert
 
-    env = CubePickEnv(**env_kwargs)
+    env = make_env(env_kwargs)
     return env, ScriptedExpert.for_env(env, **expert_kwargs)
 
 
@@ -195,10 +196,10 @@ def collect(
     _check_collect_args(n_episodes, env_kwargs, workers, placement)
     expert_kwargs = dict(expert_kwargs or {})
 
-    from envs.cube_pick import CubePickEnv
+    from envs import make_env
     from robo_s2.data.store import DemoStore
 
-    probe = CubePickEnv(**{**env_kwargs, "render_images": False})
+    probe = make_env({**env_kwargs, "render_images": False})
     env_desc = probe.describe()
     region = probe.cube_region
     probe.close()

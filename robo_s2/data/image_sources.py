@@ -244,22 +244,23 @@ def scene_frames(
     colour scheme (:meth:`envs.cube_pick.CubePickEnv.randomize_appearance`), lets the scripted
     expert act for a length drawn from ``steps`` and renders every camera at
     ``frames_per_episode`` evenly spaced steps of it. Seeded."""
-    from envs.cube_pick import CubePickEnv, image_key
+    from envs import make_env
+    from envs.cube_pick import image_key
     from envs.expert import ScriptedExpert
 
     if n_episodes < 1 or frames_per_episode < 1:
         raise UserError("scenes.episodes and scenes.frames_per_episode must be >= 1")
     rng = np.random.default_rng(seed)
-    envs: dict[tuple[float, int], CubePickEnv] = {}
+    envs: dict[tuple[float, int], Any] = {}  # the cube-picking task's envs (randomize_appearance)
     frames, groups = [], []
     try:
         for ep in range(int(n_episodes)):
             key = (float(rng.choice(cube_sizes)), int(rng.integers(0, max_distractors + 1)))
             if key not in envs:
-                envs[key] = CubePickEnv(
-                    image_size=size, cameras=tuple(cameras), cube_size=key[0],
-                    distractors=key[1], randomize_yaw=randomize_yaw,
-                )  # fmt: skip
+                envs[key] = make_env({
+                    "image_size": size, "cameras": tuple(cameras), "cube_size": key[0],
+                    "distractors": key[1], "randomize_yaw": randomize_yaw,
+                })  # fmt: skip
             env = envs[key]
             env.randomize_appearance(rng)
             ep_seed = int(rng.integers(2**31))

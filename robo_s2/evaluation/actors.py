@@ -111,10 +111,10 @@ class ExpertActor:
         return ExpertActor(self.env_kwargs, self.expert_kwargs)
 
     def begin(self, n_slots: int) -> None:
-        from envs.cube_pick import CubePickEnv
+        from envs import make_env
         from envs.expert import ScriptedExpert
 
-        probe = CubePickEnv(**{**self.env_kwargs, "render_images": False})
+        probe = make_env({**self.env_kwargs, "render_images": False})
         self.experts = [ScriptedExpert.for_env(probe, **self.expert_kwargs) for _ in range(n_slots)]
         probe.close()
 

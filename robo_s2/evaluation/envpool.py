@@ -60,7 +60,8 @@ class Transition:
 
 
 class EnvRunner:
-    """One ``CubePickEnv`` with evaluation helpers (used in-process and inside the workers)."""
+    """One env (``envs.make_env`` of an env spec) with evaluation helpers (used in-process and
+    inside the workers)."""
 
     def __init__(
         self,
@@ -69,9 +70,10 @@ class EnvRunner:
         video_camera: str = "front",
         videos: bool = False,
     ) -> None:
-        from envs.cube_pick import CubePickEnv, image_key
+        from envs import make_env
+        from envs.cube_pick import image_key
 
-        self.env = CubePickEnv(**env_kwargs)
+        self.env = make_env(env_kwargs)
         if (
             self.env.render_images or videos
         ):  # make the renderer now: GL failures are startup errors

@@ -35,7 +35,6 @@ first ``n_videos`` episodes (front camera), and ``positions.png`` (placements co
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections import deque
@@ -47,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from robo_s2.core.io import atomic_file, write_json_atomic
-from robo_s2.data.interop import NATIVE_ENV_ID as ENV_ID
 from robo_s2.data.interop import is_foreign
 from robo_s2.errors import UserError
 from robo_s2.evaluation.actors import Actor
@@ -191,27 +189,24 @@ class EvalTarget:
     describe: dict[str, Any]
 
 
-def _env_parameters() -> list[str]:
-    from envs.cube_pick import CubePickEnv
-
-    return [p for p in inspect.signature(CubePickEnv).parameters if p != "self"]
-
-
 def checkpoint_env_kwargs(meta: Mapping[str, Any], path: str | Path = "") -> dict[str, Any]:
-    """The env kwargs a checkpoint was trained for; refuses checkpoints of other (foreign) envs."""
+    """The env spec a checkpoint was trained for (its task ``id`` and constructor kwargs); refuses
+    checkpoints of envs robo_s2 cannot build (foreign demos, unregistered tasks)."""
+    from envs import TASKS, env_parameters
+    from envs.cube_pick import render_profile
+
     env = meta.get("env") or {}
     if is_foreign({"env": env}):
         raise UserError(
             f"this checkpoint was trained on {env.get('id') or 'unknown-env'} demos; evaluation "
-            f"needs {ENV_ID} (checkpoint {path})"
+            f"needs {' or '.join(TASKS)} (the registered tasks; checkpoint {path})"
         )
+    env_id = str(env["id"])
     kwargs = env.get("kwargs")
     if kwargs is None:  # an older description: the constructor kwargs at the top level
-        kwargs = {k: env[k] for k in _env_parameters() if k in env}
-    from envs.cube_pick import render_profile
-
+        kwargs = {k: env[k] for k in env_parameters(env_id) if k in env}
     # descriptions from before the render keys were rendered with the legacy profile
-    return {**dict(kwargs), **render_profile(kwargs)}
+    return {"id": env_id, **dict(kwargs), **render_profile(kwargs)}
 
 
 def check_render_profile(
@@ -253,18 +248,19 @@ def build_env_kwargs(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``base`` env kwargs with ``overrides`` (None values ignored) applied; returns the kwargs and
     the env's ``describe()`` (from a probe env without rendering). Bad settings are UserErrors."""
-    from envs.cube_pick import CubePickEnv
+    from envs import ENV_ID, env_parameters, make_env
 
     over = {k: v for k, v in dict(overrides or {}).items() if v is not None}
-    unknown = sorted(set(over) - set(_env_parameters()))
+    settable = env_parameters(str(base.get("id") or ENV_ID))
+    unknown = sorted(set(over) - set(settable))
     if unknown:
         raise UserError(
             f"unknown env_overrides {unknown}; settable: "
-            f"{', '.join(p for p in _env_parameters() if p != 'render_mode')}"
+            f"{', '.join(p for p in settable if p != 'render_mode')}"
         )
     kwargs = {**dict(base), **over, "render_images": bool(render_images), "render_mode": None}
     try:
-        probe = CubePickEnv(**{**kwargs, "render_images": False})
+        probe = make_env({**kwargs, "render_images": False})
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad env settings {over or dict(base)}: {exc}") from None
     description = probe.describe()
@@ -743,7 +739,7 @@ def _eval_info(
         "env_steps": result.env_steps,
         "env_steps_per_s": rollouts.env_steps_per_s,
         "env": {
-            "id": ENV_ID,
+            "id": desc["id"],
             "kwargs": {**desc["kwargs"], "render_images": target.env_kwargs["render_images"]},
         },
         "env_overrides": {k: v for k, v in dict(env_overrides or {}).items() if v is not None},

@@ -21,7 +21,8 @@ from robo_s2.errors import ImportFailure, UserError
 if TYPE_CHECKING:
     from robo_s2.data.store import DemoStore
 
-# The id of robo_s2's own env (envs.ENV_ID; not imported here, that would import gymnasium).
+# The id of robo_s2's own env (envs.ENV_ID; not imported at module level: workers that import
+# this module need no gymnasium). Other registered tasks (envs.TASKS) are native too.
 NATIVE_ENV_ID = "robo_s2/CubePick-v0"
 
 # Store attributes that only describe an import in progress: never carried over from a source.
@@ -57,7 +58,9 @@ def is_foreign(store: DemoStore | str | os.PathLike | Mapping[str, Any]) -> bool
     env = _store_attrs(store).get("env")
     if not isinstance(env, Mapping):
         return True
-    return bool(env.get("foreign", False)) or env.get("id") != NATIVE_ENV_ID
+    from envs import TASKS
+
+    return bool(env.get("foreign", False)) or env.get("id") not in TASKS
 
 
 def require_native_env(
