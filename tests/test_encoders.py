@@ -376,7 +376,7 @@ def test_mvp_config_rows():
         assert inner["arch"] == arch and cfg["weights"] == "???"
     with random_weights():  # architecture only: params of MVP-B
         enc = create_encoder("mvp_b")
-    assert enc.config["weights"] is None and enc.num_params() == 85_798_656
+    assert enc.config["weights"] is None and enc.num_parameters() == 85_798_656
 
 
 # --- configs -------------------------------------------------------------------------------------

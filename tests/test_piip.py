@@ -16,7 +16,7 @@ from robo_s2.encoders.deformable_attention import (
     deformable_attention_core,
     reference_points,
 )
-from robo_s2.encoders.piip import PIIPEncoder, even_interaction_indexes, piip_encoder
+from robo_s2.encoders.piip import PIIPEncoder, even_interaction_indexes
 from robo_s2.encoders.registry import RUNTIME_OPTIONS, resolve_encoder_config
 from robo_s2.errors import UserError
 
@@ -310,7 +310,7 @@ def test_describe_fingerprint_and_registry():
         assert cfg["name"] == "piip"
         assert len(cfg["branches"]) == len(cfg["resolutions"])
         assert cfg["resolutions"] == sorted(cfg["resolutions"], reverse=True)
-        accepted = set(inspect.signature(piip_encoder).parameters)
+        accepted = set(inspect.signature(PIIPEncoder).parameters)
         assert set(cfg) - {"name", "_label", *RUNTIME_OPTIONS} <= accepted
 
 

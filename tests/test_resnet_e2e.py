@@ -38,7 +38,7 @@ def test_groupnorm_everywhere_no_classifier_and_feature_shapes():
     norms = [m for m in enc.modules() if isinstance(m, nn.GroupNorm)]
     assert len(norms) == 20  # stem + 2 per block x 8 blocks + 3 downsamples
     assert all(m.num_groups == m.num_channels // 16 for m in norms)
-    assert isinstance(enc.model.fc, nn.Identity) and enc.num_params() == 11_176_512
+    assert isinstance(enc.model.fc, nn.Identity) and enc.num_parameters() == 11_176_512
     assert enc.crop_size == CROP and enc.feature_dim == 512
     enc.eval()
     assert enc(_frames(2)).shape == (2, 512)

@@ -9,25 +9,8 @@ from tqdm import tqdm
 
 from robo_s2.core.config import to_plain
 from robo_s2.data.interop import ExportResult
+from robo_s2.data.interop.base import format_of
 from robo_s2.errors import UserError
-
-FORMATS = ("robomimic", "dp")
-
-
-def target_format(fmt: str, out: Path) -> str:
-    """``auto``: robomimic for .hdf5/.h5/.hdf, dp for .zarr directories and .zarr.zip archives."""
-    if fmt in FORMATS:
-        return fmt
-    if fmt != "auto":
-        raise UserError(f"format={fmt!r} is not an export format; use auto, robomimic or dp")
-    if out.suffix.lower() in (".hdf5", ".h5", ".hdf"):
-        return "robomimic"
-    if out.name.endswith((".zarr", ".zip")):
-        return "dp"
-    raise UserError(
-        f"cannot tell the format to write from {out.name!r}; name it .hdf5 (robomimic) or .zarr / "
-        ".zarr.zip (diffusion_policy), or pass format=robomimic|dp"
-    )
 
 
 def run(cfg: DictConfig) -> ExportResult:
@@ -36,7 +19,7 @@ def run(cfg: DictConfig) -> ExportResult:
     if not cfg.out:
         raise UserError("pass out=<the file to write: x.hdf5 (robomimic), x.zarr or x.zarr.zip>")
     out = Path(str(cfg.out)).expanduser()
-    fmt = target_format(str(cfg.format), out)
+    fmt = format_of(str(cfg.format), out, reading=False)
     bar = tqdm(desc="export", unit="ep", dynamic_ncols=True, delay=1.0)
 
     def on_episode(res: ExportResult) -> None:

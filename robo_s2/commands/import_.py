@@ -10,26 +10,8 @@ from tqdm import tqdm
 
 from robo_s2.core.config import to_plain
 from robo_s2.data.interop import ImportResult
+from robo_s2.data.interop.base import FORMATS, format_of
 from robo_s2.errors import UserError
-
-FORMATS = ("robomimic", "dp")
-NAMES = {"robomimic": "robomimic HDF5", "dp": "diffusion_policy zarr"}
-
-
-def source_format(fmt: str, src: Path) -> str:
-    """``auto``: robomimic for .hdf5/.h5/.hdf files, dp for zarr directories and .zip archives."""
-    if fmt in FORMATS:
-        return fmt
-    if fmt != "auto":
-        raise UserError(f"format={fmt!r} is not a source format; use auto, robomimic or dp")
-    if src.suffix.lower() in (".hdf5", ".h5", ".hdf"):
-        return "robomimic"
-    if src.is_dir() or src.name.endswith((".zarr", ".zip")):
-        return "dp"
-    raise UserError(
-        f"cannot tell the format of {src} from its name; pass format=robomimic (HDF5) or "
-        "format=dp (diffusion_policy zarr)"
-    )
 
 
 def run(cfg: DictConfig) -> ImportResult:
@@ -38,7 +20,7 @@ def run(cfg: DictConfig) -> ImportResult:
     if not cfg.out:
         raise UserError("pass out=<the demo store to write, e.g. demos/imported.zarr>")
     src = Path(str(cfg.src)).expanduser()
-    fmt = source_format(str(cfg.format), src)
+    fmt = format_of(str(cfg.format), src, reading=True)
     bar = tqdm(desc="import", unit="ep", dynamic_ncols=True, delay=1.0)
 
     def on_episode(res: ImportResult) -> None:
@@ -78,12 +60,12 @@ def run(cfg: DictConfig) -> ImportResult:
     if n_handled == 0:
         print(
             f"import: {cfg.out} already holds all {res.n_total} episodes ({res.n_frames} frames) "
-            f"of {NAMES[fmt]} {src}{skipped}; nothing to do"
+            f"of {FORMATS[fmt]} {src}{skipped}; nothing to do"
         )
     else:
         resumed = f" (resumed after {res.done_before})" if res.done_before else ""
         print(
             f"import: {res.n_total} episodes ({res.n_frames} frames) in {cfg.out} from "
-            f"{NAMES[fmt]} {src}; +{res.n_new} new{resumed}{skipped}, {res.seconds:.1f} s"
+            f"{FORMATS[fmt]} {src}; +{res.n_new} new{resumed}{skipped}, {res.seconds:.1f} s"
         )
     return res

@@ -360,29 +360,4 @@ class TimmEncoder(TokenEncoder):
         return out
 
 
-@register_encoder("timm")
-def timm_encoder(
-    model: str = "vit_tiny_patch16_224",
-    pretrained: bool = False,
-    weights: str | None = None,
-    image_size: int | None = None,
-    dynamic_img_size: bool = False,
-    pooling: str = "cls",
-    normalize: str = "imagenet",
-    model_kwargs: dict[str, Any] | None = None,
-    trainable: bool = False,
-    seed: int = 0,
-) -> TimmEncoder:
-    """A timm model by name (``model``), frozen unless ``trainable``; see :class:`TimmEncoder`."""
-    return TimmEncoder(
-        model=model,
-        pretrained=pretrained,
-        weights=weights,
-        image_size=image_size,
-        dynamic_img_size=dynamic_img_size,
-        pooling=pooling,
-        normalize=normalize,
-        model_kwargs=model_kwargs,
-        trainable=trainable,
-        seed=seed,
-    )
+register_encoder("timm")(TimmEncoder)

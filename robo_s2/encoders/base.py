@@ -158,7 +158,7 @@ class VisionEncoder(nn.Module):
         self._fingerprint_cache = (key, digest)
         return digest
 
-    def num_params(self, trainable_only: bool = False) -> int:
+    def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def describe(self) -> dict[str, Any]:
@@ -168,8 +168,8 @@ class VisionEncoder(nn.Module):
             "label": self.label or self.name,
             "class": type(self).__name__,
             "config": self.config,
-            "params": self.num_params(),
-            "trainable_params": self.num_params(trainable_only=True),
+            "params": self.num_parameters(),
+            "trainable_params": self.num_parameters(trainable_only=True),
             "feature_dim": int(self.feature_dim),
             "image_size": int(self.image_size),
             "trainable": bool(self.trainable),

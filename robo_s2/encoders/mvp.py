@@ -234,21 +234,4 @@ class MVPEncoder(TokenEncoder):
         return d
 
 
-@register_encoder("mvp")
-def mvp_encoder(
-    weights: str,
-    arch: str = "vit_b16",
-    image_size: int | None = None,
-    pooling: str = "cls",
-    trainable: bool = False,
-    seed: int = 0,
-) -> MVPEncoder:
-    """An MVP checkpoint (``weights``: path to the ``.pth``; ``none``: random init on purpose)."""
-    return MVPEncoder(
-        weights=weights,
-        arch=arch,
-        image_size=image_size,
-        pooling=pooling,
-        trainable=trainable,
-        seed=seed,
-    )
+register_encoder("mvp")(MVPEncoder)

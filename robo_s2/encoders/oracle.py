@@ -84,7 +84,4 @@ class OracleEncoder(VisionEncoder):
         return d
 
 
-@register_encoder("oracle")
-def oracle_encoder(yaw: bool = True) -> OracleEncoder:
-    """The cube's privileged pose (``yaw``: add sin/cos of 4x its yaw); a ceiling, not vision."""
-    return OracleEncoder(yaw=yaw)
+register_encoder("oracle")(OracleEncoder)

@@ -651,42 +651,4 @@ class PIIPEncoder(TokenEncoder):
         return d
 
 
-@register_encoder("piip")
-def piip_encoder(
-    branches: Sequence[Mapping[str, Any]],
-    resolutions: Sequence[int] | None = None,
-    pretrained: bool = False,
-    interactions: int | None = None,
-    attn: str = "deformable",
-    num_heads: int = 6,
-    num_points: int = 4,
-    value_ratio: float = 1.0,
-    ffn_ratio: float = 0.25,
-    merge_dim: int | None = None,
-    merge_size: int | None = None,
-    resize: str = "bilinear",
-    pooling: str = "mean",
-    trainable: bool = True,
-) -> PIIPEncoder:
-    """Parameter-inverted image pyramid over timm ViT branches; see :class:`PIIPEncoder`.
-
-    ``branches``: list (largest resolution first) of ``{model, resolution, pretrained?, weights?,
-    model_kwargs?, normalize?, name?, interaction_indexes?}``; ``resolutions`` overrides every
-    branch's resolution at once (``encoder.resolutions=[448,336,224]``).
-    """
-    return PIIPEncoder(
-        branches=branches,
-        resolutions=resolutions,
-        pretrained=pretrained,
-        interactions=interactions,
-        attn=attn,
-        num_heads=num_heads,
-        num_points=num_points,
-        value_ratio=value_ratio,
-        ffn_ratio=ffn_ratio,
-        merge_dim=merge_dim,
-        merge_size=merge_size,
-        resize=resize,
-        pooling=pooling,
-        trainable=trainable,
-    )
+register_encoder("piip")(PIIPEncoder)

@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_s2.core.config import load_config, require_complete, to_plain
+from robo_s2.core.process import start_orphan_watch
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import SuccessRate, compare_rates
 
@@ -536,20 +537,6 @@ def write_reports(
 # the whole experiment
 
 
-def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
-    """End this process when ``parent`` (the pid of the process that started it) is gone (killed,
-    not just interrupted), so that no orphaned job keeps training and evaluating. The pid is
-    passed in: by the time this runs the parent may already be dead and replaced by init."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 def _row_job(
     exp: Mapping[str, Any],
     rows: Sequence[Row],
@@ -569,7 +556,7 @@ def _row_job(
 
     import torch
 
-    _exit_with_parent(parent)
+    start_orphan_watch(parent)  # no orphaned job keeps training when the parent is killed
     torch.set_num_threads(threads)
     while True:
         try:  # (get_nowait can raise Empty while another job holds the queue's lock)

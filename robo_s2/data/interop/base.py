@@ -33,6 +33,30 @@ BOOKKEEPING_ATTRS = ("import", "import_progress", "created", "robo_s2_version")
 # foreign stores
 
 
+# the foreign formats, their names, and the file names that say which one a path is
+FORMATS = {"robomimic": "robomimic HDF5", "dp": "diffusion_policy zarr"}
+HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
+
+
+def format_of(fmt: str, path: Path, reading: bool) -> str:
+    """The format of ``path`` (``fmt``, or with ``auto`` from its name: robomimic for
+    .hdf5/.h5/.hdf, dp for .zarr directories and .zarr.zip archives - and, when ``reading``, any
+    directory). A name that says neither is a :class:`UserError` asking for ``format=``."""
+    if fmt in FORMATS:
+        return fmt
+    what = "a source" if reading else "an export"
+    if fmt != "auto":
+        raise UserError(f"format={fmt!r} is not {what} format; use auto, {' or '.join(FORMATS)}")
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return "robomimic"
+    if path.name.endswith((".zarr", ".zip")) or (reading and path.is_dir()):
+        return "dp"
+    raise UserError(
+        f"cannot tell the format of {path} from its name; name it .hdf5 (robomimic) or .zarr / "
+        ".zarr.zip (diffusion_policy), or pass format=robomimic|dp"
+    )
+
+
 def mapping_of(value: Any) -> Mapping[str, Any]:
     """``value`` when it is a mapping (an attribute read from a store), else an empty one."""
     return value if isinstance(value, Mapping) else {}
