@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import zarr
 
 from robo_s2.data.store import DemoStore
 from robo_s2.device import autocast, resolve_device, resolve_precision
@@ -89,6 +90,17 @@ def _check_image_key(store: DemoStore, image_key: str) -> None:
         )
 
 
+def _cache_entry(store: DemoStore, key: str) -> zarr.Group | None:
+    """The store's ``features/<key>`` group, or None when there is none."""
+    if FEATURES_GROUP not in store.root:
+        return None
+    features = store.root[FEATURES_GROUP]
+    if not isinstance(features, zarr.Group) or key not in features:
+        return None
+    entry = features[key]
+    return entry if isinstance(entry, zarr.Group) else None
+
+
 def cache_status(
     store: DemoStore, encoder, image_key: str = "image", precision: str | None = None
 ) -> CacheStatus:
@@ -98,9 +110,8 @@ def cache_status(
     if precision in (None, "auto"):
         precision = feature_precision(encoder, "auto", ENCODE_BATCH, precision)
     key = cache_key(encoder, image_key, precision)
-    n_done = 0
-    if FEATURES_GROUP in store.root and key in store.root[FEATURES_GROUP]:
-        n_done = int(store.root[FEATURES_GROUP][key].attrs.get("n_done", 0))
+    entry = _cache_entry(store, key)
+    n_done = 0 if entry is None else int(str(entry.attrs.get("n_done", 0)))
     return CacheStatus(
         key, min(n_done, store.n_frames), store.n_frames, encoder.feature_dim, precision
     )
@@ -178,6 +189,7 @@ def encode_store(
             }
         )
     array = group["feature"]
+    assert isinstance(array, zarr.Array)  # written just above, or by an earlier run
     if array.shape[1] != encoder.feature_dim:
         raise UserError(
             f"cached features {status.key} have width {array.shape[1]}, the encoder gives "
@@ -212,4 +224,8 @@ def load_features(
             f"{status.key}; run: robo-s2 encode store={store.path} encoder=<that encoder config> "
             f"encoder.precision={precision}"
         )
-    return np.asarray(store.root[FEATURES_GROUP][status.key]["feature"][: store.n_frames])
+    entry = _cache_entry(store, status.key)
+    assert entry is not None  # complete, so present
+    features = entry["feature"]
+    assert isinstance(features, zarr.Array)
+    return np.asarray(features[: store.n_frames])

@@ -149,7 +149,7 @@ class BranchMerge(nn.Module):
     def __init__(self, widths: Sequence[int], dim: int, size: int, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.size = int(size)
-        projs = []
+        projs: list[nn.Module] = []
         for w in widths:
             if w == dim:
                 projs.append(nn.GroupNorm(_groups(w), w))
@@ -184,6 +184,7 @@ class BranchMerge(nn.Module):
             for j, (proj, c) in enumerate(zip(self.proj, cls_tokens, strict=True)):
                 y = proj(c[:, :, None, None]).flatten(1) * self.weights[j]
                 cls = y if cls is None else cls + y
+            assert cls is not None  # one CLS token per branch
             tokens = torch.cat([cls[:, None], tokens], dim=1)
         return self.norm(tokens)
 
@@ -356,7 +357,7 @@ class PIIPEncoder(TokenEncoder):
         return f"PIIP branch {j} ({spec.get('model', spec.get('name'))})"
 
     @staticmethod
-    def _build_branch(spec: Mapping[str, Any], what: str) -> tuple[TokenEncoder, nn.Module, int]:
+    def _build_branch(spec: Mapping[str, Any], what: str) -> tuple[Any, Any, int]:
         """One frozen ViT branch (built through the backbone factories), its ViT and resolution."""
         cfg = {k: v for k, v in spec.items() if k not in _BRANCH_OWN_KEYS}
         res = int(spec["resolution"])
@@ -525,7 +526,8 @@ class PIIPEncoder(TokenEncoder):
     def branch_inputs(self, x: Tensor) -> list[Tensor]:
         """Float ``(B,3,S,S)`` in [0,1] -> every branch's resized, normalised input."""
         out = []
-        for branch, res in zip(self.branches, self.resolutions, strict=True):
+        branches: list[Any] = list(self.branches)  # TokenEncoders (nn.ModuleList loses the type)
+        for branch, res in zip(branches, self.resolutions, strict=True):
             y = x
             if y.shape[-1] != res or y.shape[-2] != res:
                 if self.resize_mode == "area":
@@ -539,7 +541,8 @@ class PIIPEncoder(TokenEncoder):
         return out
 
     def _run_blocks(self, j: int, x: Tensor, first: int, last: int) -> Tensor:
-        blocks = self.branches[j].model.blocks
+        branch: Any = self.branches[j]  # a TokenEncoder over a timm ViT (duck-typed)
+        blocks = branch.model.blocks
         for i in range(first, last + 1):
             x = blocks[i](x)
         return x
@@ -547,7 +550,7 @@ class PIIPEncoder(TokenEncoder):
     def forward_branches(self, x: Tensor) -> list[Tensor]:
         """Float ``(B,3,S,S)`` in [0,1] -> every branch's final token map
         ``(B, P_j + h_j*w_j, C_j)`` (after its final norm, before merging)."""
-        vits = [b.model for b in self.branches]
+        vits: list[Any] = [b.model for b in self.branches]  # timm ViTs (duck-typed)
         tokens = []
         for vit, inp in zip(vits, self.branch_inputs(x), strict=True):
             t = vit.patch_embed(inp)
@@ -563,7 +566,9 @@ class PIIPEncoder(TokenEncoder):
                 continue
             prefix = [t[:, :p] for t, p in zip(tokens, self.prefix_counts, strict=True)]
             patches = [t[:, p:] for t, p in zip(tokens, self.prefix_counts, strict=True)]
-            for j, unit in enumerate(self.interactions[i]):
+            stage: Any = self.interactions[i]  # an nn.ModuleList of BidirectionalInteraction
+            units: list[Any] = list(stage)
+            for j, unit in enumerate(units):
                 patches[j], patches[j + 1] = unit(
                     patches[j], self.grids[j], patches[j + 1], self.grids[j + 1]
                 )

@@ -73,6 +73,7 @@ def plan_scales(
     if img_sizes is not None:
         sizes = [int(s) for s in img_sizes]
     else:
+        assert scales is not None  # one of the two is given (checked above)
         if any(float(s) <= 0 for s in scales):
             raise UserError(f"S² scales must be positive, got {list(scales)}")
         sizes = [int(base * float(s)) for s in scales]
@@ -209,9 +210,11 @@ def s2_forward(
             outs[i] = o
 
     p = num_prefix_token
+    done = [o for o in outs if o is not None]
+    assert len(done) == len(plans)  # every scale's tiles were in a pass
     maps = [
         _merge_channels_last(o[:, p:] if p else o, plan.num_split, b, output_shape)
-        for o, plan in zip(outs, plans, strict=True)
+        for o, plan in zip(done, plans, strict=True)
     ]
     size = maps[resize_output_to_idx].shape[1]
     merged = torch.cat([_area_channels_last(m, size) for m in maps], dim=-1)
@@ -221,7 +224,7 @@ def s2_forward(
     if p:
         prefix = [
             o[:, :p].reshape(plan.num_split**2, b, p, o.shape[-1]).mean(dim=0)
-            for o, plan in zip(outs, plans, strict=True)
+            for o, plan in zip(done, plans, strict=True)
         ]
         merged = torch.cat([torch.cat(prefix, dim=-1), merged], dim=1)
     return merged
@@ -229,6 +232,10 @@ def s2_forward(
 
 class S2Encoder(VisionEncoder):
     """A frozen backbone over several scales; token map and pooled per-time-step vector."""
+
+    backbone: Any  # a token encoder (TimmEncoder, MVPEncoder): duck-typed, nn.Module attributes
+    num_prefix_tokens: int
+    width: int
 
     def __init__(
         self,
@@ -256,8 +263,8 @@ class S2Encoder(VisionEncoder):
         self.scales = [pl.size / self.base_size for pl in self.plans]
         self.resize_output_to_idx = int(resize_output_to_idx)
         self.image_size = self.base_size if source == "upsample" else max(self.img_sizes)
-        self.num_prefix_tokens = backbone.num_prefix_tokens
-        self.width = backbone.width * len(self.plans)
+        self.num_prefix_tokens = self.backbone.num_prefix_tokens
+        self.width = self.backbone.width * len(self.plans)
         self.patch_size = backbone.patch_size
         self._set_pooling(pooling)
         self.trainable = bool(backbone.trainable)
@@ -377,7 +384,7 @@ class S2Encoder(VisionEncoder):
     def _tiles_per_pass(self, device: torch.device) -> int | None:
         if self.tiles_per_pass == "auto":
             return None if device.type == "cuda" else CPU_TILES_PER_PASS
-        return self.tiles_per_pass
+        return None if self.tiles_per_pass is None else int(self.tiles_per_pass)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.pooling(self.forward_tokens(images), self.num_prefix_tokens)
