@@ -39,7 +39,7 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> Tensor:
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
-def build_vit(arch: str, img_size: int, seed: int = 0) -> nn.Module:
+def build_vit(arch: str, img_size: int, seed: int = 0) -> Any:
     """The encoder: an MVP architecture name or any timm ViT name, random init from ``seed``."""
     from timm.models.vision_transformer import VisionTransformer
 
@@ -72,6 +72,12 @@ def build_vit(arch: str, img_size: int, seed: int = 0) -> nn.Module:
 
 class MaskedAutoencoder(nn.Module):
     """MAE: ``forward(images, generator)`` -> ``(loss, pred, mask)``; see the module docstring."""
+
+    encoder: Any  # a timm VisionTransformer (checked by build_vit), used duck-typed
+    pixel_mean: Tensor  # registered buffers
+    decoder_pos_embed: Tensor
+    pixel_std: Tensor
+    mask_token: nn.Parameter
 
     def __init__(
         self,
