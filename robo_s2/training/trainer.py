@@ -83,8 +83,8 @@ from robo_s2.training.optim import (
 STATE_VERSION = 1
 LAST, BEST = "last", "best"
 # what a training state must hold for this version to resume from it
-STATE_KEYS = ("version", "step", "model", "optimizer", "scheduler", "sampler", "rng", "split")
-STATE_KEYS += ("feature_dim", "encoder_fingerprint", "policy_config")
+STATE_KEYS: tuple[str, ...] = ("version", "step", "model", "optimizer", "scheduler", "sampler")
+STATE_KEYS += ("rng", "split", "feature_dim", "encoder_fingerprint", "policy_config")
 
 
 @dataclass
@@ -118,6 +118,9 @@ class BCModel(nn.Module):
     A batch for image training carries ``frames`` ``(U, 3, S, S)`` (the distinct frames of its
     windows) and ``inverse`` ``(B, H)`` (each step's row in ``frames``) instead of ``feature``.
     """
+
+    policy: Any  # a policies.BasePolicy (its normalizer, loss and sizes are used duck-typed)
+    encoder: Any  # the trainable VisionEncoder, or None when training from cached features
 
     def __init__(
         self, policy: nn.Module, encoder: nn.Module | None = None, encoder_precision: str = "fp32"
@@ -321,10 +324,10 @@ class Trainer:
         self.progress = progress
         self.dist, self.device = D.init_distributed(str(self.cfg["device"]))
         self.run_dir = Path(D.broadcast_object(str(run_dir), self.dist))
-        self.writer = None
-        self.bar = None
+        self.writer: Any = None  # TensorBoard SummaryWriter (rank 0) once the run starts
+        self.bar: Any = None  # tqdm progress bar
         self._interrupted = False
-        self._previous_sigint = None
+        self._previous_sigint: dict[Any, Any] | None = None
 
     # -------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -450,7 +453,7 @@ class Trainer:
 
     def _build_data(
         self,
-        policy: nn.Module,
+        policy: Any,  # a policies.BasePolicy
         arrays: _StoreArrays,
         features: np.ndarray | None,
         fit_normalizer: bool,
@@ -510,6 +513,7 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, float]] = []
         if state is not None:
+            assert self.resume_from is not None  # a state is only read from a checkpoint
             with state_must_fit(self.resume_from):
                 self._load_state(state)
         # per-rank dropout streams (rank 0 keeps the single-process stream)
@@ -786,7 +790,9 @@ class Trainer:
 
     # -------------------------------------------------------------------------- evaluation
     def eval_model(self) -> BCModel:
-        return self.ema.shadow if self.ema is not None else self.model
+        model = self.ema.shadow if self.ema is not None else self.model
+        assert isinstance(model, BCModel)
+        return model
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -1039,7 +1045,7 @@ class Trainer:
             {
                 "loss": mean_loss,
                 "l1": float(metrics["l1"]),
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": float(self.scheduler.get_last_lr()[0]),
                 "grad_norm": float(grad_norm),
                 "samples_per_s": sps,
             },
