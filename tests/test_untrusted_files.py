@@ -249,3 +249,27 @@ def test_zarr_arrays_with_a_pickle_codec_are_refused(tmp_path, marker):
     keys = "keys={img:image,action:action,evil:proprio}"
     out = robo_s2("import", f"src={src}", f"out={tmp_path / 'p.zarr'}", keys, cwd=tmp_path)
     refused(out, marker, "cannot open data/evil")
+
+
+def test_typed_errors_replace_message_matching(monkeypatch):
+    """Callers branch on the error's type: timm refusing an option is ModelArgsRejected (MAE's
+    architecture check turns it into its own message), a hub file that needs pickle is named so."""
+    import pickle
+
+    import timm
+
+    from robo_s2.encoders.backbone import create_timm_model
+    from robo_s2.errors import ModelArgsRejected, UserError
+    from robo_s2.pretraining.mae import build_vit
+
+    with pytest.raises(ModelArgsRejected, match="rejected model_kwargs"):
+        create_timm_model("resnet18", False, None, {"img_size": 64})
+    with pytest.raises(UserError, match="is not a plain ViT"):
+        build_vit("resnet18", 64)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed")
+
+    monkeypatch.setattr(timm, "create_model", refuse)
+    with pytest.raises(UserError, match="the file needs pickle to load, which is refused"):
+        create_timm_model("vit_tiny_patch16_224", True, None, {})
