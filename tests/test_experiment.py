@@ -271,8 +271,8 @@ def test_quickstart_succeeds_on_a_cpu(tmp_path):
 def test_a_job_process_ends_when_its_parent_is_killed():
     parent_code = (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import sys, time; from robo_s2.experiments.runner "
-        "import _exit_with_parent as e; e(int(sys.argv[1]), 0.2); print(1, flush=True); "
+        "child = subprocess.Popen([sys.executable, '-c', 'import sys, time; from robo_s2.core.process "
+        "import start_orphan_watch as e; e(int(sys.argv[1])); print(1, flush=True); "
         "time.sleep(60)', str(os.getpid())], stdout=sys.stdout, stderr=subprocess.DEVNULL)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"
