@@ -56,11 +56,13 @@ def load_config(command: str, overrides: Sequence[str] = ()) -> DictConfig:
             GlobalHydra.instance().initialize(previous)
 
 
-def missing_keys(cfg: Any, reference: Any, prefix: str = "") -> list[str]:
+def missing_keys(cfg: Any, reference: Any) -> list[str]:
     """Dotted keys of the mapping ``reference`` that ``cfg`` lacks (nested mappings recursed;
     a key whose reference value is an empty mapping is an open one and only has to exist)."""
-    ref = to_plain(reference)
-    have = to_plain(cfg)
+    return _missing(to_plain(cfg), to_plain(reference), "")
+
+
+def _missing(have: Any, ref: Any, prefix: str) -> list[str]:
     if not isinstance(ref, Mapping):
         return []
     if not isinstance(have, Mapping):
@@ -70,7 +72,7 @@ def missing_keys(cfg: Any, reference: Any, prefix: str = "") -> list[str]:
         if key not in have:
             out.append(f"{prefix}{key}")
         elif isinstance(value, Mapping) and value:
-            out += missing_keys(have[key], value, f"{prefix}{key}.")
+            out += _missing(have[key], value, f"{prefix}{key}.")
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,8 +22,7 @@ import zarr
 
 from robo_s2.data.store import DemoStore
 from robo_s2.device import autocast, resolve_device, resolve_precision
-from robo_s2.encoders.preprocess import check_frame_size as check_frame_size_of
-from robo_s2.encoders.preprocess import frames_to_input
+from robo_s2.encoders.preprocess import check_frame_size, frames_to_input
 from robo_s2.errors import UserError
 
 FEATURES_GROUP = "features"
@@ -111,16 +111,16 @@ def cache_status(
         precision = feature_precision(encoder, "auto", ENCODE_BATCH, precision)
     key = cache_key(encoder, image_key, precision)
     entry = _cache_entry(store, key)
-    n_done = 0 if entry is None else int(str(entry.attrs.get("n_done", 0)))
+    n_done = 0 if entry is None else int(cast(int, entry.attrs.get("n_done", 0)))
     return CacheStatus(
         key, min(n_done, store.n_frames), store.n_frames, encoder.feature_dim, precision
     )
 
 
-def check_frame_size(store: DemoStore, encoder, image_key: str) -> None:
+def check_store_frames(store: DemoStore, encoder, image_key: str) -> None:
     """The store's frames must suit the encoder (:mod:`robo_s2.encoders.preprocess`'s policy)."""
     height, width = store.array(image_key).shape[1:3]
-    check_frame_size_of(
+    check_frame_size(
         int(height), int(width), encoder.image_size,
         f"{store.path} data/{image_key} (encoder {encoder_label(encoder)})",
         f"collect with env.image_size={encoder.image_size} (or larger)",
@@ -165,7 +165,7 @@ def encode_store(
     image_key = input_key(encoder, image_key)
     _check_image_key(store, image_key)
     if getattr(encoder, "input_key", None) is None:
-        check_frame_size(store, encoder, image_key)
+        check_store_frames(store, encoder, image_key)
     torch_device = resolve_device(device)
     precision = feature_precision(encoder, torch_device, batch_size, precision)
     status = cache_status(store, encoder, image_key, precision)

@@ -412,7 +412,7 @@ def encode_spec(
     """The features of ``spec`` over every frame of ``store``, from (and into) its feature cache
     when ``rc.cache``, else encoded in memory."""
     from robo_s2.device import resolve_device
-    from robo_s2.encoders.feature_cache import _check_image_key, check_frame_size
+    from robo_s2.encoders.feature_cache import _check_image_key, check_store_frames
 
     blocks, tokens, parts = [], None, []
     n_now, seconds = 0, 0.0
@@ -421,7 +421,7 @@ def encode_spec(
         where = spec.label if len(spec.parts) == 1 else f"{spec.label} (part {i})"
         encoder = _part_encoder(part, where, rc)
         _check_image_key(store, image_key)
-        check_frame_size(store, encoder, image_key)
+        check_store_frames(store, encoder, image_key)
         progress = bar(f"{spec.label}", store.n_frames) if bar is not None else None
         start = time.perf_counter()
         if rc.cache:

@@ -436,11 +436,11 @@ class Trainer:
         self.trainable_encoder = bool(self.encoder.trainable)
         if not self.trainable_encoder:
             return self._cached_features()
-        from robo_s2.encoders.feature_cache import _check_image_key, check_frame_size
+        from robo_s2.encoders.feature_cache import _check_image_key, check_store_frames
 
         store, encoder = self.store, self.encoder
         _check_image_key(store, self.image_key)
-        check_frame_size(store, encoder, self.image_key)
+        check_store_frames(store, encoder, self.image_key)
         gb = float(self.dcfg["images_in_memory_gb"])
         self.frames = FrameSource(store.array(self.image_key), gb * 2**30)
         self.feature_precision = feature_precision(

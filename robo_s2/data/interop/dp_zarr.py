@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -169,7 +169,7 @@ class _Source:
         ends = ends.astype(np.int64)
         marker = self.root.attrs.get(PENDING_ATTR)
         if isinstance(marker, Mapping) and "n_episodes" in marker:  # a robo_s2 store mid-append
-            ends = ends[: int(str(marker["n_episodes"]))]
+            ends = ends[: int(cast(int, marker["n_episodes"]))]  # JSON attrs: an int here
         if ends.size == 0:
             raise UserError(f"{self.src} holds no episodes (meta/episode_ends is empty)")
         if ends[0] <= 0 or np.any(np.diff(ends) <= 0):
