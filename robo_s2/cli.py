@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "behaviour cloning of a policy on a store's (cached) encoder features"),
     "eval": ("eval", "success rate of a checkpoint in the cube-picking simulation"),
     "experiment": ("experiment", "an encoder comparison (Table 8): every row and seed, one table"),
+    "compare": ("compare", "rows of finished experiments (same demos and positions) in one table"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
     "analyze": ("analyze", "encoder-feature analyses: reconstruct (S² Table 1)"),
 }

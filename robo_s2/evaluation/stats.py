@@ -10,6 +10,9 @@
 * :func:`fisher_exact_p` — the two-sided p-value of Fisher's exact test on the 2x2 table
   (successes/failures of A and B), exact at any n, no large-sample approximation.
 * :func:`compare_rates` — both at once, as a :class:`RateComparison`.
+* :func:`seed_interval` — Student's t 95 % interval of the mean of per-seed success rates: the
+  interval that sees seed-to-seed variation (a policy recipe that collapses on some seeds), which
+  the pooled Wilson interval does not.
 
 All functions take counts (``k`` successes out of ``n`` episodes) and return proportions in [0, 1];
 multiply by 100 for percent. Pooling episodes over several training seeds into one ``k/n`` treats
@@ -20,6 +23,7 @@ seed-to-seed variation, so report per-seed rates beside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -158,3 +162,35 @@ def compare_rates(k_a: int, n_a: int, k_b: int, n_b: int, z: float = 1.96) -> Ra
         diff_ci95=(lo, hi),
         p_value=fisher_exact_p(k_a, n_a, k_b, n_b),
     )
+
+
+# two-sided 95 % quantiles of Student's t, degrees of freedom 1..30 (beyond: the normal's 1.96)
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (three decimals)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def seed_interval(rates: Sequence[float]) -> tuple[float, float, float] | None:
+    """Mean of per-seed success rates (proportions) and its Student's t 95 % interval, clipped to
+    [0, 1]; ``None`` for fewer than two seeds (no spread to estimate).
+
+    Seeds, not episodes, are the independent units here: with 3-5 seeds the interval is wide
+    whenever the seeds disagree, which is the point."""
+    n = len(rates)
+    if n < 2:
+        return None
+    if any(not 0.0 <= r <= 1.0 for r in rates):
+        raise ValueError(f"per-seed rates must lie in [0, 1], got {list(rates)}")
+    mean = sum(rates) / n
+    sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from robo_s2.core.config import load_config, require_complete, to_plain
 from robo_s2.core.process import start_orphan_watch
 from robo_s2.errors import UserError
-from robo_s2.evaluation.stats import SuccessRate, compare_rates
+from robo_s2.evaluation.stats import SuccessRate, compare_rates, seed_interval
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,12 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.1f}M"
 
 
+def _seed_ci(row: RowResult) -> str:
+    """The t 95 % interval over the row's seeds (percent), "" with fewer than two seeds."""
+    spread = seed_interval([o.n_success / max(o.n_episodes, 1) for o in row.runs])
+    return "" if spread is None else f"{100 * spread[1]:.1f}-{100 * spread[2]:.1f}"
+
+
 def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
     """One flat record per row (CSV/markdown), including the comparison with the first row."""
     base = rows[0]
@@ -351,6 +357,7 @@ def results_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
             "success": f"{r.n_success}/{r.n_episodes}",
             "pc_success": round(r.pc_success, 1),
             "ci95": f"{lo:.1f}-{hi:.1f}",
+            "seed_ci95": _seed_ci(r),
         }
         if r is base:
             rec["vs_first"] = "baseline"
@@ -376,6 +383,7 @@ HEADERS = {
     "success": "pooled",
     "pc_success": "success %",
     "ci95": "95% CI",
+    "seed_ci95": "95% CI over seeds",
     "vs_first": "diff vs first row (95% CI)",
     "p_value": "Fisher p",
     "paper": "paper %",
@@ -458,27 +466,34 @@ def provenance(seconds: float) -> dict[str, Any]:
     }
 
 
-def write_reports(
+def results_markdown(
     name: str,
     title: str,
     rows: Sequence[RowResult],
-    out_dir: Path,
+    records: Sequence[Mapping[str, Any]],
+    pairs: Sequence[Mapping[str, Any]],
     protocol: str,
     prov: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path, Path, Path | None]:
-    from robo_s2.evaluation.plots import plot_success_bars
-
-    records = results_table(rows)
-    md = out_dir / "results.md"
+    notes: str = "",
+) -> str:
+    """results.md: the table, how to read its intervals, ``notes``, the pairwise differences
+    and where it ran."""
     n_eps = sorted({o.n_episodes for r in rows for o in r.runs})
     seeds = sorted({o.seed for r in rows for o in r.runs})
-    pairs = pairwise_table(rows)
+    per_row = sorted({len(r.runs) for r in rows})
+    seeds_text = ", ".join(map(str, seeds)) + (
+        f" ({' or '.join(map(str, per_row))} per row)" if len(per_row) > 1 else ""
+    )
     text = (
         f"# {title or name}\n\n{markdown_table(records)}\n\n"
         f"Evaluation: {protocol}, {'/'.join(map(str, n_eps))} episodes per run; training seeds "
-        f"{', '.join(map(str, seeds))}; success pooled over seeds with a Wilson 95% interval; the "
-        "difference to the first row is a Newcombe 95% interval with Fisher's exact p.\n"
+        f"{seeds_text}; success pooled over seeds with a Wilson 95% interval (episodes "
+        "as the units; it does not see seed-to-seed variation) and, with two or more seeds, a "
+        "Student's t 95% interval over the per-seed rates (seeds as the units); the difference to "
+        "the first row is a Newcombe 95% interval with Fisher's exact p on the pooled episodes.\n"
     )
+    if notes:
+        text += f"\n{notes.strip()}\n"
     if len(rows) > 2:
         text += (
             "\n## Pairwise differences\n\n"
@@ -491,6 +506,28 @@ def write_reports(
             + (f", {prov['cuda']}" if prov.get("cuda") else "")
             + ").\n"
         )
+    return text
+
+
+def write_reports(
+    name: str,
+    title: str,
+    rows: Sequence[RowResult],
+    out_dir: Path,
+    protocol: str,
+    prov: Mapping[str, Any] | None = None,
+    setup: Mapping[str, Any] | None = None,
+    notes: str = "",
+) -> tuple[Path, Path, Path, Path | None]:
+    """results.{md,csv,json} and success.png in ``out_dir``. ``setup`` (demos, eval protocol,
+    train overrides) goes into results.json so that a later ``robo-s2 compare`` can check that
+    two experiments' rows are like for like; ``notes`` is markdown appended to results.md."""
+    from robo_s2.evaluation.plots import plot_success_bars
+
+    records = results_table(rows)
+    pairs = pairwise_table(rows)
+    md = out_dir / "results.md"
+    text = results_markdown(name, title, rows, records, pairs, protocol, prov, notes)
     md.write_text(text)
     csv_path = out_dir / "results.csv"
     with open(csv_path, "w", newline="") as f:
@@ -505,6 +542,7 @@ def write_reports(
                 "title": title,
                 "protocol": protocol,
                 "provenance": dict(prov or {}),
+                "setup": dict(setup or {}),
                 "table": records,
                 "pairwise": pairs,
                 "rows": [
@@ -695,6 +733,7 @@ def run_experiment(
     described = f"positions={protocol['positions']} seed={protocol['seed']}"
     seconds = time.perf_counter() - t0
     md, csv_path, json_path, plot = write_reports(
-        name, str(exp["title"]), results, out, described, provenance(seconds)
-    )
+        name, str(exp["title"]), results, out, described, provenance(seconds),
+        setup={k: exp[k] for k in ("demos", "eval", "train_overrides")},
+    )  # fmt: skip
     return ExperimentResult(name, out, results, seconds, md, csv_path, json_path, plot)
