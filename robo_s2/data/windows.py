@@ -9,8 +9,9 @@ train/validation split (:func:`split_episodes`) that training, pre-training and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -112,3 +113,28 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> Split:
     n_val = min(max(1, round(val_fraction * n_episodes)), n_episodes - 1)
     perm = np.random.default_rng(seed).permutation(n_episodes)
     return Split(train=np.sort(perm[n_val:]), val=np.sort(perm[:n_val]))
+
+
+def store_split(attrs: Mapping[str, Any], n_episodes: int) -> Split | None:
+    """The train/validation split a store carries, or ``None``: ``attrs["split"]`` (``train`` and
+    ``valid`` episode indices, written by importers whose source had one) or, for a store imported
+    from robomimic before that record existed, its ``train``/``valid`` filter masks. Indices past
+    the store's episodes (a partial import) are dropped; with no validation episode left there is
+    no split to honour (``None``); one that leaves no training episode, or puts an episode on both
+    sides, is refused."""
+    masks: Any = attrs.get("split")
+    if not isinstance(masks, Mapping):
+        rm = attrs.get("robomimic")
+        masks = rm.get("masks") if isinstance(rm, Mapping) else None
+    if not isinstance(masks, Mapping) or "train" not in masks or "valid" not in masks:
+        return None
+    train, val = (np.unique([int(i) for i in masks[k] if 0 <= int(i) < n_episodes]).astype(np.int64)
+                  for k in ("train", "valid"))  # fmt: skip
+    if not val.size:  # e.g. a filter_key=train import: no held-out side to honour
+        return None
+    if not train.size or np.intersect1d(train, val).size:
+        raise UserError(
+            f"the store's own train/valid split is unusable ({train.size} train episodes, "
+            f"{np.intersect1d(train, val).size} on both sides); train with data.split=random"
+        )
+    return Split(train=train, val=val)

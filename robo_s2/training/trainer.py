@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from policies.base import loss_elements
 from robo_s2.core.config import require_complete, to_plain
 from robo_s2.core.io import replace_path
-from robo_s2.data.windows import Split, split_episodes
+from robo_s2.data.windows import Split, split_episodes, store_split
 from robo_s2.encoders.feature_cache import CacheStatus, feature_precision, input_key
 from robo_s2.errors import UserError
 from robo_s2.safe_io import load_state
@@ -342,6 +342,7 @@ class Trainer:
         if self.resume_from is not None:
             state = read_training_state(self.resume_from, STATE_KEYS, STATE_VERSION)
         arrays = self._open_store()
+        self.split_source = "a seeded random split"  # _split names the store's own when used
         self.split = self._split(state)
         self._build_encoder(state)
         policy = self._build_policy(arrays)
@@ -382,6 +383,15 @@ class Trainer:
         """The resumed run's episode split, or a new one."""
         store = self.store
         if state is None:
+            mode = str(self.dcfg["split"])
+            if mode not in ("auto", "random"):
+                raise UserError(
+                    f"data.split={mode!r}: use auto (the store's own split when it has one) or random"
+                )
+            own = store_split(store.attrs, store.n_episodes) if mode == "auto" else None
+            if own is not None:
+                self.split_source = "the store's own train/valid split"
+                return own
             split_seed = self.dcfg["split_seed"]
             return split_episodes(
                 store.n_episodes,
@@ -389,6 +399,7 @@ class Trainer:
                 self.seed if split_seed is None else int(split_seed),
             )
         split = Split.from_dict(state["split"])
+        self.split_source = "the resumed run's split"
         n_saved = int(state.get("n_episodes", store.n_episodes))
         if int(np.concatenate([split.train, split.val]).max()) >= store.n_episodes:
             raise UserError(
@@ -883,10 +894,11 @@ class Trainer:
 
     def _describe(self) -> str:
         pol = self.model.policy
-        e = len(self.split.train) + len(self.split.val)
+        e = self.store.n_episodes
         return (
             f"train: {self.store.path}: {e} episodes ({len(self.split.train)} train / "
-            f"{len(self.split.val)} val, {self.train_windows.size} training windows); "
+            f"{len(self.split.val)} val by {self.split_source}, {self.train_windows.size} "
+            "training windows); "
             f"{self.feature_source} ({self.encoder.feature_dim} wide, {pol.feature_tokens} "
             f"token(s)); policy {pol.name} ({self.n_params / 1e6:.2f} M trainable params); "
             f"{self.device.type} x{self.dist.world_size}; run dir {self.run_dir}"
