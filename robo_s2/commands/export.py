@@ -40,6 +40,8 @@ def run(cfg: DictConfig) -> ExportResult:
                 next_obs=bool(cfg.next_obs),
                 compression=cfg.compression,
                 overwrite=bool(cfg.overwrite),
+                val_fraction=float(cfg.val_fraction),
+                split_seed=int(cfg.split_seed),
                 on_episode=on_episode,
             )
         else:
@@ -60,4 +62,6 @@ def run(cfg: DictConfig) -> ExportResult:
         f"export: {res.n_episodes} episodes ({res.n_frames} frames) of {cfg.store} -> {out} "
         f"({what}, {res.bytes / 1e6:.1f} MB), {res.seconds:.1f} s"
     )
+    for note in res.notes:
+        print(f"export: {note}")
     return res

@@ -112,7 +112,8 @@ def make_env_and_expert(env_kwargs: dict[str, Any], expert_kwargs: dict[str, Any
 def run_expert_episode(
     env, expert, seed: int, cube_pos: tuple[float, float] | None = None
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """One expert episode; returns per-step arrays (obs at t, action at t) and its success.
+    """One expert episode; returns per-step arrays (obs at t, action at t, the env's reward after
+    action t) and its success.
 
     ``cube_pos`` forces the cube's (x, y); its yaw (when randomized) still comes from ``seed``.
     """
@@ -125,7 +126,8 @@ def run_expert_episode(
         for key, value in obs.items():
             steps.setdefault(key, []).append(np.asarray(value))
         steps.setdefault("action", []).append(action)
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        steps.setdefault("reward", []).append(np.asarray(reward, np.float32))  # r_t: after action t
         success = success or bool(info.get("is_success", False))
         if terminated or truncated:
             break

@@ -133,6 +133,7 @@ class ExportResult:
     bytes: int = 0
     seconds: float = 0.0
     layout: dict[str, Any] = field(default_factory=dict)  # our key -> what it became
+    notes: list[str] = field(default_factory=list)  # what the export chose or could not know
 
 
 # ------------------------------------------------------------------------------------------------

@@ -52,9 +52,11 @@ from robo_s2.data.interop.base import (
     column_names,
     finish_error,
     ingest,
+    is_foreign,
     mapping_of,
     path_size,
 )
+from robo_s2.data.windows import split_episodes, store_split
 from robo_s2.errors import UserError
 
 AUTO = "auto"
@@ -649,6 +651,8 @@ def export_robomimic(
     next_obs: bool = True,
     compression: str | None = "gzip",
     overwrite: bool = False,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
     on_episode: Callable[[ExportResult], None] | None = None,
 ) -> ExportResult:
     """Write the store as a robomimic HDF5 file at ``out`` (via a temporary file beside it).
@@ -656,6 +660,12 @@ def export_robomimic(
     ``image_key`` names the obs key of ``image`` (``auto``: the original key of a store imported from
     robomimic, else ``agentview_image``); ``proprio`` becomes ``proprio_key``, or is split back into
     its original keys (``split_proprio``) when the store came from robomimic.
+
+    ``mask/train`` and ``mask/valid`` are always written (robomimic's ``validate=True`` needs them):
+    the store's own split when it has one (``robo_s2.data.windows.store_split``), else the seeded
+    split ``robo-s2 train`` draws with the same ``val_fraction`` and seed. ``rewards`` are the
+    store's recorded rewards, else sparse from the recorded success (1 at an episode's last step
+    when every kept episode succeeded and ended on success), else zeros - said in ``notes``.
     """
     import time
 
@@ -678,12 +688,18 @@ def export_robomimic(
     images, proprio, extra = _export_layout(s, image_key, proprio_key, split_proprio)
     env_args = rm.get("env_args") or _gym_env_args(attrs)
     demo_names = _export_demo_names(rm, s.n_episodes)
-    masks = _export_masks(rm, demo_names)
+    masks, split_note = _export_masks(rm, attrs, demo_names, val_fraction, split_seed)
     layout = _layout_record(s, images, proprio, extra)
     result = ExportResult(
         store=str(s.path), out=str(out), format="robomimic", layout=layout,
-        total_episodes=s.n_episodes,
+        total_episodes=s.n_episodes, notes=[split_note],
     )  # fmt: skip
+    sparse = "reward" not in s.keys() and _succeeded_at_last_step(attrs)
+    if "reward" not in s.keys():
+        result.notes.append(
+            "rewards: sparse from the recorded success (1 at each episode's last step)" if sparse
+            else "rewards: the store records neither rewards nor per-episode success; written as zeros"
+        )  # fmt: skip
     meta = {"attrs": attrs, "layout": layout, "demos": demo_names}
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -691,7 +707,7 @@ def export_robomimic(
         with h5py.File(tmp, "w") as f:
             _write_hdf5(
                 f, s, demo_names, env_args, masks, meta, images, proprio, extra, next_obs,
-                compression, result, on_episode,
+                compression, sparse, result, on_episode,
             )  # fmt: skip
         replace_path(tmp, out)
     except BaseException:
@@ -725,12 +741,43 @@ def _export_demo_names(rm: Mapping[str, Any], n_episodes: int) -> list[str]:
     return [f"demo_{i}" for i in range(n_episodes)]
 
 
-def _export_masks(rm: Mapping[str, Any], demo_names: list[str]) -> dict[str, list[str]]:
-    """The filter masks recorded at import (episode indices) as demo names."""
-    return {
-        k: [demo_names[i] for i in v if 0 <= int(i) < len(demo_names)]
-        for k, v in (rm.get("masks") or {}).items()
+def _export_masks(
+    rm: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+    demo_names: list[str],
+    val_fraction: float,
+    split_seed: int,
+) -> tuple[dict[str, list[str]], str]:
+    """The filter masks recorded at import (episode indices) as demo names, with ``train`` and
+    ``valid`` always present, and a note saying where those two came from."""
+    n = len(demo_names)
+    masks = {
+        k: [demo_names[i] for i in v if 0 <= int(i) < n] for k, v in (rm.get("masks") or {}).items()
     }
+    own = store_split(attrs, n)
+    if own is not None:
+        note = "mask/train, mask/valid: the store's own split"
+    else:
+        own = split_episodes(n, val_fraction, split_seed)
+        note = (
+            f"mask/train, mask/valid: a seeded split (val_fraction={val_fraction}, seed="
+            f"{split_seed}; what robo-s2 train draws with data.val_fraction={val_fraction} seed={split_seed})"
+        )
+    masks["train"] = [demo_names[i] for i in own.train]
+    masks["valid"] = [demo_names[i] for i in own.val]
+    return masks, note
+
+
+def _succeeded_at_last_step(attrs: Mapping[str, Any]) -> bool:
+    """Whether every episode of the store is known to end at its success step: collected here
+    without keeping failures, in an env that ends an episode on success."""
+    collect = mapping_of(attrs.get("collect"))
+    env = mapping_of(attrs.get("env"))
+    return (
+        not is_foreign(attrs)
+        and collect.get("keep_failed") is False
+        and env.get("terminate_on_success") is True
+    )
 
 
 def _layout_record(
@@ -758,6 +805,7 @@ def _write_hdf5(
     extra: dict[str, str],
     next_obs: bool,
     compression: str | None,
+    sparse_rewards: bool,
     result: ExportResult,
     on_episode: Callable[[ExportResult], None] | None,
 ) -> None:
@@ -766,7 +814,10 @@ def _write_hdf5(
     data.attrs["env_args"] = json.dumps(env_args)
     for i, name in enumerate(demo_names):
         ep = s.episode(i)
-        _write_demo(data.create_group(name), ep, images, proprio, extra, next_obs, compression)
+        _write_demo(
+            data.create_group(name), ep, images, proprio, extra, next_obs, compression,
+            sparse_rewards,
+        )  # fmt: skip
         result.n_episodes += 1
         result.n_frames += len(ep["action"])
         if on_episode is not None:
@@ -785,6 +836,7 @@ def _write_demo(
     extra: dict[str, str],
     next_obs: bool,
     compression: str | None,
+    sparse_rewards: bool = False,
 ) -> None:
     n = len(ep["action"])
     g.attrs["num_samples"] = n
@@ -807,7 +859,11 @@ def _write_demo(
                 group.create_dataset(key, data=x, chunks=(1, *x.shape[1:]), compression=compression)
             else:
                 group.create_dataset(key, data=x)
-    rewards = ep["reward"].reshape(n) if "reward" in ep and "rewards" in extra else np.zeros(n)
+    if "reward" in ep and "rewards" in extra:
+        rewards = ep["reward"].reshape(n).astype(np.float64)
+    else:
+        rewards = np.zeros(n)
+        rewards[-1] = float(sparse_rewards)
     if "done" in ep and "dones" in extra:
         dones = ep["done"].reshape(n).astype(np.int64)
     else:
