@@ -68,4 +68,19 @@ def run(cfg: DictConfig) -> ImportResult:
             f"import: {res.n_total} episodes ({res.n_frames} frames) in {cfg.out} from "
             f"{FORMATS[fmt]} {src}; +{res.n_new} new{resumed}{skipped}, {res.seconds:.1f} s"
         )
+    for line in not_taken_lines(res):
+        print(line)
     return res
+
+
+def not_taken_lines(res: ImportResult) -> list[str]:
+    """What the import left behind or changed, one line each, with how to take the rest."""
+    lines = []
+    if res.not_taken:
+        lines.append(
+            f"import: not taken from the source: {', '.join(res.not_taken)} "
+            "(take them with keys=all, or name them in keys=[...])"
+        )
+    if res.changed:
+        lines.append(f"import: changed on the way in: {', '.join(res.changed)}")
+    return lines

@@ -120,6 +120,10 @@ class ImportResult:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     done_before: int = 0  # source episodes already handled when this run started
+    # source keys the import did not take ("obs/object"), and how it changed the ones it took
+    # ("obs/robot0_eef_pos float64 -> float32"): the import's last line states both
+    not_taken: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
 
 
 @dataclass
