@@ -717,9 +717,12 @@ def test_cli_import_export_and_one_line_errors(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert (
-        out.stdout.strip().splitlines()[-1].startswith("import: 3 episodes (12 frames) in s.zarr")
-    )
+    lines = out.stdout.strip().splitlines()[-3:]
+    assert lines[0].startswith("import: 3 episodes (12 frames) in s.zarr")
+    # the closing lines: what was left out (and how to take it), what changed dtype
+    assert lines[1].startswith("import: not taken from the source: dones (scalar) int64, ")
+    assert "obs/object (10,) float64" in lines[1] and "(take them with extra_keys=all" in lines[1]
+    assert lines[2].startswith("import: changed on the way in: actions float64 -> float32")
     assert DemoStore.open(tmp_path / "s.zarr").keys() == [
         "action",
         "image",
@@ -759,3 +762,85 @@ def test_cli_import_export_and_one_line_errors(tmp_path):
         assert out.returncode == 2 and len(lines) == 1, out.stderr
         assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert not (tmp_path / "t.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# nothing dropped silently
+
+
+def test_dp_import_states_what_it_leaves_out_and_keys_all_takes_it_with_its_shape(tmp_path):
+    from robo_s2.commands.import_ import not_taken_lines
+
+    arrays = make_pusht(tmp_path / "p.zarr")
+    res = import_dp(tmp_path / "p.zarr", tmp_path / "a.zarr")
+    assert res.not_taken == ["data/keypoint (9, 2) float32"]
+    assert res.changed == ["data/img float32 -> uint8"]
+    lines = not_taken_lines(res)
+    assert lines[0].startswith("import: not taken from the source: data/keypoint (9, 2) float32")
+    assert "keys=all" in lines[0]
+
+    res = import_dp(tmp_path / "p.zarr", tmp_path / "b.zarr", keys="all")
+    assert res.not_taken == []
+    store = DemoStore.open(tmp_path / "b.zarr")
+    assert store.keys() == ["action", "image", "keypoint", "proprio", "state"]
+    np.testing.assert_array_equal(store.episode(1)["keypoint"], arrays["keypoint"][4:7])
+
+    # both ways: the (T, 9, 2) array leaves in diffusion_policy's layout with its shape and
+    # comes back with it (a robo_s2 store's own arrays are all taken)
+    export_dp(tmp_path / "b.zarr", tmp_path / "out.zarr")
+    out = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert out["data/keypoint"].shape == (12, 9, 2)
+    res = import_dp(tmp_path / "out.zarr", tmp_path / "c.zarr")
+    assert res.not_taken == []
+    np.testing.assert_array_equal(
+        DemoStore.open(tmp_path / "c.zarr").episode(2)["keypoint"], arrays["keypoint"][7:12]
+    )
+
+
+def test_dp_import_states_when_a_multi_axis_array_is_flattened_into_proprio(tmp_path):
+    make_pusht(tmp_path / "p.zarr")
+    keys = {"img": "image", "keypoint": "proprio", "action": "action"}
+    res = import_dp(tmp_path / "p.zarr", tmp_path / "s.zarr", keys=keys)
+    assert "data/keypoint (9, 2) -> columns of proprio" in res.changed
+    assert res.not_taken == ["data/state (5,) float32"]
+
+
+def test_robomimic_import_states_every_dataset_it_leaves_out(tmp_path):
+    make_robomimic(tmp_path / "r.hdf5")
+    res = import_robomimic(tmp_path / "r.hdf5", tmp_path / "s.zarr")
+    for left in (
+        "obs/object (10,) float64",
+        "obs/robot0_eye_in_hand_image (8, 8, 3) uint8",
+        "rewards (scalar) float64",
+        "dones (scalar) int64",
+        "next_obs/object (10,) float64",
+    ):
+        assert left in res.not_taken
+    assert not any(
+        t.startswith(("actions ", "states ", "obs/agentview_image")) for t in res.not_taken
+    )
+    assert "actions float64 -> float32" in res.changed
+    assert "obs/robot0_eef_pos float64 -> float32" in res.changed
+    assert "extra_keys=all" in res.take_with
+
+
+def test_robomimic_extra_keys_all_takes_every_dataset(tmp_path):
+    written = make_robomimic(tmp_path / "r.hdf5")
+    res = import_robomimic(tmp_path / "r.hdf5", tmp_path / "s.zarr", extra_keys="all")
+    # only the next_obs frames stay out: they are the next step's obs frames
+    assert sorted(res.not_taken) == [
+        "next_obs/agentview_image (8, 8, 3) uint8",
+        "next_obs/robot0_eye_in_hand_image (8, 8, 3) uint8",
+    ]
+    store = DemoStore.open(tmp_path / "s.zarr")
+    keys = store.keys()
+    assert {"image_robot0_eye_in_hand", "obs_object", "rewards", "dones"} <= set(keys)
+    assert "next_obs_object" in keys
+    first = store.attrs["robomimic"]["demos"][0]
+    ep = store.episode(0)
+    np.testing.assert_allclose(ep["obs_object"], written[first]["obs/object"], rtol=1e-6)
+    np.testing.assert_array_equal(ep["rewards"][:, 0], written[first]["rewards"])
+    np.testing.assert_array_equal(
+        ep["image_robot0_eye_in_hand"], written[first]["obs/robot0_eye_in_hand_image"]
+    )
+    assert "dones int64 -> float32" in res.changed

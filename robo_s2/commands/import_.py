@@ -79,7 +79,7 @@ def not_taken_lines(res: ImportResult) -> list[str]:
     if res.not_taken:
         lines.append(
             f"import: not taken from the source: {', '.join(res.not_taken)} "
-            "(take them with keys=all, or name them in keys=[...])"
+            f"(take them with {res.take_with})"
         )
     if res.changed:
         lines.append(f"import: changed on the way in: {', '.join(res.changed)}")

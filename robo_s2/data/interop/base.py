@@ -124,6 +124,7 @@ class ImportResult:
     # ("obs/robot0_eef_pos float64 -> float32"): the import's last line states both
     not_taken: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    take_with: str = "keys=all"  # the option that takes what was not taken
 
 
 @dataclass
@@ -178,14 +179,18 @@ def as_image(x: np.ndarray, where: str) -> np.ndarray:
     return x.astype(np.uint8)
 
 
-def as_lowdim(x: np.ndarray, where: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """A low-dim array as ``dtype (T, D)`` (``(T,)`` becomes ``(T,1)``, more axes are flattened).
+def as_lowdim(
+    x: np.ndarray, where: str, dtype: np.dtype | type = np.float32, flatten: bool = True
+) -> np.ndarray:
+    """A low-dim array as ``dtype (T, D)`` (``(T,)`` becomes ``(T,1)``; more axes are flattened,
+    or with ``flatten=False`` kept: a ``(T, 9, 2)`` array stays ``(T, 9, 2)``).
 
     Non-numeric data and non-finite values are UserErrors naming ``where`` and the step.
     """
     x = np.asarray(x)
     if x.dtype.kind not in "biuf" or x.ndim < 1:
         raise UserError(f"{where} is {x.dtype} {x.shape}; expected numbers with a time axis")
+    shape = x.shape if x.ndim > 1 and not flatten else (x.shape[0], -1)
     x = x.reshape(x.shape[0], -1)
     if x.dtype.kind == "f":
         bad = ~np.isfinite(x)
@@ -199,7 +204,19 @@ def as_lowdim(x: np.ndarray, where: str, dtype: np.dtype | type = np.float32) ->
         y = x.astype(dtype)
     if not np.isfinite(y).all():
         raise UserError(f"{where} overflows {np.dtype(dtype)}; rescale it")
-    return y
+    return y.reshape(shape)
+
+
+def array_brief(name: str, shape: Sequence[int], dtype: Any) -> str:
+    """``name`` with its per-step shape and dtype, as the import's closing lines state it."""
+    row = tuple(int(s) for s in shape[1:])
+    return f"{name} {row} {np.dtype(dtype)}" if row else f"{name} (scalar) {np.dtype(dtype)}"
+
+
+def dtype_change(name: str, src: Any, dst: Any) -> str | None:
+    """``"name float64 -> float32"`` when the import stores ``name`` in another dtype, else None."""
+    src, dst = np.dtype(src), np.dtype(dst)
+    return None if src == dst else f"{name} {src} -> {dst}"
 
 
 def column_names(key: str, shape: Sequence[int]) -> list[str]:

@@ -10,13 +10,20 @@ episode into a fresh store through a key mapping ``{their key: our key}`` (a lis
 one array twice; ``proprio[0:2]`` takes columns 0..1 of theirs; several arrays mapped to one low-dim
 key are concatenated in order). Without a mapping, one is chosen from the keys present:
 
-- ``robo_s2``: a store written by robo_s2 (our key names): copied as is, its attributes kept;
+- ``robo_s2``: a store written by robo_s2 (our key names): every array copied as is, its
+  attributes kept;
 - ``pusht`` (``img``, ``state``, ``action``): ``img`` -> image, ``state[0:2]`` (agent x, y) ->
   proprio, ``state`` -> state, ``action`` -> action;
 - ``robomimic`` (their robomimic image cache): ``agentview_image`` -> image, ``robot0_eef_pos``,
   ``robot0_eef_quat``, ``robot0_gripper_qpos`` -> proprio, ``action`` -> action;
 - otherwise the first of ``image``/``img``/``camera_0`` and of ``proprio``/``agent_pos``/
   ``robot_eef_pose`` with ``action``.
+
+``keys=all`` is the chosen preset plus every other array under its own name (image arrays as
+``image_<name>``). An array mapped alone onto a key other than ``proprio``/``action`` keeps its
+per-step shape (``keypoint (9, 2)`` stays ``(T, 9, 2)``); low-dim data becomes float32 (``state``
+keeps float64). The import's result lists the arrays it did not take and the dtype and shape
+changes it made (``ImportResult.not_taken`` / ``changed``).
 
 Export writes our store as a zarr v2 directory in their layout (or a ``.zarr.zip`` when ``out`` ends
 in ``.zip``), Blosc/zstd, images one frame per chunk, our attributes in the root group's; ``keys``
@@ -43,11 +50,13 @@ from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
     ImportResult,
+    array_brief,
     as_image,
     as_lowdim,
     brief_error,
     check_export_target,
     column_names,
+    dtype_change,
     finish_error,
     ingest,
     path_size,
@@ -56,6 +65,8 @@ from robo_s2.data.store import is_image_key
 from robo_s2.errors import UserError
 
 _TARGET_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)(?:\[(-?\d*):(-?\d*)\])?")
+# store keys whose arrays policies read as (T, D) columns: multi-axis sources are flattened into them
+FLAT_KEYS = ("proprio", "action")
 _IMAGE_CANDIDATES = ("image", "img", "agentview_image", "camera_0")
 _PROPRIO_CANDIDATES = ("proprio", "agent_pos", "robot_eef_pose")
 _ROBOMIMIC_PROPRIO = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
@@ -238,8 +249,7 @@ def _auto_mapping(source: _Source) -> tuple[str, dict[str, Any]]:
             "keys={img:image,agent_pos:proprio,act:action}"
         )
     if names & {"image", "proprio"}:
-        ours = [k for k in sorted(names) if k in ("action", "proprio", "state") or is_image_key(k)]
-        return "robo_s2", {k: k for k in ours}
+        return "robo_s2", {k: k for k in sorted(source.arrays)}  # our own layout: every array
     if {"img", "state"} <= names and source.arrays.get("state") is not None:
         if tuple(source.arrays["state"].shape[1:]) == (5,):
             return "pusht", {"img": "image", "state": ["proprio[0:2]", "state"], "action": "action"}
@@ -279,7 +289,8 @@ def import_dp(
 ) -> ImportResult:
     """Import a diffusion_policy zarr (directory or ``.zarr.zip``) into the demo store ``out``.
 
-    ``keys`` maps their keys to ours (see the module docstring); ``None`` picks a preset.
+    ``keys`` maps their keys to ours (see the module docstring); ``None`` picks a preset, ``"all"``
+    the preset plus every other array under its own name.
     ``env_id`` names the foreign env in ``attrs["env"]["id"]`` (default: from the preset/source).
     """
     src_path = Path(src).expanduser().resolve()
@@ -313,6 +324,7 @@ def _import(
         )
     targets, semantics = _group_targets(source, entries)
     attrs = _import_attrs(source, preset, mapping, entries, targets, semantics, env_id)
+    not_taken, changed = _what_changes(source, entries, targets)
     config = {
         "format": "dp",
         "src": str(src),
@@ -321,7 +333,10 @@ def _import(
         "keys": mapping,
     }
     ep_names = [f"episode_{i}" for i in range(source.ends.size)]
-    result = ImportResult(src=str(src), out=str(out), format="dp", n_source=len(ep_names))
+    result = ImportResult(
+        src=str(src), out=str(out), format="dp", n_source=len(ep_names), not_taken=not_taken,
+        changed=changed, take_with="keys=all, or name them in keys={...}",
+    )  # fmt: skip
     return ingest(
         out, config=config, attrs=attrs, names=ep_names,
         load=partial(_load_episode, source, targets), result=result, zarr_format=zarr_format,
@@ -330,9 +345,27 @@ def _import(
 
 
 def _choose_mapping(source: _Source, keys: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """(preset, their key -> our key(s)): the given ``keys``, or a preset guessed from source."""
+    """(preset, their key -> our key(s)): the given ``keys``, or a preset guessed from source
+    (with ``all``, plus every other array under its own name)."""
     if keys is None or (isinstance(keys, str) and keys == "auto"):
         return _auto_mapping(source)
+    if isinstance(keys, str) and keys == "all":
+        preset, mapping = _auto_mapping(source)
+        taken = {t for v in mapping.values() for t in ([v] if isinstance(v, str) else v)}
+        for name in sorted(set(source.arrays) | set(source.unreadable)):
+            if name in mapping:
+                continue
+            arr = source.arrays.get(name)
+            is_frames = arr is not None and arr.ndim == 4 and arr.shape[-1] == 3
+            ours = name if not is_frames or is_image_key(name) else f"image_{name}"
+            if ours in taken:
+                raise UserError(
+                    f"keys=all: data/{name} would become {ours!r}, which the preset already "
+                    f"fills; pass keys={{...}} naming a store key for it"
+                )
+            mapping[name] = ours
+            taken.add(ours)
+        return preset, mapping
     if not isinstance(keys, Mapping):
         raise UserError(
             f"keys={keys!r} must map their keys to ours, e.g. "
@@ -426,6 +459,37 @@ def _import_attrs(
     return attrs
 
 
+def _what_changes(
+    source: _Source,
+    entries: list[tuple[str, str, int | None, int | None]],
+    targets: dict[str, list[tuple[str, slice | None]]],
+) -> tuple[list[str], list[str]]:
+    """(the source arrays the import leaves out, the dtype and shape changes it makes)."""
+    mapped = {e[0] for e in entries}
+    not_taken = [
+        array_brief(f"data/{k}", a.shape, a.dtype)
+        for k, a in sorted(source.arrays.items())
+        if k not in mapped
+    ]
+    not_taken += [f"data/{k} (unreadable: {msg})" for k, msg in sorted(source.unreadable.items())]
+    changed = []
+    for ours, parts in targets.items():
+        if is_image_key(ours):
+            change = dtype_change(f"data/{parts[0][0]}", source.arrays[parts[0][0]].dtype, np.uint8)
+            changed += [change] if change else []
+            continue
+        for theirs, sl in parts:
+            arr = source.arrays[theirs]
+            dst = np.float64 if ours == "state" and arr.dtype == np.float64 else np.float32
+            change = dtype_change(f"data/{theirs}", arr.dtype, dst)
+            if change:
+                changed.append(change)
+            flat = len(parts) > 1 or sl is not None or ours in FLAT_KEYS
+            if flat and arr.ndim > 2:
+                changed.append(f"data/{theirs} {tuple(arr.shape[1:])} -> columns of {ours}")
+    return not_taken, changed
+
+
 def _load_episode(
     source: _Source, targets: dict[str, list[tuple[str, slice | None]]], name: str
 ) -> dict[str, np.ndarray]:
@@ -449,7 +513,8 @@ def _load_episode(
                 ep[ours] = as_image(x, f"{where}: data/{theirs}")
                 continue
             dtype = np.float64 if ours == "state" and x.dtype == np.float64 else np.float32
-            y = as_lowdim(x, f"{where}: data/{theirs}", dtype=dtype)
+            whole = len(parts) == 1 and sl is None and ours not in FLAT_KEYS
+            y = as_lowdim(x, f"{where}: data/{theirs}", dtype=dtype, flatten=not whole)
             cols.append(y[:, sl] if sl is not None else y)
         if cols:
             ep[ours] = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]

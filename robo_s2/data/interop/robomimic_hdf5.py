@@ -15,7 +15,12 @@ Import maps chosen keys into a store: ``image`` (``image_key``), ``image_<camera
 keeping its float64). Low-dim data becomes float32. The store records the source's ``env_args``,
 the demo names in order, the filter masks as episode indices and which proprio columns hold which
 key (``attrs["robomimic"]``). ``next_obs``, per-demo ``model_file`` XML and the rewards/dones (unless
-``extra_keys`` asks for them) are not imported.
+``extra_keys`` asks for them) are not imported; the result lists every dataset left out and every
+dtype change (``ImportResult.not_taken`` / ``changed``). ``extra_keys=all`` takes every dataset of
+the demos: the other cameras as ``image_<camera>``, the other datasets under their path with ``/``
+as ``_`` (``obs/object`` -> ``obs_object``, ``next_obs/object`` -> ``next_obs_object``), keeping their
+per-step shape; only ``next_obs`` images stay out (the next frame is the next step's ``obs`` image,
+and export rebuilds ``next_obs`` from it).
 
 Export writes a file that robomimic's ``SequenceDataset`` reads: obs key ``proprio`` (or the original
 keys, split back, for a store imported from robomimic), ``image`` as ``agentview_image``,
@@ -45,11 +50,13 @@ from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
     ImportResult,
+    array_brief,
     as_image,
     as_lowdim,
     brief_error,
     check_export_target,
     column_names,
+    dtype_change,
     finish_error,
     ingest,
     is_foreign,
@@ -60,6 +67,7 @@ from robo_s2.data.windows import split_episodes, store_split
 from robo_s2.errors import UserError
 
 AUTO = "auto"
+ALL = "all"  # extra_keys=all: every dataset of the demos
 ROBOSUITE_IMAGE_KEY = "agentview_image"
 ROBOSUITE_PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 META_DATASET = "robo_s2_meta"  # root-level JSON written by export (robomimic never reads it)
@@ -296,12 +304,17 @@ def _import(
     env_args = _env_args(f, src)
     meta = _meta(f)
     meta_layout = meta.get("layout") if meta else None
+    take_all = isinstance(extra_keys, str) and extra_keys == ALL
     image_key, extra_images, proprio, extras = _resolve_layout(
-        meta_layout, image_key, extra_image_keys, proprio_keys, extra_keys
+        meta_layout, image_key, extra_image_keys, proprio_keys, AUTO if take_all else extra_keys
     )
     if image_key in ("", "null", "none", "None"):
         image_key = None
     names = _select_demos(src, all_names, masks, filter_key)
+    if take_all:
+        extra_images, extras = _take_all(
+            f["data"][names[0]], image_key, extra_images, proprio, action_key, extras
+        )
     first, obs, state_key = _check_first_demo(
         f, src, names[0], image_key, extra_images, proprio, action_key, extras
     )
@@ -322,7 +335,11 @@ def _import(
         if _resolve_layout(meta_layout, AUTO, AUTO, AUTO, AUTO) == resolved:
             attrs = _restored_attrs(attrs, meta["attrs"], robomimic_info, src)
     config = _import_config(src, len(all_names), resolved, action_key, filter_key)
-    result = ImportResult(src=str(src), out=str(out), format="robomimic", n_source=len(names))
+    result = ImportResult(
+        src=str(src), out=str(out), format="robomimic", n_source=len(names),
+        take_with="extra_keys=all, or extra_keys={<dataset path>: <store key>}",
+    )  # fmt: skip
+    result.not_taken, result.changed = _what_changes(first, keys)
     return ingest(
         out, config=config, attrs=attrs, names=names, load=partial(_load_demo, f, src, keys),
         commit_attrs=partial(_demo_attrs, robomimic_info, masks), result=result,
@@ -399,6 +416,63 @@ def _check_first_demo(
         raise UserError("proprio_keys is empty; name the low-dim obs keys that form proprio")
     state_key = "states" if isinstance(first.get("states"), h5py.Dataset) else None
     return first, obs, state_key
+
+
+def _datasets(group: Any, prefix: str = "") -> dict[str, Any]:
+    """Every dataset under ``group`` by its path (``obs/object``)."""
+    import h5py
+
+    out: dict[str, Any] = {}
+    for name, node in group.items():
+        if isinstance(node, h5py.Group):
+            out.update(_datasets(node, f"{prefix}{name}/"))
+        elif isinstance(node, h5py.Dataset):
+            out[f"{prefix}{name}"] = node
+    return out
+
+
+def _is_frames(ds: Any) -> bool:
+    return ds.ndim == 4 and ds.shape[-1] == 3
+
+
+def _take_all(
+    demo: Any,
+    image_key: str | None,
+    extra_images: list[str],
+    proprio: list[str],
+    action_key: str,
+    extras: dict[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """``extra_keys=all``: (every camera besides ``image_key``, every other dataset -> store key)."""
+    images = list(extra_images)
+    extras = dict(extras)
+    taken = {action_key, "states", *extras, *(f"obs/{k}" for k in (image_key, *images, *proprio))}
+    for path, ds in _datasets(demo).items():
+        if path in taken:
+            continue
+        if path.startswith("obs/") and _is_frames(ds):
+            images.append(path[len("obs/") :])
+        elif not _is_frames(ds):
+            extras[path] = path.replace("/", "_")
+    return images, extras
+
+
+def _what_changes(demo: Any, keys: _DemoKeys) -> tuple[list[str], list[str]]:
+    """(the demo's datasets and attributes the import leaves out, the dtype changes it makes)."""
+    datasets = _datasets(demo)
+    taken = {keys.action_key, *keys.extras, *(f"obs/{k}" for k in keys.image_keys.values())}
+    taken |= {f"obs/{k}" for k in keys.proprio} | ({keys.state_key} if keys.state_key else set())
+    not_taken = [
+        array_brief(path, ds.shape, ds.dtype) for path, ds in datasets.items() if path not in taken
+    ]
+    not_taken += [f"data/<demo>.attrs[{a}]" for a in sorted(demo.attrs) if a != "num_samples"]
+    lowdim = [keys.action_key, *(f"obs/{k}" for k in keys.proprio), *keys.extras]
+    changed = [dtype_change(p, datasets[p].dtype, np.float32) for p in lowdim if p in datasets]
+    changed += [
+        dtype_change(f"obs/{k}", datasets[f"obs/{k}"].dtype, np.uint8)
+        for k in keys.image_keys.values()
+    ]
+    return not_taken, [c for c in changed if c]
 
 
 def _image_key_map(image_key: str | None, extra_images: list[str]) -> dict[str, str]:
@@ -585,7 +659,7 @@ def _read_demo(
     for path, ours in keys.extras.items():
         if path not in g:
             raise _missing(g, path, where, "extra_keys")
-        ep[ours] = as_lowdim(g[path][()], f"{where}: {path}")
+        ep[ours] = as_lowdim(g[path][()], f"{where}: {path}", flatten=False)
         lengths[path] = len(ep[ours])
     return ep, parts, lengths
 
