@@ -484,7 +484,8 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
     ours = mapping_of(source.robo_s2.get("features"))
     plan = _Plan({}, {}, [], [])
     for i, key in enumerate(chosen):
-        recorded = mapping_of(ours.get(key)).get("key")
+        # our own export taken whole: its keys come back; a selection maps as any dataset's
+        recorded = mapping_of(ours.get(key)).get("key") if cameras is None else None
         short_name = key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key
         plan.cameras[key] = (
             str(recorded) if recorded else ("image" if i == 0 else f"image_{short_name}")
