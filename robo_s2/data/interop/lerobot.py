@@ -1068,7 +1068,8 @@ def export_lerobot(
     source = "fps" if fps is not None else "the store's control_hz"
     result.notes.append(f"fps {rate} (from {source})")
     n_tasks = len({t for ts in ep_tasks for t in ts})
-    result.notes.append(f"{n_tasks} task(s), e.g. {ep_tasks[0][0]!r}; give task= to name it")
+    named = "" if task else "; task= names one for every episode"
+    result.notes.append(f"{n_tasks} task(s), e.g. {ep_tasks[0][0]!r}{named}")
     if video and any(f.kind == "image" for f in feats):
         result.notes.append(
             f"cameras as {codec} mp4 (crf {crf}): lossy; video=false keeps them exact as PNG"
