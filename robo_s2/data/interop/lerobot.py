@@ -439,6 +439,13 @@ class _VideoReader:
                 t = float(frame.time) if frame.time is not None else math.nan
                 if t < t0 - tol:
                     continue
+                want = t0 + len(out) / fps
+                if abs(t - want) > tol:  # a dropped or extra frame: the frames would shift
+                    raise UserError(
+                        f"{where}: the video {path} has a frame at t={t:.3f} s where frame "
+                        f"{len(out)} of the episode belongs (t={want:.3f} s at {fps:g} fps); its "
+                        "timestamps do not match the episode list"
+                    )
                 out.append(frame.to_ndarray(format="rgb24"))
             self.pending = next(self.frames_iter, None)
         except StopIteration:
@@ -446,6 +453,8 @@ class _VideoReader:
                 f"{where}: the video {path} ends after {len(out)} of the episode's {n} frames "
                 f"(from t={t0:.3f} s); it is truncated or does not match the episode list"
             ) from None
+        except UserError:
+            raise
         except Exception as e:  # av.error.* for a corrupt stream
             raise UserError(f"{where}: cannot decode the video {path} ({brief_error(e)})") from None
         return np.stack(out)
@@ -514,7 +523,10 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
         )
     defaults = {v: k for k, v in OUR_FEATURE.items()}
     for key, ft in feats.items():
-        if key in FRAME_COLUMNS or ft.get("dtype") in ("image", "video", "string"):
+        if key in FRAME_COLUMNS or ft.get("dtype") in ("image", "video"):
+            continue
+        if ft.get("dtype") == "string":  # text per frame: a store holds numbers only
+            plan.not_taken.append(key)
             continue
         rec = mapping_of(ours.get(key))
         if rec.get("key"):
