@@ -245,7 +245,11 @@ def png(img: np.ndarray) -> bytes:
 def test_v21_import_maps_features_and_states_what_it_left(tmp_path):
     written = write_v21(tmp_path / "koch")
     res = import_lerobot(tmp_path / "koch", tmp_path / "s.zarr", cameras=["side"])
-    assert res.not_taken == ["observation.images.top", "next.reward", "next.done"]
+    assert res.not_taken == [
+        "observation.images.top (a camera: list it in cameras=)",
+        "next.reward",
+        "next.done",
+    ]
     assert res.changed == ["observation.state float64 -> float32"]
     s = DemoStore.open(tmp_path / "s.zarr")
     assert s.keys() == ["action", "image", "proprio"]

@@ -404,7 +404,6 @@ class _VideoReader:
         self.path: Path | None = None
         self.container: Any = None
         self.frames_iter: Any = None
-        self.next_t = math.inf  # time of the next undelivered frame
         self.pending: Any = None
 
     def close(self) -> None:
@@ -504,7 +503,9 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
             plan.changed.append(f"{key} {codec} video -> uint8 frames")
     if len(set(plan.cameras.values())) != len(plan.cameras):
         raise UserError(f"cameras={list(cameras or [])} gives two cameras the same store key")
-    plan.not_taken += [k for k in cams_all if k not in plan.cameras]
+    plan.not_taken += [
+        f"{k} (a camera: list it in cameras=)" for k in cams_all if k not in plan.cameras
+    ]
     extra: set[str] | None
     if keys is None or keys == "auto":
         extra = set()
