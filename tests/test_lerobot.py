@@ -351,3 +351,17 @@ def test_cli_export_and_import(exported, tmp_path):
         "reward",
         "state",
     ]
+
+
+def test_an_interrupted_export_leaves_nothing(exported, tmp_path):
+    _, store, _ = exported
+
+    def boom(res):
+        if res.n_episodes == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_lerobot(store.path, tmp_path / "lr", on_episode=boom)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="already exists; choose a new out= or pass overwrite=true"):
+        export_lerobot(store.path, tmp_path)
