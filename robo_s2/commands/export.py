@@ -1,4 +1,5 @@
-"""``robo-s2 export``: a robo_s2 demo store to robomimic HDF5 or diffusion_policy zarr."""
+"""``robo-s2 export``: a robo_s2 demo store to robomimic HDF5, diffusion_policy zarr or a
+LeRobotDataset."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tqdm import tqdm
 
 from robo_s2.core.config import to_plain
 from robo_s2.data.interop import ExportResult
-from robo_s2.data.interop.base import format_of
+from robo_s2.data.interop.base import FORMATS, format_of
 from robo_s2.errors import UserError
 
 
@@ -17,7 +18,10 @@ def run(cfg: DictConfig) -> ExportResult:
     if not cfg.store:
         raise UserError("pass store=<the robo_s2 demo store to export, e.g. demos/cube_pick.zarr>")
     if not cfg.out:
-        raise UserError("pass out=<the file to write: x.hdf5 (robomimic), x.zarr or x.zarr.zip>")
+        raise UserError(
+            "pass out=<what to write: x.hdf5 (robomimic), x.zarr or x.zarr.zip (diffusion_policy), "
+            "or a directory with format=lerobot>"
+        )
     out = Path(str(cfg.out)).expanduser()
     fmt = format_of(str(cfg.format), out, reading=False)
     bar = tqdm(desc="export", unit="ep", dynamic_ncols=True, delay=1.0)
@@ -44,6 +48,20 @@ def run(cfg: DictConfig) -> ExportResult:
                 split_seed=int(cfg.split_seed),
                 on_episode=on_episode,
             )
+        elif fmt == "lerobot":
+            from robo_s2.data.interop.lerobot import export_lerobot
+
+            res = export_lerobot(
+                cfg.store,
+                out,
+                video=bool(cfg.video),
+                codec=str(cfg.codec),
+                crf=int(cfg.crf),
+                fps=None if cfg.fps is None else float(cfg.fps),
+                task=None if cfg.task is None else str(cfg.task),
+                overwrite=bool(cfg.overwrite),
+                on_episode=on_episode,
+            )
         else:
             from robo_s2.data.interop.dp_zarr import export_dp
 
@@ -57,7 +75,7 @@ def run(cfg: DictConfig) -> ExportResult:
             )
     finally:
         bar.close()
-    what = "robomimic HDF5" if fmt == "robomimic" else "diffusion_policy zarr"
+    what = FORMATS[fmt]
     print(
         f"export: {res.n_episodes} episodes ({res.n_frames} frames) of {cfg.store} -> {out} "
         f"({what}, {res.bytes / 1e6:.1f} MB), {res.seconds:.1f} s"

@@ -1,4 +1,5 @@
-"""``robo-s2 import``: robomimic HDF5 or diffusion_policy zarr demos into a robo_s2 demo store."""
+"""``robo-s2 import``: robomimic HDF5, diffusion_policy zarr or LeRobotDataset demos into a robo_s2
+demo store."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from robo_s2.errors import UserError
 
 def run(cfg: DictConfig) -> ImportResult:
     if not cfg.src:
-        raise UserError("pass src=<a robomimic .hdf5 file, or a diffusion_policy .zarr/.zarr.zip>")
+        raise UserError(
+            "pass src=<a robomimic .hdf5 file, a diffusion_policy .zarr/.zarr.zip, or a "
+            "LeRobotDataset directory>"
+        )
     if not cfg.out:
         raise UserError("pass out=<the demo store to write, e.g. demos/imported.zarr>")
     src = Path(str(cfg.src)).expanduser()
@@ -46,6 +50,18 @@ def run(cfg: DictConfig) -> ImportResult:
                 action_key=str(cfg.action_key),
                 extra_keys=to_plain(cfg.extra_keys),
                 filter_key=cfg.filter_key,
+                env_id=cfg.env_id,
+                **common,
+            )
+        elif fmt == "lerobot":
+            from robo_s2.data.interop.lerobot import import_lerobot
+
+            cameras = to_plain(cfg.cameras)
+            res = import_lerobot(
+                src,
+                cfg.out,
+                cameras=None if cameras in (None, "auto") else list(cameras),
+                keys=to_plain(cfg["keys"]),
                 env_id=cfg.env_id,
                 **common,
             )

@@ -1,7 +1,9 @@
-"""Demonstrations in foreign formats: robomimic HDF5 and diffusion_policy zarr, both ways.
+"""Demonstrations in foreign formats: robomimic HDF5, diffusion_policy zarr and LeRobotDataset, both
+ways.
 
 - :func:`import_robomimic` / :func:`export_robomimic` (:mod:`robo_s2.data.interop.robomimic_hdf5`)
 - :func:`import_dp` / :func:`export_dp` (:mod:`robo_s2.data.interop.dp_zarr`)
+- :func:`import_lerobot` / :func:`export_lerobot` (:mod:`robo_s2.data.interop.lerobot`)
 - :func:`is_foreign` / :func:`require_native_env`: whether a store's demos come from an env other
   than robo_s2's own MuJoCo cube picking (such stores train, but cannot be evaluated here).
 
@@ -32,15 +34,18 @@ __all__ = [
     "ExportResult",
     "ImportResult",
     "export_dp",
+    "export_lerobot",
     "export_robomimic",
     "import_dp",
+    "import_lerobot",
     "import_robomimic",
     "is_foreign",
     "require_native_env",
 ]
 
 
-def __getattr__(name: str) -> Any:  # the format modules load lazily (h5py, zarr, imagecodecs)
+# the format modules load lazily (h5py, zarr, imagecodecs; pyarrow and av for lerobot)
+def __getattr__(name: str) -> Any:
     if name in ("import_robomimic", "export_robomimic"):
         from robo_s2.data.interop import robomimic_hdf5
 
@@ -49,4 +54,8 @@ def __getattr__(name: str) -> Any:  # the format modules load lazily (h5py, zarr
         from robo_s2.data.interop import dp_zarr
 
         return getattr(dp_zarr, name)
+    if name in ("import_lerobot", "export_lerobot"):
+        from robo_s2.data.interop import lerobot
+
+        return getattr(lerobot, name)
     raise AttributeError(f"module 'robo_s2.data.interop' has no attribute {name!r}")

@@ -34,14 +34,19 @@ BOOKKEEPING_ATTRS = ("import", "import_progress", "created", "robo_s2_version")
 
 
 # the foreign formats, their names, and the file names that say which one a path is
-FORMATS = {"robomimic": "robomimic HDF5", "dp": "diffusion_policy zarr"}
+FORMATS = {
+    "robomimic": "robomimic HDF5",
+    "dp": "diffusion_policy zarr",
+    "lerobot": "LeRobotDataset",
+}
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
 
 
 def format_of(fmt: str, path: Path, reading: bool) -> str:
     """The format of ``path`` (``fmt``, or with ``auto`` from its name: robomimic for
-    .hdf5/.h5/.hdf, dp for .zarr directories and .zarr.zip archives - and, when ``reading``, any
-    directory). A name that says neither is a :class:`UserError` asking for ``format=``."""
+    .hdf5/.h5/.hdf, lerobot for a directory holding meta/info.json (a LeRobotDataset), dp for
+    .zarr directories and .zarr.zip archives - and, when ``reading``, any other directory). A name
+    that says none is a :class:`UserError` asking for ``format=``."""
     if fmt in FORMATS:
         return fmt
     what = "a source" if reading else "an export"
@@ -49,12 +54,21 @@ def format_of(fmt: str, path: Path, reading: bool) -> str:
         raise UserError(f"format={fmt!r} is not {what} format; use auto, {' or '.join(FORMATS)}")
     if path.suffix.lower() in HDF5_SUFFIXES:
         return "robomimic"
+    if is_lerobot_dir(path):
+        return "lerobot"
     if path.name.endswith((".zarr", ".zip")) or (reading and path.is_dir()):
         return "dp"
     raise UserError(
         f"cannot tell the format of {path} from its name; name it .hdf5 (robomimic) or .zarr / "
-        ".zarr.zip (diffusion_policy), or pass format=robomimic|dp"
+        ".zarr.zip (diffusion_policy), or pass format=robomimic|dp|lerobot"
     )
+
+
+def is_lerobot_dir(path: Path) -> bool:
+    """Whether ``path`` is a LeRobotDataset directory (it has meta/info.json, or lerobot's task
+    list: one whose info.json is missing still reads as lerobot, to say so)."""
+    meta = path / "meta"
+    return any((meta / name).is_file() for name in ("info.json", "tasks.parquet", "tasks.jsonl"))
 
 
 def mapping_of(value: Any) -> Mapping[str, Any]:
@@ -112,7 +126,7 @@ def require_native_env(
 class ImportResult:
     src: str
     out: str
-    format: str  # "robomimic" or "dp"
+    format: str  # "robomimic", "dp" or "lerobot"
     n_source: int = 0  # episodes selected in the source
     n_new: int = 0
     n_total: int = 0
@@ -131,7 +145,7 @@ class ImportResult:
 class ExportResult:
     store: str
     out: str
-    format: str  # "robomimic" or "dp"
+    format: str  # "robomimic", "dp" (zarr v2 ...) or "lerobot"
     n_episodes: int = 0  # written so far
     n_frames: int = 0
     total_episodes: int = 0  # in the store

@@ -1,0 +1,1203 @@
+"""LeRobotDataset (Hugging Face lerobot, codebase v3.0; v2.1 read too) <-> robo_s2 demo stores.
+
+Their layout (a directory): ``meta/info.json`` (``codebase_version``, ``fps``, ``features`` with
+``dtype``/``shape``/``names``, totals, ``data_path``/``video_path`` templates), ``meta/stats.json``,
+``meta/tasks.parquet`` (index: the task string, column ``task_index``), ``meta/episodes/chunk-*/
+file-*.parquet`` (one row per episode: ``length``, ``tasks``, ``dataset_from_index``/
+``dataset_to_index``, the data file and, per video feature, the video file and the episode's
+``from_timestamp``/``to_timestamp`` in it), and ``data/chunk-*/file-*.parquet`` (one row per frame:
+the features plus ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index``).
+Camera features of dtype ``image`` are PNG bytes inside the data parquet; those of dtype ``video``
+are mp4 files holding many episodes one after another. v2.1 keeps ``meta/episodes.jsonl``,
+``meta/tasks.jsonl``, one parquet and one mp4 per episode.
+
+Mapping: ``observation.images.<cam>`` -> ``image`` (the first selected camera) and ``image_<cam>``;
+``observation.state`` -> ``proprio``; ``action`` -> ``action``; ``observation.environment_state``
+-> ``state``; ``fps`` <-> ``attrs["control_hz"]``; feature ``names`` <-> ``attrs["<key>_semantics"]``;
+each episode's tasks <-> ``attrs["episode_tasks"]``. An export also writes ``meta/robo_s2.json``
+(our key, dtype and shape of every feature, and the store's attributes), which an import of it
+reads back, so a store round-trips exactly (images too with ``video=false``).
+
+Only JSON, JSON lines and parquet are read, and mp4 through PyAV: nothing loaded runs code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robo_s2.core.io import replace_path
+from robo_s2.data.interop.base import (
+    BOOKKEEPING_ATTRS,
+    ExportResult,
+    ImportResult,
+    as_image,
+    as_lowdim,
+    brief_error,
+    check_export_target,
+    finish_error,
+    ingest,
+    mapping_of,
+    path_size,
+)
+from robo_s2.data.store import is_image_key
+from robo_s2.errors import UserError
+
+CODEBASE_VERSION = "v3.0"
+READABLE_VERSIONS = ("v2.0", "v2.1", "v3.0")
+INFO_PATH = "meta/info.json"
+ROBO_S2_META = "meta/robo_s2.json"
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+CHUNKS_SIZE = 1000  # files per chunk directory
+DATA_FILE_MB = 100  # a data / video file is closed once it passes this size
+VIDEO_FILE_MB = 200
+IMAGE_PREFIX = "observation.images."
+# the columns every LeRobotDataset has besides its features
+FRAME_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+# lerobot's conventional feature names for our keys (other keys keep their own name)
+OUR_FEATURE = {
+    "proprio": "observation.state",
+    "action": "action",
+    "state": "observation.environment_state",
+}
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+
+
+def _pa() -> tuple[Any, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa, pq
+
+
+def _camera_of(key: str, attrs: Mapping[str, Any]) -> str:
+    """The camera name of our image key (``image`` is the store's first camera)."""
+    inverse = {v: k for k, v in mapping_of(attrs.get("image_keys")).items()}
+    if key in inverse:
+        return str(inverse[key])
+    if key == "image":
+        cams = attrs.get("cameras")
+        return str(cams[0]) if isinstance(cams, list) and cams else "front"
+    return key[len("image_") :]
+
+
+def _names_of(value: Any, width: int) -> list[str] | None:
+    """A feature's ``names`` as a flat list of ``width`` column names, when it says them."""
+    if isinstance(value, Mapping) and len(value) == 1:
+        value = next(iter(value.values()))
+    if isinstance(value, list) and len(value) == width and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# reading a LeRobotDataset
+
+
+@dataclass
+class _Episode:
+    index: int
+    length: int
+    tasks: list[str]
+    data_file: Path
+    start: int  # global index of the episode's first frame
+    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # feature -> (file, t0)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {what} {path} ({brief_error(e)}); it is corrupt") from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing; a v2.1 LeRobotDataset lists its episodes and tasks there"
+        )
+    rows = []
+    try:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({brief_error(e)}); it is corrupt") from None
+    return rows
+
+
+def _read_parquet(path: Path, what: str, columns: list[str] | None = None) -> Any:
+    _, pq = _pa()
+    if not path.is_file():
+        raise UserError(f"{what} {path} is missing; the dataset is incomplete (download it again)")
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, KeyError ...
+        raise UserError(f"cannot read {what} {path} ({brief_error(e)}); it is corrupt") from None
+
+
+class _Source:
+    """A LeRobotDataset directory, its metadata read (v3.0, or v2.x)."""
+
+    def __init__(self, src: Path) -> None:
+        self.src = src
+        if not src.is_dir():
+            raise UserError(f"no such directory: {src}; pass src=<a LeRobotDataset directory>")
+        info_path = src / INFO_PATH
+        if not info_path.is_file():
+            raise UserError(
+                f"{src} has no {INFO_PATH}, so it is not a LeRobotDataset; pass its root directory "
+                "(the one holding meta/ and data/)"
+            )
+        info = _read_json(info_path, "the dataset info")
+        if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
+            raise UserError(f"{info_path} has no features; the dataset info is corrupt")
+        self.info = info
+        self.version = str(info.get("codebase_version"))
+        if self.version not in READABLE_VERSIONS:
+            raise UserError(
+                f"{src} is LeRobotDataset codebase_version {self.version!r}; robo-s2 reads "
+                f"{', '.join(READABLE_VERSIONS)} (convert it with lerobot's conversion script first)"
+            )
+        try:
+            self.fps = float(info["fps"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{info_path} has no numeric fps") from None
+        self.features: dict[str, dict[str, Any]] = {
+            str(k): dict(v) for k, v in info["features"].items() if isinstance(v, Mapping)
+        }
+        meta = src / ROBO_S2_META
+        self.robo_s2 = mapping_of(_read_json(meta, "robo_s2 metadata")) if meta.is_file() else {}
+        self.chunks_size = int(info.get("chunks_size") or CHUNKS_SIZE)
+        self.episodes = self._episodes_v3() if self.version == "v3.0" else self._episodes_v2()
+        if not self.episodes:
+            raise UserError(f"{src} holds no episodes")
+        self._table: tuple[Path, Any] | None = None
+        self._video = _VideoReader()
+
+    # metadata
+
+    def _tasks_v3(self) -> dict[int, str]:
+        table = _read_parquet(self.src / "meta/tasks.parquet", "the task list")
+        cols = table.column_names
+        if "task_index" not in cols:
+            raise UserError(f"{self.src}/meta/tasks.parquet has no task_index column")
+        names = table.column("task" if "task" in cols else "__index_level_0__").to_pylist()
+        return {
+            int(i): str(t)
+            for i, t in zip(table.column("task_index").to_pylist(), names, strict=True)
+        }
+
+    def _episodes_v3(self) -> list[_Episode]:
+        files = sorted((self.src / "meta/episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise UserError(
+                f"{self.src} has no meta/episodes/chunk-*/file-*.parquet; the dataset is incomplete"
+            )
+        rows: list[dict[str, Any]] = []
+        for f in files:
+            table = _read_parquet(f, "the episode list")
+            keep = [c for c in table.column_names if not c.startswith("stats/")]
+            rows.extend(table.select(keep).to_pylist())
+        rows.sort(key=lambda r: int(r["episode_index"]))
+        data_path = str(self.info.get("data_path") or DATA_PATH)
+        video_path = str(self.info.get("video_path") or VIDEO_PATH)
+        episodes = []
+        for r in rows:
+            try:
+                data_file = self.src / data_path.format(
+                    chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"])
+                )
+                ep = _Episode(
+                    index=int(r["episode_index"]),
+                    length=int(r["length"]),
+                    tasks=[str(t) for t in (r.get("tasks") or [])],
+                    data_file=data_file,
+                    start=int(r["dataset_from_index"]),
+                )
+                if int(r["dataset_to_index"]) - ep.start != ep.length:
+                    raise UserError(
+                        f"{self.src}: episode {ep.index} has length {ep.length} but spans frames "
+                        f"{ep.start}..{r['dataset_to_index']}; the episode list is corrupt"
+                    )
+                for key in self.video_keys:
+                    vfile = self.src / video_path.format(
+                        video_key=key,
+                        chunk_index=int(r[f"videos/{key}/chunk_index"]),
+                        file_index=int(r[f"videos/{key}/file_index"]),
+                    )
+                    ep.videos[key] = (vfile, float(r[f"videos/{key}/from_timestamp"]))
+            except KeyError as e:
+                raise UserError(
+                    f"{self.src}: the episode list has no {e} column; the dataset is corrupt"
+                ) from None
+            episodes.append(ep)
+        return episodes
+
+    def _episodes_v2(self) -> list[_Episode]:
+        data_path = str(
+            self.info.get("data_path")
+            or "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+        )
+        video_path = str(
+            self.info.get("video_path")
+            or "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+        )
+        episodes = []
+        start = 0
+        rows = sorted(
+            _read_jsonl(self.src / "meta/episodes.jsonl"), key=lambda r: int(r["episode_index"])
+        )
+        for r in rows:
+            i = int(r["episode_index"])
+            chunk = i // self.chunks_size
+            tasks = r.get("tasks") or []
+            ep = _Episode(
+                index=i,
+                length=int(r["length"]),
+                tasks=[str(t) for t in (tasks if isinstance(tasks, list) else [tasks])],
+                data_file=self.src / data_path.format(episode_chunk=chunk, episode_index=i),
+                start=start,
+            )
+            for key in self.video_keys:
+                vfile = self.src / video_path.format(
+                    episode_chunk=chunk, video_key=key, episode_index=i
+                )
+                ep.videos[key] = (vfile, 0.0)
+            start += ep.length
+            episodes.append(ep)
+        return episodes
+
+    def tasks(self) -> dict[int, str]:
+        if self.version == "v3.0":
+            return self._tasks_v3()
+        rows = _read_jsonl(self.src / "meta/tasks.jsonl")
+        return {int(r["task_index"]): str(r["task"]) for r in rows}
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.get("dtype") in ("image", "video")]
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.get("dtype") == "video"]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(s) for s in self.features[key]["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(
+                f"{self.src}: feature {key!r} in {INFO_PATH} has no valid shape"
+            ) from None
+
+    # frames
+
+    def _episode_table(self, ep: _Episode, columns: list[str]) -> Any:
+        if self._table is None or self._table[0] != ep.data_file:
+            self._table = (ep.data_file, _read_parquet(ep.data_file, "data file"))
+        table = self._table[1]
+        missing = [c for c in ["episode_index", *columns] if c not in table.column_names]
+        if missing:
+            raise UserError(
+                f"{ep.data_file} has no column {missing[0]!r} though {INFO_PATH} lists it; the "
+                "data file does not belong to this dataset or is corrupt"
+            )
+        import pyarrow.compute as pc
+
+        rows = table.filter(pc.equal(table.column("episode_index"), ep.index))
+        if rows.num_rows != ep.length:
+            raise UserError(
+                f"{ep.data_file} holds {rows.num_rows} frames of episode {ep.index}, but the episode "
+                f"list says {ep.length}; the dataset is corrupt"
+            )
+        if "frame_index" in rows.column_names:
+            frames = np.asarray(rows.column("frame_index").to_numpy())
+            order = np.argsort(frames, kind="stable")
+            if not np.array_equal(frames[order], np.arange(ep.length)):
+                raise UserError(
+                    f"{ep.data_file}: episode {ep.index}'s frame_index is not 0..{ep.length - 1}"
+                )
+            rows = rows.take(order)
+        return rows
+
+    def lowdim(self, rows: Any, key: str, where: str) -> np.ndarray:
+        col = rows.column(key).combine_chunks()
+        x = np.asarray(col.to_numpy(zero_copy_only=False))
+        if x.dtype == object:  # list<float> columns: one list per frame
+            try:
+                x = np.stack([np.asarray(v) for v in x]) if len(x) else x
+            except ValueError:
+                raise UserError(f"{where}: {key} has rows of different lengths") from None
+        shape = self.shape(key)
+        width = int(np.prod(shape)) if shape else 1
+        got = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+        if got != width:
+            raise UserError(
+                f"{where}: {key} has {got} values per frame, but {INFO_PATH} says shape "
+                f"{list(shape)}; the data does not match its info (fix info.json or the data)"
+            )
+        return x.reshape(x.shape[0], width)
+
+    def images(self, rows: Any, key: str, where: str) -> np.ndarray:
+        from PIL import Image
+
+        values = rows.column(key).to_pylist()
+        frames = []
+        for t, v in enumerate(values):
+            data = v.get("bytes") if isinstance(v, Mapping) else v
+            if not isinstance(data, bytes | bytearray):
+                raise UserError(
+                    f"{where}: {key} frame {t} holds no image bytes (an image file path?); robo-s2 "
+                    "reads images embedded in the parquet"
+                )
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    frames.append(np.asarray(im.convert("RGB")))
+            except Exception as e:
+                raise UserError(
+                    f"{where}: cannot decode {key} frame {t} ({brief_error(e)})"
+                ) from None
+        return self._check_frames(np.stack(frames), key, where)
+
+    def video(self, ep: _Episode, key: str, where: str) -> np.ndarray:
+        path, t0 = ep.videos[key]
+        if not path.is_file():
+            raise UserError(
+                f"{where}: the video {path} of {key} is missing; download the dataset's videos "
+                "too, or import without this camera (cameras=[...])"
+            )
+        frames = self._video.frames(path, t0, ep.length, self.fps, where)
+        return self._check_frames(frames, key, where)
+
+    def _check_frames(self, x: np.ndarray, key: str, where: str) -> np.ndarray:
+        shape = self.shape(key)
+        want = shape if shape[-1] == 3 else (*shape[1:], shape[0])  # (H,W,C), or (C,H,W) in info
+        if tuple(x.shape[1:]) != tuple(want):
+            raise UserError(
+                f"{where}: {key} frames are {tuple(x.shape[1:])}, but {INFO_PATH} says shape "
+                f"{list(shape)}; the data does not match its info"
+            )
+        return as_image(x, f"{where}: {key}")
+
+    def close(self) -> None:
+        self._video.close()
+        self._table = None
+
+
+class _VideoReader:
+    """Frames of mp4 files decoded with PyAV, read on from where the last episode stopped."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.container: Any = None
+        self.frames_iter: Any = None
+        self.pending: Any = None
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+        self.path, self.container, self.frames_iter, self.pending = None, None, None, None
+
+    def _open(self, path: Path, t0: float, where: str) -> None:
+        import av
+
+        self.close()
+        try:
+            self.container = av.open(str(path))
+            stream = self.container.streams.video[0]
+            if t0 > 0 and stream.time_base is not None:
+                self.container.seek(int(t0 / stream.time_base), stream=stream, backward=True)
+            self.frames_iter = self.container.decode(stream)
+        except Exception as e:
+            self.close()
+            raise UserError(f"{where}: cannot open the video {path} ({brief_error(e)})") from None
+        self.path = path
+
+    def frames(self, path: Path, t0: float, n: int, fps: float, where: str) -> np.ndarray:
+        tol = 0.5 / fps
+        if self.path != path or self.pending is None or self.pending.time > t0 + tol:
+            self._open(path, t0, where)
+        out: list[np.ndarray] = []
+        try:
+            while len(out) < n:
+                frame = self.pending if self.pending is not None else next(self.frames_iter)
+                self.pending = None
+                t = float(frame.time) if frame.time is not None else math.nan
+                if t < t0 - tol:
+                    continue
+                want = t0 + len(out) / fps
+                if abs(t - want) > tol:  # a dropped or extra frame: the frames would shift
+                    raise UserError(
+                        f"{where}: the video {path} has a frame at t={t:.3f} s where frame "
+                        f"{len(out)} of the episode belongs (t={want:.3f} s at {fps:g} fps); its "
+                        "timestamps do not match the episode list"
+                    )
+                out.append(frame.to_ndarray(format="rgb24"))
+            self.pending = next(self.frames_iter, None)
+        except StopIteration:
+            raise UserError(
+                f"{where}: the video {path} ends after {len(out)} of the episode's {n} frames "
+                f"(from t={t0:.3f} s); it is truncated or does not match the episode list"
+            ) from None
+        except UserError:
+            raise
+        except Exception as e:  # av.error.* for a corrupt stream
+            raise UserError(f"{where}: cannot decode the video {path} ({brief_error(e)})") from None
+        return np.stack(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# import
+
+
+@dataclass
+class _Plan:
+    """Which source feature becomes which store key, with the dtype it is stored as."""
+
+    lowdim: dict[str, tuple[str, str, list[int] | None]]  # feature -> (our key, dtype, shape)
+    cameras: dict[str, str]  # feature -> our image key
+    not_taken: list[str]
+    changed: list[str]
+
+
+def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
+    """The feature -> store key mapping: ``meta/robo_s2.json``'s for our own exports, else ours."""
+    feats = source.features
+    cams_all = source.camera_keys
+    short = {k[len(IMAGE_PREFIX) :] if k.startswith(IMAGE_PREFIX) else k: k for k in cams_all}
+    if cameras is None:
+        chosen = list(cams_all)
+    else:
+        chosen = []
+        for c in cameras:
+            key = short.get(str(c), str(c))
+            if key not in cams_all:
+                raise UserError(
+                    f"cameras: {c!r} is not a camera of {source.src} (its cameras: {sorted(short)})"
+                )
+            chosen.append(key)
+    ours = mapping_of(source.robo_s2.get("features"))
+    plan = _Plan({}, {}, [], [])
+    for i, key in enumerate(chosen):
+        # our own export taken whole: its keys come back; a selection maps as any dataset's
+        recorded = mapping_of(ours.get(key)).get("key") if cameras is None else None
+        short_name = key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key
+        plan.cameras[key] = (
+            str(recorded) if recorded else ("image" if i == 0 else f"image_{short_name}")
+        )
+        if feats[key].get("dtype") == "video":
+            codec = mapping_of(feats[key].get("info")).get("video.codec") or "video"
+            plan.changed.append(f"{key} {codec} video -> uint8 frames")
+    if len(set(plan.cameras.values())) != len(plan.cameras):
+        raise UserError(f"cameras={list(cameras or [])} gives two cameras the same store key")
+    plan.not_taken += [
+        f"{k} (a camera: list it in cameras=)" for k in cams_all if k not in plan.cameras
+    ]
+    extra: set[str] | None
+    if keys is None or keys == "auto":
+        extra = set()
+    elif keys == "all":
+        extra = None
+    elif isinstance(keys, list | tuple):
+        extra = {str(k) for k in keys}
+        unknown = sorted(extra - set(feats))
+        if unknown:
+            raise UserError(
+                f"keys: {unknown} are not features of {source.src} (its features: {sorted(feats)})"
+            )
+    else:
+        raise UserError(
+            f"keys={keys!r}: give null, all, or a list of feature names to take as well"
+        )
+    defaults = {v: k for k, v in OUR_FEATURE.items()}
+    for key, ft in feats.items():
+        if key in FRAME_COLUMNS or ft.get("dtype") in ("image", "video"):
+            continue
+        if ft.get("dtype") == "string":  # text per frame: a store holds numbers only
+            plan.not_taken.append(key)
+            continue
+        rec = mapping_of(ours.get(key))
+        if rec.get("key"):
+            shape = rec.get("shape")
+            plan.lowdim[key] = (
+                str(rec["key"]),
+                str(rec.get("dtype", ft.get("dtype"))),
+                list(shape) if isinstance(shape, list) else None,
+            )
+            continue
+        ours_key = defaults.get(key)
+        if ours_key is None and (extra is None or key in extra):
+            ours_key = key
+        if ours_key is None:
+            plan.not_taken.append(key)
+            continue
+        src_dtype = str(ft.get("dtype"))
+        dtype = "float64" if ours_key == "state" and src_dtype == "float64" else "float32"
+        if ours_key not in ("proprio", "action", "state") and src_dtype in (
+            "int64",
+            "int32",
+            "bool",
+        ):
+            dtype = src_dtype
+        if dtype != src_dtype:
+            plan.changed.append(f"{key} {src_dtype} -> {dtype}")
+        plan.lowdim[key] = (ours_key, dtype, None)
+    if "action" not in {v[0] for v in plan.lowdim.values()}:
+        raise UserError(
+            f"{source.src} has no action feature (features: {sorted(feats)}); robo-s2 demos need actions"
+        )
+    return plan
+
+
+def import_lerobot(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    cameras: Sequence[str] | None = None,
+    keys: Any = None,
+    env_id: str | None = None,
+    skip_bad: bool = False,
+    zarr_format: int = 3,
+    on_episode: Callable[[ImportResult], None] | None = None,
+) -> ImportResult:
+    """Import a LeRobotDataset directory (v3.0 or v2.1) into the demo store ``out``.
+
+    ``cameras`` picks and orders the cameras (``front`` or ``observation.images.front``; the first
+    becomes ``image``; ``None``: all, in the dataset's order). ``keys`` takes more features under
+    their own names: ``all``, or a list (``[next.reward]``). ``env_id`` names the foreign env.
+    """
+    src_path = Path(src).expanduser().resolve()
+    try:
+        source = _Source(src_path)
+        try:
+            return _import(
+                source,
+                Path(out).expanduser(),
+                cameras,
+                keys,
+                env_id,
+                skip_bad,
+                zarr_format,
+                on_episode,
+            )
+        finally:
+            source.close()
+    except UserError as e:
+        raise finish_error(e) from None
+
+
+def _import(
+    source: _Source,
+    out: Path,
+    cameras: Sequence[str] | None,
+    keys: Any,
+    env_id: str | None,
+    skip_bad: bool,
+    zarr_format: int,
+    on_episode: Callable[[ImportResult], None] | None,
+) -> ImportResult:
+    plan = _plan(source, cameras, keys)
+    tasks = source.tasks()
+    names = [f"episode_{ep.index}" for ep in source.episodes]
+    by_name = {f"episode_{ep.index}": ep for ep in source.episodes}
+    config = {
+        "format": "lerobot",
+        "src": str(source.src),
+        "src_bytes": path_size(source.src),
+        "n_episodes": len(names),
+        "cameras": list(cameras) if cameras is not None else None,
+        "keys": keys if not isinstance(keys, tuple) else list(keys),
+    }
+    result = ImportResult(src=str(source.src), out=str(out), format="lerobot", n_source=len(names))
+    result.not_taken, result.changed = list(plan.not_taken), list(plan.changed)
+
+    def load(name: str) -> dict[str, np.ndarray]:
+        return _load_episode(source, plan, by_name[name])
+
+    def commit_attrs(done: list[str]) -> dict[str, Any]:
+        return {"episode_tasks": [by_name[n].tasks for n in done]}
+
+    return ingest(
+        out, config=config, attrs=_import_attrs(source, plan, tasks, env_id), names=names,
+        load=load, commit_attrs=commit_attrs, result=result, zarr_format=zarr_format,
+        skip_bad=skip_bad, on_episode=on_episode,
+    )  # fmt: skip
+
+
+def _import_attrs(
+    source: _Source, plan: _Plan, tasks: dict[int, str], env_id: str | None
+) -> dict[str, Any]:
+    info = source.info
+    feats = source.features
+    by_key = {v[0]: k for k, v in plan.lowdim.items()}
+
+    def semantics(our_key: str) -> list[str] | None:
+        feature = by_key.get(our_key)
+        if feature is None:
+            return None
+        shape = source.shape(feature)
+        return _names_of(feats[feature].get("names"), int(np.prod(shape)) if shape else 1)
+
+    cams = {
+        k[len(IMAGE_PREFIX) :] if k.startswith(IMAGE_PREFIX) else k: v
+        for k, v in plan.cameras.items()
+    }
+    first = next(iter(plan.cameras), None)
+    image_shape = None
+    if first is not None:
+        shape = list(source.shape(first))
+        image_shape = shape if shape[-1] == 3 else [*shape[1:], shape[0]]
+    fps = source.fps
+    attrs: dict[str, Any] = {
+        "source": f"LeRobotDataset {info.get('codebase_version')} {source.src}",
+        "env": {
+            "id": env_id or f"lerobot:{info.get('robot_type') or source.src.name}",
+            "foreign": True,
+            "format": "lerobot",
+        },
+        "control_hz": int(fps) if fps == int(fps) else fps,
+        "action_semantics": semantics("action"),
+        "proprio_semantics": semantics("proprio"),
+        "state_semantics": semantics("state"),
+        "cameras": list(cams),
+        "image_keys": cams,
+        "image_shape": image_shape,
+        "lerobot": {
+            "codebase_version": info.get("codebase_version"),
+            "robot_type": info.get("robot_type"),
+            "fps": fps,
+            "features": {k: v[0] for k, v in plan.lowdim.items()} | plan.cameras,
+            "tasks": [tasks[i] for i in sorted(tasks)],
+            "not_taken": plan.not_taken,
+        },
+    }
+    stored = mapping_of(source.robo_s2.get("attrs"))
+    if stored:  # our own export: its store attributes come back
+        dropped = (*BOOKKEEPING_ATTRS, "episode_tasks")
+        attrs = {
+            **attrs,
+            **{k: v for k, v in stored.items() if k not in dropped},
+            "lerobot": attrs["lerobot"],
+        }
+        attrs["source"] = (
+            f"LeRobotDataset {source.src} (exported by robo_s2 from {stored.get('source')})"
+        )
+    return attrs
+
+
+def _load_episode(source: _Source, plan: _Plan, ep: _Episode) -> dict[str, np.ndarray]:
+    where = f"episode {ep.index} of {source.src}"
+    inline = [k for k in plan.cameras if source.features[k].get("dtype") == "image"]
+    rows = source._episode_table(ep, [*plan.lowdim, *inline])
+    out: dict[str, np.ndarray] = {}
+    for feature, (key, dtype, shape) in plan.lowdim.items():
+        x = source.lowdim(rows, feature, where)
+        if np.dtype(dtype).kind == "f":
+            y = as_lowdim(x, f"{where}: {feature}", dtype=np.dtype(dtype))
+        else:
+            y = x.astype(np.dtype(dtype))
+        out[key] = y.reshape(y.shape[0], *shape) if shape is not None else y
+    for feature, key in plan.cameras.items():
+        if feature in inline:
+            out[key] = source.images(rows, feature, where)
+        else:
+            out[key] = source.video(ep, feature, where)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+
+
+class _RollingParquet:
+    """Parquet files written row group by row group, a new file once one passes ``limit_mb``."""
+
+    def __init__(self, root: Path, template: str, limit_mb: int) -> None:
+        self.root, self.template, self.limit = root, template, limit_mb * 1024 * 1024
+        self.chunk = self.file = 0
+        self.writer: Any = None
+        self.written = 0
+
+    def write(self, table: Any) -> tuple[int, int]:
+        """Append ``table``; the (chunk, file) index it went to."""
+        _, pq = _pa()
+        if self.writer is not None and self.written >= self.limit:
+            self.writer.close()
+            self.writer, self.written = None, 0
+            self.file += 1
+            if self.file >= CHUNKS_SIZE:
+                self.chunk, self.file = self.chunk + 1, 0
+        if self.writer is None:
+            path = self.root / self.template.format(chunk_index=self.chunk, file_index=self.file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(path, table.schema)
+        self.writer.write_table(table)
+        self.written += int(table.nbytes)
+        return self.chunk, self.file
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class _RollingVideo:
+    """One camera's mp4 files (PyAV), episodes one after another, a new file past ``limit_mb``."""
+
+    def __init__(self, root: Path, key: str, fps: int, codec: str, crf: int, limit_mb: int) -> None:
+        self.root, self.key, self.fps, self.codec, self.crf = root, key, fps, codec, crf
+        self.limit = limit_mb * 1024 * 1024
+        self.chunk = self.file = 0
+        self.container: Any = None
+        self.stream: Any = None
+        self.n_frames = 0  # in the open file
+        self.bytes = 0
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        path = self.root / VIDEO_PATH.format(
+            video_key=self.key, chunk_index=self.chunk, file_index=self.file
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        options = (
+            {"crf": str(self.crf)}
+            if self.codec in ("libx264", "h264", "libx265", "hevc", "libsvtav1")
+            else {}
+        )
+        self.stream = self.container.add_stream(self.codec, rate=self.fps, options=options)
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+        if self.codec == "mpeg4":
+            self.stream.bit_rate = 8_000_000
+        self.n_frames = 0
+        self.bytes = 0
+
+    def add_episode(self, frames: np.ndarray) -> tuple[int, int, float, float]:
+        """Encode an episode's frames; (chunk, file, from_timestamp, to_timestamp) in that file."""
+        import av
+
+        if self.container is not None and self.bytes >= self.limit:
+            self.close()
+            self.file += 1
+            if self.file >= CHUNKS_SIZE:
+                self.chunk, self.file = self.chunk + 1, 0
+        if self.container is None:
+            self._open(int(frames.shape[1]), int(frames.shape[2]))
+        start = self.n_frames
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.n_frames
+            for packet in self.stream.encode(frame):
+                self.bytes += packet.size
+                self.container.mux(packet)
+            self.n_frames += 1
+        return self.chunk, self.file, start / self.fps, self.n_frames / self.fps
+
+    def close(self) -> None:
+        if self.container is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+            self.container = None
+
+    def info(self, height: int, width: int) -> dict[str, Any]:
+        return {
+            "video.height": height,
+            "video.width": width,
+            "video.codec": {"libx264": "h264", "libx265": "hevc", "libsvtav1": "av1"}.get(
+                self.codec, self.codec
+            ),
+            "video.pix_fmt": "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p",
+            "video.is_depth_map": False,
+            "video.fps": self.fps,
+            "video.channels": 3,
+            "has_audio": False,
+        }
+
+
+class _Stats:
+    """Running min/max/mean/std over frames (per column; per channel for images, in [0, 1])."""
+
+    def __init__(self, image: bool) -> None:
+        self.image = image
+        self.count = 0  # frames
+        self.rows = 0  # vectors summed (frames, or pixels for images)
+        self.sum: np.ndarray | None = None
+        self.sq: np.ndarray | None = None
+        self.min: np.ndarray | None = None
+        self.max: np.ndarray | None = None
+        self.values: list[np.ndarray] = []  # low-dim only, for the quantiles
+
+    def update(self, x: np.ndarray) -> dict[str, Any]:
+        """Add an episode's frames; that episode's own stats (as lists for the episode table)."""
+        if self.image:
+            v = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
+        else:
+            v = x.reshape(x.shape[0], -1).astype(np.float64)
+            self.values.append(v)
+        ep = _stats_of(v, self.image, quantiles=not self.image)
+        s, q = v.sum(axis=0), (v * v).sum(axis=0)
+        lo, hi = v.min(axis=0), v.max(axis=0)
+        if self.sum is None or self.sq is None or self.min is None or self.max is None:
+            self.sum, self.sq, self.min, self.max = s, q, lo, hi
+        else:
+            self.sum, self.sq = self.sum + s, self.sq + q
+            self.min, self.max = np.minimum(self.min, lo), np.maximum(self.max, hi)
+        self.count += int(x.shape[0])
+        self.rows += int(v.shape[0])
+        ep["count"] = [int(x.shape[0])]
+        return ep
+
+    def result(self) -> dict[str, Any]:
+        if self.sum is None or self.sq is None or self.min is None or self.max is None:
+            raise ValueError("no frames were added")
+        mean = self.sum / self.rows
+        std = np.sqrt(np.maximum(self.sq / self.rows - mean * mean, 0.0))
+        res: dict[str, Any] = {
+            "min": _shaped(self.min, self.image),
+            "max": _shaped(self.max, self.image),
+            "mean": _shaped(mean, self.image),
+            "std": _shaped(std, self.image),
+            "count": [self.count],
+        }
+        if self.values:
+            every = np.concatenate(self.values)
+            for qv in QUANTILES:
+                res[f"q{int(qv * 100):02d}"] = np.quantile(every, qv, axis=0).tolist()
+        return res
+
+
+def _shaped(v: np.ndarray, image: bool) -> Any:
+    return v.reshape(-1, 1, 1).tolist() if image else v.tolist()
+
+
+def _stats_of(v: np.ndarray, image: bool, quantiles: bool) -> dict[str, Any]:
+    out = {
+        "min": _shaped(v.min(axis=0), image),
+        "max": _shaped(v.max(axis=0), image),
+        "mean": _shaped(v.mean(axis=0), image),
+        "std": _shaped(v.std(axis=0), image),
+    }
+    if quantiles:
+        for qv in QUANTILES:
+            out[f"q{int(qv * 100):02d}"] = np.quantile(v, qv, axis=0).tolist()
+    return out
+
+
+@dataclass
+class _Feature:
+    key: str  # ours
+    name: str  # theirs
+    kind: str  # "video", "image" or "lowdim"
+    dtype: str  # ours
+    shape: list[int]  # ours, per step
+
+
+def _export_features(s: Any) -> list[_Feature]:
+    feats = []
+    taken: set[str] = set(FRAME_COLUMNS)
+    for key in s.keys():
+        arr = s.array(key)
+        shape = [int(d) for d in arr.shape[1:]]
+        if is_image_key(key):
+            name, kind = IMAGE_PREFIX + _camera_of(key, s.attrs), "image"
+        else:
+            name, kind = OUR_FEATURE.get(key, key), "lowdim"
+        if name in taken:
+            name = f"robo_s2.{key}"
+        taken.add(name)
+        feats.append(_Feature(key, name, kind, str(np.dtype(arr.dtype)), shape))
+    if not any(f.key == "action" for f in feats):
+        raise UserError(f"{s.path} has no action array; a LeRobotDataset needs one")
+    return feats
+
+
+def _episode_tasks(s: Any, task: str | None) -> list[list[str]]:
+    if task:
+        return [[str(task)]] * s.n_episodes
+    per_episode = s.attrs.get("episode_tasks")
+    if isinstance(per_episode, list) and len(per_episode) == s.n_episodes:
+        if all(
+            isinstance(t, list) and t and all(isinstance(x, str) for x in t) for t in per_episode
+        ):
+            return [list(t) for t in per_episode]
+    one = s.attrs.get("task")
+    if isinstance(one, str) and one:
+        return [[one]] * s.n_episodes
+    env = mapping_of(s.attrs.get("env"))
+    return [[f"demonstration in {env.get('id') or 'an unknown env'}"]] * s.n_episodes
+
+
+def _fps_of(s: Any, fps: float | None) -> int:
+    value = fps if fps is not None else s.attrs.get("control_hz")
+    if value is None:
+        raise UserError(
+            f"{s.path} does not record its control rate (attrs control_hz); pass fps=<frames per "
+            "second of the demos>"
+        )
+    f = float(value)
+    if f <= 0 or f != int(f):
+        raise UserError(f"a LeRobotDataset needs a whole-number fps, not {f:g}; pass fps=<int>")
+    return int(f)
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _frame_table(
+    feats: list[_Feature], ep: dict[str, np.ndarray], video: bool, start: int, i: int, fps: int,
+    task_index: int,
+) -> Any:  # fmt: skip
+    pa, _ = _pa()
+    n = next(iter(ep.values())).shape[0]
+    cols: dict[str, Any] = {}
+    for f in feats:
+        x = ep[f.key]
+        if f.kind == "image":
+            if video:
+                continue
+            structs = [{"bytes": _png(img), "path": None} for img in x]
+            cols[f.name] = pa.array(
+                structs, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+            )
+            continue
+        flat = x.reshape(n, -1)
+        if flat.shape[1] == 1:
+            cols[f.name] = pa.array(flat[:, 0])
+        else:
+            cols[f.name] = pa.FixedSizeListArray.from_arrays(
+                pa.array(flat.reshape(-1)), flat.shape[1]
+            )
+    frames = np.arange(n, dtype=np.int64)
+    cols["timestamp"] = pa.array((frames / fps).astype(np.float32))
+    cols["frame_index"] = pa.array(frames)
+    cols["episode_index"] = pa.array(np.full(n, i, dtype=np.int64))
+    cols["index"] = pa.array(start + frames)
+    cols["task_index"] = pa.array(np.full(n, task_index, dtype=np.int64))
+    return pa.table(cols)
+
+
+def _tasks_table(tasks: list[str]) -> Any:
+    """``meta/tasks.parquet``: the task strings as the pandas index (what lerobot reads back)."""
+    pa, _ = _pa()
+    table = pa.table(
+        {
+            "task_index": pa.array(range(len(tasks)), pa.int64()),
+            "task": pa.array(tasks, pa.string()),
+        }
+    )
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": "task",
+                "field_name": "task",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
+    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+
+
+def export_lerobot(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    video: bool = True,
+    codec: str = "libx264",
+    crf: int = 18,
+    fps: float | None = None,
+    task: str | None = None,
+    overwrite: bool = False,
+    on_episode: Callable[[ExportResult], None] | None = None,
+) -> ExportResult:
+    """Write the store as a LeRobotDataset v3.0 directory at ``out``.
+
+    Cameras become mp4 videos (``codec``, ``crf``) or, with ``video=False``, lossless PNG ``image``
+    features inside the data parquet. ``fps`` defaults to the store's ``control_hz``; ``task`` (one
+    task for every episode) to the store's ``episode_tasks`` / ``task`` attributes.
+    """
+    from robo_s2.data.store import DemoStore
+
+    start_time = time.perf_counter()
+    out = Path(out).expanduser()
+    s = DemoStore.open(store, mode="r")
+    if s.n_episodes == 0:
+        raise UserError(f"{s.path} holds no episodes; nothing to export")
+    feats = _export_features(s)
+    rate = _fps_of(s, fps)
+    ep_tasks = _episode_tasks(s, task)
+    if video:
+        import av
+
+        if codec not in av.codecs_available:
+            raise UserError(
+                f"codec={codec!r} is not available in this PyAV build; use libx264 or mpeg4"
+            )
+    check_export_target(out, overwrite)
+    result = ExportResult(
+        store=str(s.path), out=str(out), format="lerobot", total_episodes=s.n_episodes,
+        layout={f.key: f.name for f in feats},
+    )  # fmt: skip
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        _write_dataset(tmp, s, feats, rate, ep_tasks, video, codec, crf, result, on_episode)
+        replace_path(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    source = "fps" if fps is not None else "the store's control_hz"
+    result.notes.append(f"fps {rate} (from {source})")
+    n_tasks = len({t for ts in ep_tasks for t in ts})
+    named = "" if task else "; task= names one for every episode"
+    result.notes.append(f"{n_tasks} task(s), e.g. {ep_tasks[0][0]!r}{named}")
+    if video and any(f.kind == "image" for f in feats):
+        result.notes.append(
+            f"cameras as {codec} mp4 (crf {crf}): lossy; video=false keeps them exact as PNG"
+        )
+    result.bytes = path_size(out)
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def _write_dataset(
+    root: Path, s: Any, feats: list[_Feature], fps: int, ep_tasks: list[list[str]], video: bool,
+    codec: str, crf: int, result: ExportResult, on_episode: Callable[[ExportResult], None] | None,
+) -> None:  # fmt: skip
+    pa, pq = _pa()
+    tasks = list(dict.fromkeys(t for ts in ep_tasks for t in ts))
+    task_ids = {t: i for i, t in enumerate(tasks)}
+    data = _RollingParquet(root, DATA_PATH, DATA_FILE_MB)
+    videos = {
+        f.name: _RollingVideo(root, f.name, fps, codec, crf, VIDEO_FILE_MB)
+        for f in feats
+        if f.kind == "image" and video
+    }
+    stats_keys = [f.name for f in feats] + list(FRAME_COLUMNS)
+    stats = {k: _Stats(image=k.startswith(IMAGE_PREFIX)) for k in stats_keys}
+    episodes: list[dict[str, Any]] = []
+    start = 0
+    try:
+        for i in range(s.n_episodes):
+            ep = s.episode(i)
+            n = int(next(iter(ep.values())).shape[0])
+            table = _frame_table(feats, ep, video, start, i, fps, task_ids[ep_tasks[i][0]])
+            chunk, file = data.write(table)
+            row: dict[str, Any] = {
+                "episode_index": i,
+                "tasks": ep_tasks[i],
+                "length": n,
+                "data/chunk_index": chunk,
+                "data/file_index": file,
+                "dataset_from_index": start,
+                "dataset_to_index": start + n,
+            }
+            for f in feats:
+                if f.name in videos:
+                    c, fi, t0, t1 = videos[f.name].add_episode(ep[f.key])
+                    row.update({
+                        f"videos/{f.name}/chunk_index": c, f"videos/{f.name}/file_index": fi,
+                        f"videos/{f.name}/from_timestamp": t0, f"videos/{f.name}/to_timestamp": t1,
+                    })  # fmt: skip
+            for k in stats_keys:
+                values = (
+                    ep[next(f.key for f in feats if f.name == k)]
+                    if k not in FRAME_COLUMNS
+                    else np.asarray(table.column(k).to_numpy())
+                )
+                for stat, v in stats[k].update(values).items():
+                    row[f"stats/{k}/{stat}"] = v
+            row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
+            episodes.append(row)
+            start += n
+            result.n_episodes, result.n_frames = i + 1, start
+            if on_episode is not None:
+                on_episode(result)
+    finally:
+        data.close()
+        for v in videos.values():
+            v.close()
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(episodes), root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+    )
+    pq.write_table(_tasks_table(tasks), root / "meta/tasks.parquet")
+    (root / "meta/stats.json").write_text(
+        json.dumps({k: st.result() for k, st in stats.items()}, indent=2)
+    )
+    features: dict[str, Any] = {}
+    for f in feats:
+        if f.kind == "image":
+            h, w = f.shape[0], f.shape[1]
+            features[f.name] = {
+                "dtype": "video" if video else "image",
+                "shape": [h, w, 3],
+                "names": ["height", "width", "channels"],
+            }
+            if f.name in videos:
+                features[f.name]["info"] = videos[f.name].info(h, w)
+            continue
+        width = int(np.prod(f.shape)) if f.shape else 1
+        names = _names_of(s.attrs.get(f"{f.key}_semantics"), width)
+        features[f.name] = {
+            "dtype": "bool" if f.dtype == "bool" else f.dtype,
+            "shape": [width],
+            "names": names,
+        }
+    for k, dt in zip(FRAME_COLUMNS, ("float32", "int64", "int64", "int64", "int64"), strict=True):
+        features[k] = {"dtype": dt, "shape": [1], "names": None}
+    env = mapping_of(s.attrs.get("env"))
+    info = {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": str(env.get("id") or "unknown"),
+        "total_episodes": s.n_episodes,
+        "total_frames": start,
+        "total_tasks": len(tasks),
+        "chunks_size": CHUNKS_SIZE,
+        "data_files_size_in_mb": DATA_FILE_MB,
+        "video_files_size_in_mb": VIDEO_FILE_MB,
+        "fps": fps,
+        "splits": {"train": f"0:{s.n_episodes}"},
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if videos else None,
+        "features": features,
+    }
+    (root / INFO_PATH).write_text(json.dumps(info, indent=4))
+    ours = {
+        "features": {f.name: {"key": f.key, "dtype": f.dtype, "shape": f.shape} for f in feats},
+        "attrs": {k: v for k, v in s.attrs.items() if k not in BOOKKEEPING_ATTRS},
+        "store": str(s.path),
+    }
+    (root / ROBO_S2_META).write_text(json.dumps(ours, indent=2))

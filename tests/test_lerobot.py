@@ -1,0 +1,367 @@
+"""format=lerobot: LeRobotDataset v3.0 export (mp4 and PNG) and import (v3.0 and v2.1).
+
+The exports are checked against lerobot's layout with pyarrow; the v2.1 dataset is written here in
+lerobot's v2.1 layout (jsonl metadata, one parquet and one mp4 per episode).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from cli_helpers import robo_s2
+from test_interop import assert_same_store
+
+import robo_s2.data.store as store_mod
+from robo_s2.data.interop.lerobot import export_lerobot, import_lerobot
+from robo_s2.data.store import DemoStore
+from robo_s2.errors import UserError
+
+H, W = 16, 24
+LENGTHS = (5, 7, 6)
+
+
+def smooth_frames(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Frames of colour gradients (what a video codec keeps well; noise it would not)."""
+    y, x = np.mgrid[0:H, 0:W]
+    out = np.empty((n, H, W, 3), np.uint8)
+    for t in range(n):
+        a, b, c = rng.uniform(2, 8, 3)
+        out[t, ..., 0] = (x * a + t * 9) % 256
+        out[t, ..., 1] = (y * b + 40) % 256
+        out[t, ..., 2] = ((x + y) * c) % 256
+    return out
+
+
+def make_store(path: Path, seed: int = 0) -> DemoStore:
+    """A store with two cameras, proprio, action, float64 state and an extra reward key."""
+    rng = np.random.default_rng(seed)
+    attrs = {
+        "env": {"id": "robo_s2/CubePick-v0", "image_size": H},
+        "source": "test",
+        "control_hz": 10,
+        "cameras": ["front", "wrist"],
+        "action_semantics": ["dx", "dy", "dz", "gripper"],
+        "episode_tasks": [["pick the cube"], ["pick the cube"], ["lift the cube"]],
+    }
+    store = DemoStore.create(path, attrs=attrs)
+    for n in LENGTHS:
+        store.append_episode(
+            {
+                "image": smooth_frames(rng, n),
+                "image_wrist": smooth_frames(rng, n),
+                "proprio": rng.standard_normal((n, 5)).astype(np.float32),
+                "action": rng.standard_normal((n, 4)).astype(np.float32),
+                "state": rng.standard_normal((n, 3)),
+                "reward": rng.standard_normal(n).astype(np.float32),
+            }
+        )
+    store.close()
+    return DemoStore.open(path)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lerobot")
+    store = make_store(root / "s.zarr")
+    export_lerobot(store.path, root / "png", video=False)
+    res = export_lerobot(store.path, root / "vid")
+    return root, store, res
+
+
+def check_layout(root: Path, store: DemoStore, video: bool) -> None:
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 10
+    assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (3, 18, 2)
+    feats = info["features"]
+    cam = "observation.images.front"
+    assert feats[cam]["dtype"] == ("video" if video else "image")
+    assert feats[cam]["shape"] == [H, W, 3]
+    assert feats["action"] == {
+        "dtype": "float32",
+        "shape": [4],
+        "names": ["dx", "dy", "dz", "gripper"],
+    }
+    assert feats["observation.state"]["shape"] == [5]
+    assert feats["observation.environment_state"]["dtype"] == "float64"
+    data = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    want = {"action", "observation.state", "observation.environment_state", "reward"}
+    want |= {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+    if not video:
+        want |= {cam, "observation.images.wrist"}
+    assert set(data.column_names) == want
+    assert data.column("index").to_pylist() == list(range(18))
+    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    ends = np.cumsum(LENGTHS)
+    for i, ep in enumerate(eps):
+        start = int(ends[i] - LENGTHS[i])
+        assert (ep["episode_index"], ep["length"]) == (i, LENGTHS[i])
+        assert (ep["dataset_from_index"], ep["dataset_to_index"]) == (start, int(ends[i]))
+        rows = data.slice(start, LENGTHS[i])
+        assert set(rows.column("episode_index").to_pylist()) == {i}
+        assert rows.column("frame_index").to_pylist() == list(range(LENGTHS[i]))
+        np.testing.assert_allclose(
+            rows.column("timestamp").to_numpy(), np.arange(LENGTHS[i]) / 10, atol=1e-6
+        )
+        if video:
+            assert ep[f"videos/{cam}/from_timestamp"] == pytest.approx(start / 10)
+            assert ep[f"videos/{cam}/to_timestamp"] == pytest.approx(ends[i] / 10)
+    assert [ep["tasks"] for ep in eps] == [["pick the cube"], ["pick the cube"], ["lift the cube"]]
+    assert data.column("task_index").to_pylist() == [0] * 12 + [1] * 6
+    tasks = pq.read_table(root / "meta/tasks.parquet")
+    assert tasks.column("task").to_pylist() == ["pick the cube", "lift the cube"]
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    stats = json.loads((root / "meta/stats.json").read_text())
+    action = store.array("action")[:]
+    np.testing.assert_allclose(stats["action"]["min"], action.min(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action"]["mean"], action.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["action"]["std"], action.std(0), rtol=1e-5)
+    assert stats["action"]["count"] == [18]
+    img = store.array("image")[:] / 255.0
+    assert np.array(stats[cam]["mean"]).shape == (3, 1, 1)
+    np.testing.assert_allclose(np.array(stats[cam]["max"])[:, 0, 0], img.max((0, 1, 2)))
+    if video:
+        mp4 = root / f"videos/{cam}/chunk-000/file-000.mp4"
+        with av.open(str(mp4)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 18
+
+
+def test_export_png_layout_and_exact_round_trip(exported, tmp_path):
+    root, store, _ = exported
+    check_layout(root / "png", store, video=False)
+    res = import_lerobot(root / "png", tmp_path / "back.zarr")
+    assert res.not_taken == [] and res.changed == []
+    back = DemoStore.open(tmp_path / "back.zarr")
+    assert_same_store(store, back)  # every key (reward, float64 state too) and dtype, exactly
+    assert back.attrs["episode_tasks"] == store.attrs["episode_tasks"]
+    assert back.attrs["control_hz"] == 10 and back.attrs["env"] == store.attrs["env"]
+
+
+def test_export_video_layout_and_round_trip(exported, tmp_path):
+    root, store, res = exported
+    check_layout(root / "vid", store, video=True)
+    assert any("lossy" in note for note in res.notes)
+    imp = import_lerobot(root / "vid", tmp_path / "back.zarr")
+    assert imp.changed == [
+        "observation.images.front h264 video -> uint8 frames",
+        "observation.images.wrist h264 video -> uint8 frames",
+    ]
+    back = DemoStore.open(tmp_path / "back.zarr")
+    np.testing.assert_array_equal(back.episode_ends, store.episode_ends)
+    for key in ("action", "proprio", "state", "reward"):
+        np.testing.assert_array_equal(back.array(key)[:], store.array(key)[:])
+        assert back.array(key).dtype == store.array(key).dtype
+    for key in ("image", "image_wrist"):
+        assert psnr(back.array(key)[:], store.array(key)[:]) > 30
+
+
+def write_v21(root: Path, lengths=(4, 6), seed: int = 3) -> dict:
+    """A LeRobotDataset v2.1 in lerobot's layout: a video camera, an image camera, reward/done."""
+    rng = np.random.default_rng(seed)
+    fps = 15
+    feats = {
+        "observation.images.top": {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"]},
+        "observation.images.side": {"dtype": "image", "shape": [H, W, 3], "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float64", "shape": [2], "names": {"motors": ["x", "y"]}},
+        "action": {"dtype": "float32", "shape": [2], "names": ["vx", "vy"]},
+        "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+        "next.done": {"dtype": "bool", "shape": [1], "names": None},
+        **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    }  # fmt: skip
+    info = {
+        "codebase_version": "v2.1", "robot_type": "koch", "fps": fps, "chunks_size": 1000,
+        "total_episodes": len(lengths), "total_frames": sum(lengths), "total_tasks": 2,
+        "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+        "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+        "features": feats,
+    }  # fmt: skip
+    (root / "meta").mkdir(parents=True)
+    (root / "meta/info.json").write_text(json.dumps(info))
+    tasks = ["push left", "push right"]
+    (root / "meta/tasks.jsonl").write_text(
+        "".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks))
+    )
+    episodes, written, start = [], {}, 0
+    for i, n in enumerate(lengths):
+        episodes.append({"episode_index": i, "tasks": [tasks[i % 2]], "length": n})
+        top, side = smooth_frames(rng, n), smooth_frames(rng, n)
+        state = rng.standard_normal((n, 2))
+        action = rng.standard_normal((n, 2)).astype(np.float32)
+        cols = {
+            "observation.images.side": pa.array(
+                [{"bytes": png(f), "path": None} for f in side],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "observation.state": pa.array(state.tolist(), pa.list_(pa.float64())),
+            "action": pa.array(action.tolist(), pa.list_(pa.float32())),
+            "next.reward": pa.array(np.arange(n, dtype=np.float32)),
+            "next.done": pa.array(np.arange(n) == n - 1),
+            "timestamp": pa.array((np.arange(n) / fps).astype(np.float32)),
+            "frame_index": pa.array(np.arange(n)),
+            "episode_index": pa.array(np.full(n, i)),
+            "index": pa.array(start + np.arange(n)),
+            "task_index": pa.array(np.full(n, i % 2)),
+        }
+        path = root / f"data/chunk-000/episode_{i:06d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), path)
+        mp4 = root / f"videos/chunk-000/observation.images.top/episode_{i:06d}.mp4"
+        mp4.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(mp4), mode="w") as c:
+            s = c.add_stream("libx264", rate=fps, options={"crf": "18"})
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            for f in top:
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        written[i] = {"top": top, "side": side, "state": state, "action": action}
+        start += n
+    (root / "meta/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    return written
+
+
+def png(img: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_v21_import_maps_features_and_states_what_it_left(tmp_path):
+    written = write_v21(tmp_path / "koch")
+    res = import_lerobot(tmp_path / "koch", tmp_path / "s.zarr", cameras=["side"])
+    assert res.not_taken == [
+        "observation.images.top (a camera: list it in cameras=)",
+        "next.reward",
+        "next.done",
+    ]
+    assert res.changed == ["observation.state float64 -> float32"]
+    s = DemoStore.open(tmp_path / "s.zarr")
+    assert s.keys() == ["action", "image", "proprio"]
+    np.testing.assert_array_equal(s.episode_ends, [4, 10])
+    for i, w in written.items():
+        ep = s.episode(i)
+        np.testing.assert_array_equal(ep["image"], w["side"])  # PNG: exact
+        np.testing.assert_array_equal(ep["action"], w["action"])
+        np.testing.assert_array_equal(ep["proprio"], w["state"].astype(np.float32))
+    a = s.attrs
+    assert a["control_hz"] == 15 and a["env"]["id"] == "lerobot:koch" and a["env"]["foreign"]
+    assert a["proprio_semantics"] == ["x", "y"] and a["action_semantics"] == ["vx", "vy"]
+    assert a["episode_tasks"] == [["push left"], ["push right"]]
+    assert a["image_keys"] == {"side": "image"}
+
+    res = import_lerobot(tmp_path / "koch", tmp_path / "all.zarr", keys="all")
+    assert res.not_taken == []
+    s = DemoStore.open(tmp_path / "all.zarr")
+    assert s.keys() == ["action", "image", "image_side", "next.done", "next.reward", "proprio"]
+    for i, w in written.items():
+        ep = s.episode(i)
+        assert psnr(ep["image"], w["top"]) > 30
+        np.testing.assert_array_equal(
+            ep["next.done"][:, 0], np.arange(len(w["action"])) == len(w["action"]) - 1
+        )
+
+
+def test_import_resumes_after_an_interruption(exported, tmp_path, monkeypatch):
+    root, store, _ = exported
+
+    def crash(stage):
+        if stage == "written:action" and DemoStore.open(tmp_path / "s.zarr").n_episodes == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_crash_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        import_lerobot(root / "vid", tmp_path / "s.zarr")
+    monkeypatch.setattr(store_mod, "_crash_point", lambda stage: None)
+    assert DemoStore.open(tmp_path / "s.zarr").n_episodes == 1
+    res = import_lerobot(root / "vid", tmp_path / "s.zarr")
+    assert (res.done_before, res.n_new, res.n_total) == (1, 2, 3)
+    full = import_lerobot(root / "vid", tmp_path / "full.zarr")
+    assert full.n_total == 3
+    assert_same_store(DemoStore.open(tmp_path / "full.zarr"), DemoStore.open(tmp_path / "s.zarr"))
+    assert DemoStore.open(tmp_path / "s.zarr").attrs["episode_tasks"][2] == ["lift the cube"]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_input_is_one_clear_error(exported, tmp_path):
+    root, _, _ = exported
+    cases = []
+    d = _copy(root / "vid", tmp_path / "no_info")
+    (d / "meta/info.json").unlink()
+    cases.append((d, "has no meta/info.json, so it is not a LeRobotDataset"))
+    d = _copy(root / "vid", tmp_path / "version")
+    info = json.loads((d / "meta/info.json").read_text())
+    (d / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v9.0"}))
+    cases.append((d, "codebase_version 'v9.0'; robo-s2 reads v2.0, v2.1, v3.0"))
+    d = _copy(root / "vid", tmp_path / "no_video")
+    (d / "videos/observation.images.wrist/chunk-000/file-000.mp4").unlink()
+    cases.append(
+        (
+            d,
+            "observation.images.wrist/chunk-000/file-000.mp4 of observation.images.wrist is missing",
+        )
+    )
+    d = _copy(root / "vid", tmp_path / "shape")
+    info["features"]["action"]["shape"] = [6]
+    (d / "meta/info.json").write_text(json.dumps(info))
+    cases.append((d, "action has 4 values per frame, but meta/info.json says shape [6]"))
+    for src, message in cases:
+        with pytest.raises(UserError) as e:
+            import_lerobot(src, tmp_path / f"{src.name}.zarr")
+        assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+        assert not (tmp_path / f"{src.name}.zarr").exists()
+
+
+def test_cli_export_and_import(exported, tmp_path):
+    root, store, _ = exported
+    out = robo_s2(
+        "export", f"store={store.path}", "out=lr", "format=lerobot", "video=false", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(LeRobotDataset," in out.stdout and "export: fps 10" in out.stdout
+    out = robo_s2("import", "src=lr", "out=s.zarr", "cameras=[wrist]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "from LeRobotDataset" in out.stdout
+    assert "import: not taken from the source: observation.images.front" in out.stdout
+    assert DemoStore.open(tmp_path / "s.zarr").keys() == [
+        "action",
+        "image",
+        "proprio",
+        "reward",
+        "state",
+    ]
+
+
+def test_an_interrupted_export_leaves_nothing(exported, tmp_path):
+    _, store, _ = exported
+
+    def boom(res):
+        if res.n_episodes == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_lerobot(store.path, tmp_path / "lr", on_episode=boom)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="already exists; choose a new out= or pass overwrite=true"):
+        export_lerobot(store.path, tmp_path)
