@@ -44,18 +44,14 @@ __all__ = [
 ]
 
 
+_MODULES = {"robomimic": "robomimic_hdf5", "dp": "dp_zarr", "lerobot": "lerobot"}
+
+
 # the format modules load lazily (h5py, zarr, imagecodecs; pyarrow and av for lerobot)
 def __getattr__(name: str) -> Any:
-    if name in ("import_robomimic", "export_robomimic"):
-        from robo_s2.data.interop import robomimic_hdf5
+    fmt = name.partition("_")[2]
+    if name.partition("_")[0] in ("import", "export") and fmt in _MODULES:
+        import importlib
 
-        return getattr(robomimic_hdf5, name)
-    if name in ("import_dp", "export_dp"):
-        from robo_s2.data.interop import dp_zarr
-
-        return getattr(dp_zarr, name)
-    if name in ("import_lerobot", "export_lerobot"):
-        from robo_s2.data.interop import lerobot
-
-        return getattr(lerobot, name)
+        return getattr(importlib.import_module(f"robo_s2.data.interop.{_MODULES[fmt]}"), name)
     raise AttributeError(f"module 'robo_s2.data.interop' has no attribute {name!r}")

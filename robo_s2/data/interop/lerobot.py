@@ -473,22 +473,46 @@ class _Plan:
     changed: list[str]
 
 
+def _chosen_cameras(source: _Source, cameras: Sequence[str] | None) -> list[str]:
+    """The camera features ``cameras`` names (short names or full keys; None = all)."""
+    cams_all = source.camera_keys
+    short = {k[len(IMAGE_PREFIX) :] if k.startswith(IMAGE_PREFIX) else k: k for k in cams_all}
+    if cameras is None:
+        return list(cams_all)
+    chosen = []
+    for c in cameras:
+        key = short.get(str(c), str(c))
+        if key not in cams_all:
+            raise UserError(
+                f"cameras: {c!r} is not a camera of {source.src} (its cameras: {sorted(short)})"
+            )
+        chosen.append(key)
+    return chosen
+
+
+def _extra_features(source: _Source, keys: Any) -> set[str] | None:
+    """The features ``keys`` asks for besides the defaults (None = all of them)."""
+    if keys is None or keys == "auto":
+        return set()
+    if keys == "all":
+        return None
+    if isinstance(keys, list | tuple):
+        extra = {str(k) for k in keys}
+        unknown = sorted(extra - set(source.features))
+        if unknown:
+            raise UserError(
+                f"keys: {unknown} are not features of {source.src} (its features: "
+                f"{sorted(source.features)})"
+            )
+        return extra
+    raise UserError(f"keys={keys!r}: give null, all, or a list of feature names to take as well")
+
+
 def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
     """The feature -> store key mapping: ``meta/robo_s2.json``'s for our own exports, else ours."""
     feats = source.features
     cams_all = source.camera_keys
-    short = {k[len(IMAGE_PREFIX) :] if k.startswith(IMAGE_PREFIX) else k: k for k in cams_all}
-    if cameras is None:
-        chosen = list(cams_all)
-    else:
-        chosen = []
-        for c in cameras:
-            key = short.get(str(c), str(c))
-            if key not in cams_all:
-                raise UserError(
-                    f"cameras: {c!r} is not a camera of {source.src} (its cameras: {sorted(short)})"
-                )
-            chosen.append(key)
+    chosen = _chosen_cameras(source, cameras)
     ours = mapping_of(source.robo_s2.get("features"))
     plan = _Plan({}, {}, [], [])
     for i, key in enumerate(chosen):
@@ -506,22 +530,7 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
     plan.not_taken += [
         f"{k} (a camera: list it in cameras=)" for k in cams_all if k not in plan.cameras
     ]
-    extra: set[str] | None
-    if keys is None or keys == "auto":
-        extra = set()
-    elif keys == "all":
-        extra = None
-    elif isinstance(keys, list | tuple):
-        extra = {str(k) for k in keys}
-        unknown = sorted(extra - set(feats))
-        if unknown:
-            raise UserError(
-                f"keys: {unknown} are not features of {source.src} (its features: {sorted(feats)})"
-            )
-    else:
-        raise UserError(
-            f"keys={keys!r}: give null, all, or a list of feature names to take as well"
-        )
+    extra = _extra_features(source, keys)
     defaults = {v: k for k, v in OUR_FEATURE.items()}
     for key, ft in feats.items():
         if key in FRAME_COLUMNS or ft.get("dtype") in ("image", "video"):
@@ -1157,6 +1166,14 @@ def _write_dataset(
     (root / "meta/stats.json").write_text(
         json.dumps({k: st.result() for k, st in stats.items()}, indent=2)
     )
+    _write_info(root, s, feats, video, videos, fps, start, tasks)
+
+
+def _write_info(
+    root: Path, s: Any, feats: list[_Feature], video: bool, videos: dict[str, Any], fps: int,
+    n_frames: int, tasks: list[str],
+) -> None:  # fmt: skip
+    """meta/info.json (the features and totals) and meta/robo_s2.json (our keys, for round trips)."""
     features: dict[str, Any] = {}
     for f in feats:
         if f.kind == "image":
@@ -1183,7 +1200,7 @@ def _write_dataset(
         "codebase_version": CODEBASE_VERSION,
         "robot_type": str(env.get("id") or "unknown"),
         "total_episodes": s.n_episodes,
-        "total_frames": start,
+        "total_frames": n_frames,
         "total_tasks": len(tasks),
         "chunks_size": CHUNKS_SIZE,
         "data_files_size_in_mb": DATA_FILE_MB,
