@@ -117,8 +117,9 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int) -> Split:
 
 def store_split(attrs: Mapping[str, Any], n_episodes: int) -> Split | None:
     """The train/validation split a store carries, or ``None``: ``attrs["split"]`` (``train`` and
-    ``valid`` episode indices, written by importers whose source had one) or, for a store imported
-    from robomimic before that record existed, its ``train``/``valid`` filter masks. Indices past
+    ``valid`` episode indices, set with ``DemoStore.update_attrs`` and kept by robo_s2's own
+    exports and their re-imports) or, for a store imported from robomimic, its ``train``/``valid``
+    filter masks. Indices past
     the store's episodes (a partial import) are dropped; with no validation episode left there is
     no split to honour (``None``); one that leaves no training episode, or puts an episode on both
     sides, is refused."""

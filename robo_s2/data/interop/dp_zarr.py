@@ -459,6 +459,11 @@ def _import_attrs(
     return attrs
 
 
+def _lowdim_dtype(ours: str, src: np.dtype) -> type:
+    """What a low-dim source array becomes: float32, except ``state`` keeps its float64."""
+    return np.float64 if ours == "state" and src == np.float64 else np.float32
+
+
 def _what_changes(
     source: _Source,
     entries: list[tuple[str, str, int | None, int | None]],
@@ -480,8 +485,7 @@ def _what_changes(
             continue
         for theirs, sl in parts:
             arr = source.arrays[theirs]
-            dst = np.float64 if ours == "state" and arr.dtype == np.float64 else np.float32
-            change = dtype_change(f"data/{theirs}", arr.dtype, dst)
+            change = dtype_change(f"data/{theirs}", arr.dtype, _lowdim_dtype(ours, arr.dtype))
             if change:
                 changed.append(change)
             flat = len(parts) > 1 or sl is not None or ours in FLAT_KEYS
@@ -512,7 +516,7 @@ def _load_episode(
             if is_image_key(ours):
                 ep[ours] = as_image(x, f"{where}: data/{theirs}")
                 continue
-            dtype = np.float64 if ours == "state" and x.dtype == np.float64 else np.float32
+            dtype = _lowdim_dtype(ours, x.dtype)
             whole = len(parts) == 1 and sl is None and ours not in FLAT_KEYS
             y = as_lowdim(x, f"{where}: data/{theirs}", dtype=dtype, flatten=not whole)
             cols.append(y[:, sl] if sl is not None else y)
