@@ -270,6 +270,45 @@ def test_checkpoint_for_another_env_is_refused(tmp_path):
         )
 
 
+def test_sharded_evaluation_merges_into_the_unsharded_run(tiny_checkpoint, tmp_path):
+    from robo_s2.evaluation.shards import merge_eval_infos, parse_shard, shard_range
+
+    kw = {"n_episodes": 5, "positions": "random", "seed": 4, "env_overrides": SHORT,
+          "precision": "fp32", "n_videos": 0}  # fmt: skip
+    whole = evaluate(tiny_checkpoint, workers=0, **kw)
+    dirs = []
+    for i, workers in ((0, 0), (1, 2), (2, 0)):
+        dirs.append(tmp_path / f"shard{i}")
+        part = evaluate(tiny_checkpoint, workers=workers, shard=(i, 3), out_dir=dirs[-1], **kw)
+        assert [r.index for r in part.records] == list(shard_range(5, (i, 3)))
+        assert part.info["shard"] == {"index": i, "count": 3, "n": len(part.records)}
+        assert part.info["positions"]["n"] == 5
+    assert [len(shard_range(5, (i, 3))) for i in range(3)] == [1, 2, 2]
+    merged = merge_eval_infos(list(reversed(dirs)))
+    assert merged["per_episode"] == [r.to_dict() for r in whole.records]
+    for key in ("pc_success", "n_success", "n_episodes", "ci95", "avg_episode_length",
+                "positions", "checkpoint", "encoder"):  # fmt: skip
+        assert merged[key] == whole.info[key], key
+    assert "shard" not in merged and len(merged["merged_from"]) == 3
+    # the CLI writes the merged eval_info.json; incomplete or mixed sets are one clear line
+    out = robo_s2("eval", f"merge=[{','.join(map(str, dirs))}]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "merged from 3 shards" in out.stdout.strip().splitlines()[-1]
+    saved = json.loads((tmp_path / "run_out" / "eval_info.json").read_text())
+    assert saved["per_episode"] == merged["per_episode"]
+    with pytest.raises(UserError, match=r"missing \[1\], repeated \[0\]"):
+        merge_eval_infos([dirs[0], dirs[0], dirs[2]])
+    evaluate(tiny_checkpoint, workers=0, shard=(1, 3), out_dir=tmp_path / "other",
+             **{**kw, "seed": 5})  # fmt: skip
+    with pytest.raises(UserError, match="its positions differs"):
+        merge_eval_infos([dirs[0], tmp_path / "other", dirs[2]])
+    for bad in ("3/3", "1", "a/b", "0/0"):
+        with pytest.raises(UserError, match="must be i/n with 0 <= i < n"):
+            parse_shard(bad)
+    with pytest.raises(UserError, match="asks for 6 slices of 5 episodes"):
+        evaluate(tiny_checkpoint, workers=0, shard=(0, 6), **kw)
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 

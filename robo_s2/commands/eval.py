@@ -11,6 +11,7 @@ from tqdm import tqdm
 from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.evaluation.runner import EpisodeRecord, EvalResult, evaluate
+from robo_s2.evaluation.shards import parse_shard
 
 
 def _run_dir() -> Path:
@@ -30,9 +31,38 @@ def _set_values(cfg: DictConfig, key: str) -> dict:
     return {k: v for k, v in to_plain(node).items() if v is not None}
 
 
-def run(cfg: DictConfig) -> EvalResult:
+def merge(dirs: list[str]) -> dict:
+    """``robo-s2 eval merge=[...]``: the shard runs' records as one ``eval_info.json`` (and its
+    positions plot) in this run's directory."""
+    from robo_s2.core.io import write_json_atomic
+    from robo_s2.evaluation.plots import plot_positions
+    from robo_s2.evaluation.shards import merge_eval_infos
+
+    info = merge_eval_infos([str(d) for d in dirs])
+    out = _run_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    lo, hi = info["ci95"]
+    info["plot_path"] = str(
+        plot_positions(
+            info["per_episode"], info["positions"]["region"], out / "positions.png",
+            title=f"{info['n_success']}/{info['n_episodes']} ({info['pc_success']:.1f}%) merged "
+            f"from {len(dirs)} shards",
+        )
+    )  # fmt: skip
+    path = write_json_atomic(out / "eval_info.json", info)
+    print(
+        f"eval: {info['n_success']}/{info['n_episodes']} success ({info['pc_success']:.1f}%, "
+        f"95% CI {lo:.1f}\u2013{hi:.1f}%) merged from {len(dirs)} shards -> {path}"
+    )
+    return info
+
+
+def run(cfg: DictConfig) -> EvalResult | dict:
     for name in ("OpenGL", "matplotlib"):  # their INFO notes are noise under Hydra's job logging
         logging.getLogger(name).setLevel(logging.WARNING)
+    if cfg.merge is not None:
+        dirs = to_plain(cfg.merge)
+        return merge(dirs if isinstance(dirs, list) else [dirs])
     if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint in (None, ""):
         raise UserError(
             "checkpoint= is required: <train run>/checkpoints/best, or checkpoint=expert "
@@ -68,6 +98,7 @@ def run(cfg: DictConfig) -> EvalResult:
             precision=str(cfg.precision),
             allow_render_mismatch=bool(cfg.allow_render_mismatch),
             out_dir=_run_dir(),
+            shard=parse_shard(cfg.shard),
             on_start=on_start,
             on_episode=on_episode,
         )

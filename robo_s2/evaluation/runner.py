@@ -614,6 +614,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` (a checkpoint directory or ``"expert"``) on a position set.
 
@@ -621,9 +622,11 @@ def evaluate(
     positions plot there. ``on_start(n)`` is called with the number of episodes once they are known,
     ``on_episode(record)`` after every finished episode (in completion order). ``precision``
     (auto | fp32 | bf16) is the encoder's (:func:`eval_precision`); ``allow_render_mismatch``
-    evaluates under another render profile than the demos' (shadows, MSAA).
+    evaluates under another render profile than the demos' (shadows, MSAA). ``shard`` ``(i, n)``
+    evaluates only the i-th of n slices of the position set (:mod:`robo_s2.evaluation.shards`).
     """
     from robo_s2.device import resolve_device
+    from robo_s2.evaluation.shards import shard_range
 
     _check_eval_args(checkpoint, n_episodes, positions, seed, workers, n_videos, video_camera)
     torch_device = resolve_device(device)
@@ -638,6 +641,8 @@ def evaluate(
         positions, n_episodes, seed, desc["cube_region"], bool(desc["randomize_yaw"])
     )
     episodes = episode_specs(placements, seed)
+    if shard is not None:
+        episodes = [episodes[i] for i in shard_range(len(episodes), shard)]
     if on_start is not None:
         on_start(len(episodes))
     workers = min(workers, len(episodes))
@@ -660,6 +665,9 @@ def evaluate(
     result.info = _eval_info(
         result, rollouts, target, torch_device, workers, pipeline, env_overrides
     )
+    result.info["positions"]["n"] = len(placements)  # the set's size, also for one shard of it
+    if shard is not None:
+        result.info["shard"] = {"index": shard[0], "count": shard[1], "n": len(records)}
     if out is not None:
         _write_eval_outputs(result, out, checkpoint, desc)
     return result
