@@ -9,10 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
+from robo_s2.experiments.launch import launch_cells, launcher_choice, run_cell
 from robo_s2.experiments.runner import ExperimentResult, missing_values, run_experiment
 
 
-def run(cfg: DictConfig) -> ExperimentResult:
+def run(cfg: DictConfig) -> ExperimentResult | dict:
     from hydra.core.hydra_config import HydraConfig
 
     for name in ("OpenGL", "matplotlib"):  # their INFO notes are noise under Hydra's job logging
@@ -24,6 +25,12 @@ def run(cfg: DictConfig) -> ExperimentResult:
             f"{keys} must be set (e.g. experiment.{missing[0]}=/path/to/file) for experiment "
             f"{cfg.experiment.name}"
         )
+    if cfg.job.row is not None:  # one (row, seed) job of a launched experiment
+        return run_cell(cfg)
+    launcher = launcher_choice()
+    if launcher is not None and int(cfg.jobs) > 1:
+        raise UserError(f"jobs={cfg.jobs} and hydra/launcher={launcher}: choose one (the "
+                        "launcher runs every row and seed as its own job)")  # fmt: skip
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     result = run_experiment(
         to_plain(cfg.experiment),
@@ -31,6 +38,7 @@ def run(cfg: DictConfig) -> ExperimentResult:
         workers=int(cfg.workers),
         device=str(cfg.device),
         jobs=int(cfg.jobs),
+        launch=None if launcher is None else lambda cells: launch_cells(cells, out_dir),
     )
     print()
     print(result.table_path.read_text().strip())

@@ -74,10 +74,10 @@ def merge_eval_infos(paths: Sequence[str | Path]) -> dict[str, Any]:
     if not paths:
         raise UserError("merge= needs the output directories of the shard runs: merge=[dir,...]")
     infos = [_read_info(p) for p in paths]
-    shards = [info.get("shard") for info in infos]
-    if any(s is None for s in shards):
-        bad = [str(p) for p, s in zip(paths, shards, strict=True) if s is None]
+    bad = [str(p) for p, info in zip(paths, infos, strict=True) if info.get("shard") is None]
+    if bad:
         raise UserError(f"not a shard run (evaluated without shard=i/n): {', '.join(bad)}")
+    shards: list[dict[str, Any]] = [info["shard"] for info in infos]
     counts = {int(s["count"]) for s in shards}
     if len(counts) != 1:
         raise UserError(f"the shards were cut into different counts {sorted(counts)}; rerun them")

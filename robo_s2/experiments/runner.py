@@ -121,7 +121,7 @@ def require_experiment_config(exp: Mapping[str, Any]) -> None:
     ["experiment=<name>"]).experiment``, as ``robo-s2 experiment`` does."""
     require_complete(
         {"experiment": exp}, "experiment", overrides=["~experiment"],
-        exclude=("workers", "jobs", "device"),
+        exclude=("workers", "jobs", "job", "device"),
     )  # fmt: skip
 
 
@@ -678,11 +678,13 @@ def run_experiment(
     progress: bool = True,
     on_run: Callable[[RunOutcome], None] | None = None,
     jobs: int = 1,
+    launch: Callable[[list[tuple[Row, int]]], list[RunOutcome]] | None = None,
 ) -> ExperimentResult:
     """Collect (if needed), then train and evaluate every (row, seed), then write the reports.
 
     ``jobs > 1`` runs rows in that many processes at once (a 2-core CPU trains a small policy on
-    one thread, so two rows at a time keep both cores busy); results are the same as ``jobs=1``."""
+    one thread, so two rows at a time keep both cores busy); results are the same as ``jobs=1``.
+    ``launch`` runs every (row, seed) as its own job (:mod:`robo_s2.experiments.launch`)."""
     exp = to_plain(exp)
     require_experiment_config(exp)
     name = str(exp["name"])
@@ -707,11 +709,14 @@ def run_experiment(
 
     t0 = time.perf_counter()
     store = ensure_demos(exp["demos"], workers, progress)
-    parallel = (
-        run_rows_in_parallel(exp, rows, seeds, store, out, workers, device, jobs)
-        if jobs > 1 and len(rows) > 1
-        else {}
-    )
+    if launch is not None:
+        cells = [(r, s) for r in rows for s in seeds]
+        done = launch(cells)
+        parallel = {i: done[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(rows))}
+    elif jobs > 1 and len(rows) > 1:
+        parallel = run_rows_in_parallel(exp, rows, seeds, store, out, workers, device, jobs)
+    else:
+        parallel = {}
     results: list[RowResult] = []
     for i, row in enumerate(rows):
         runs = parallel.get(i, [])
