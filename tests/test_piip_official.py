@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from robo_s2.encoders import create_encoder
 from robo_s2.encoders.piip import BranchMerge, ConvFFN, InteractionUnit
+from robo_s2.encoders.registry import resolve_encoder_config
 from robo_s2.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -175,3 +176,14 @@ def test_official_settings_run_without_branch_norm() -> None:
     assert not torch.allclose(raw[0], normed[0])  # branch_norm=false skips each ViT's final norm
     enc.branch_norm = False
     assert enc(x).shape == (2, 64) and enc.config["branch_norm"] is False
+
+
+def test_matched_config_tiles_and_report_option_stays_out_of_the_config() -> None:
+    cfg = resolve_encoder_config("piip_tsb_matched")
+    assert cfg["compute_matched_to"] == "vit_b" and cfg["resolutions"] == [368, 192, 128]
+    assert all(r % 16 == 0 for r in cfg["resolutions"])  # 23, 12, 8 tokens a side
+    a = create_encoder("piip", branches=TINY, resolutions=[32, 16], num_heads=8)
+    b = create_encoder(
+        "piip", branches=TINY, resolutions=[32, 16], num_heads=8, compute_matched_to="vit_b"
+    )
+    assert "compute_matched_to" not in b.config and a.config == b.config  # the fingerprinted part
