@@ -19,12 +19,19 @@ bidirectional *interaction unit* per pair of adjacent branches updates both bran
 
 ``Attn`` is deformable (default, as the paper; :class:`DeformableCrossAttention`, pure PyTorch) or
 regular cross-attention. The gates ``gamma``/``tau`` start at zero, so at init every branch computes
-exactly what it computes alone. After the last blocks each branch applies its own final norm.
+exactly what it computes alone. ``ffn: conv`` is the official ConvFFN (fc1, 3x3 depthwise conv on
+the token map, GELU, fc2, dropout ``ffn_drop``); ``ffn: mlp`` drops the conv. With ``branch_norm:
+true`` each branch applies its own final norm after its last block (ours before); the official
+PIIP (``false``) merges the raw tokens, the merge's GroupNorms normalising each branch.
+
+The configs use the official settings (16 heads, ``value_ratio`` 0.5, ``ffn: conv``,
+``merge_init: one``, ``branch_norm: false``); the code defaults stay ours (6 heads, 1.0, ``mlp``,
+``mean``, ``true``) so a resolved config written before these options rebuilds unchanged.
 
 Branch merging (Sec. III-C): each branch's patch map is projected to a common width (GroupNorm,
 1x1 projection, GroupNorm; default: the widest branch), resized bilinearly to a common grid
-(default: the largest token map), weighted by learned scalars ``w_j`` (init ``1/M``) and summed;
-the branches' CLS tokens go through the same projections and weights. A final LayerNorm gives the
+(default: the largest token map), weighted by learned scalars ``w_j`` (init 1 with
+``merge_init: one`` as the official code, ``1/M`` with ``mean``) and summed; the branches' CLS tokens go through the same projections and weights. A final LayerNorm gives the
 merged token map ``(B, 1 + S*S, merge_dim)`` that ``forward_tokens`` returns; ``forward`` pools it
 (``mean`` by default, ``cls``, ``cls+mean``, ``grid:k``; :mod:`robo_s2.encoders.pooling`). Prefer
 ``mean`` or ``grid:k``: interactions update patch tokens only, so with ``cls`` pooling the last
