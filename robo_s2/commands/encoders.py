@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from robo_s2.device import resolve_device
-from robo_s2.encoders.profile import EncoderProfile, format_table, profile_encoder
+from robo_s2.encoders.profile import (
+    EncoderProfile,
+    count_gflops,
+    format_table,
+    profile_encoder,
+)
 from robo_s2.encoders.registry import create_encoder, random_weights, resolve_encoder_config
 from robo_s2.errors import UserError
 
@@ -40,6 +45,33 @@ def _as_list(value: Any, key: str) -> list:
     if not isinstance(value, list) or not value:
         raise UserError(f"{key} must be a non-empty list, e.g. {key}=[vit_t,vit_t_s2]")
     return value
+
+
+MATCH_TOLERANCE = 0.05  # a config's compute_matched_to holds when GFLOPs agree within 5 %
+
+
+def compute_matched_notes(
+    profiles: list[EncoderProfile], overrides: dict[str, Any], use_random: bool
+) -> list[str]:
+    """One line per profiled config with ``compute_matched_to: <ref>``: both GFLOPs (measured; the
+    reference is counted here if it was not profiled) and whether they agree within 5 %."""
+    measured = {p.name: p.gflops for p in profiles}
+    notes = []
+    for p in profiles:
+        ref = resolve_encoder_config(p.name, **overrides.get(p.name, {})).get("compute_matched_to")
+        if not ref:
+            continue
+        ref = str(ref)
+        if ref not in measured:
+            with random_weights() if use_random else contextlib.nullcontext():
+                measured[ref] = count_gflops(create_encoder(ref).eval())
+        rel = p.gflops / measured[ref] - 1.0
+        verdict = "compute-matched to" if abs(rel) <= MATCH_TOLERANCE else "NOT compute-matched to"
+        notes.append(
+            f"note: {p.name} ({p.gflops:.2f} GFLOPs) is {verdict} {ref} "
+            f"({measured[ref]:.2f} GFLOPs, {rel:+.1%}; tolerance {MATCH_TOLERANCE:.0%})"
+        )
+    return notes
 
 
 def run(cfg: DictConfig) -> list[EncoderProfile]:
@@ -83,6 +115,8 @@ def run(cfg: DictConfig) -> list[EncoderProfile]:
             del encoder
 
     table = format_table(profiles)
+    matched = compute_matched_notes(profiles, overrides, use_random)
+    table = "\n".join([table, *matched])
     print(table)
     out = _run_dir()
     out.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,19 @@ bidirectional *interaction unit* per pair of adjacent branches updates both bran
 
 ``Attn`` is deformable (default, as the paper; :class:`DeformableCrossAttention`, pure PyTorch) or
 regular cross-attention. The gates ``gamma``/``tau`` start at zero, so at init every branch computes
-exactly what it computes alone. After the last blocks each branch applies its own final norm.
+exactly what it computes alone. ``ffn: conv`` is the official ConvFFN (fc1, 3x3 depthwise conv on
+the token map, GELU, fc2, dropout ``ffn_drop``); ``ffn: mlp`` drops the conv. With ``branch_norm:
+true`` each branch applies its own final norm after its last block (ours before); the official
+PIIP (``false``) merges the raw tokens, the merge's GroupNorms normalising each branch.
+
+The configs use the official settings (16 heads, ``value_ratio`` 0.5, ``ffn: conv``,
+``merge_init: one``, ``branch_norm: false``); the code defaults stay ours (6 heads, 1.0, ``mlp``,
+``mean``, ``true``) so a resolved config written before these options rebuilds unchanged.
 
 Branch merging (Sec. III-C): each branch's patch map is projected to a common width (GroupNorm,
 1x1 projection, GroupNorm; default: the widest branch), resized bilinearly to a common grid
-(default: the largest token map), weighted by learned scalars ``w_j`` (init ``1/M``) and summed;
-the branches' CLS tokens go through the same projections and weights. A final LayerNorm gives the
+(default: the largest token map), weighted by learned scalars ``w_j`` (init 1 with
+``merge_init: one`` as the official code, ``1/M`` with ``mean``) and summed; the branches' CLS tokens go through the same projections and weights. A final LayerNorm gives the
 merged token map ``(B, 1 + S*S, merge_dim)`` that ``forward_tokens`` returns; ``forward`` pools it
 (``mean`` by default, ``cls``, ``cls+mean``, ``grid:k``; :mod:`robo_s2.encoders.pooling`). Prefer
 ``mean`` or ``grid:k``: interactions update patch tokens only, so with ``cls`` pooling the last
@@ -52,6 +59,8 @@ from robo_s2.encoders.registry import create_encoder, register_encoder
 from robo_s2.errors import UserError
 
 ATTN_CHOICES = ("deformable", "regular")
+FFN_CHOICES = ("conv", "mlp")  # conv: the official ConvFFN (fc1, 3x3 depthwise conv, GELU, fc2)
+MERGE_INIT_CHOICES = ("one", "mean")  # branch weights w_j start at 1 (official) or 1/M
 RESIZE_CHOICES = ("bilinear", "area", "bicubic")
 _ATTN_ALIASES = {"deformable": "deformable", "deform": "deformable", "regular": "regular"}
 _ATTN_ALIASES |= {"normal": "regular", "dense": "regular"}
@@ -61,6 +70,39 @@ _BRANCH_OWN_KEYS = ("resolution", "interaction_indexes")
 # --------------------------------------------------------------------------------------------
 # interaction units
 # --------------------------------------------------------------------------------------------
+class ConvFFN(nn.Module):
+    """FFN with a 3x3 depthwise conv on the token map: fc1 -> DWConv -> GELU -> drop -> fc2 -> drop."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        """``x (B, H*W, dim)`` on an ``hw = (H, W)`` grid -> ``(B, H*W, dim)``."""
+        y = self.fc1(x)
+        b, n, c = y.shape
+        y = self.dwconv(y.transpose(1, 2).reshape(b, c, *hw)).flatten(2).transpose(1, 2)
+        return self.drop(self.fc2(self.drop(self.act(y))))
+
+
+class Mlp(nn.Module):
+    """Plain FFN (fc1 -> GELU -> fc2); takes and ignores the grid to share ConvFFN's call."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
 class InteractionUnit(nn.Module):
     """One direction of an interaction unit: ``query`` tokens gather from another branch (eqs. 1-2).
 
@@ -77,6 +119,8 @@ class InteractionUnit(nn.Module):
         num_points: int = 4,
         value_ratio: float = 1.0,
         ffn_ratio: float = 0.25,
+        ffn: str = "mlp",
+        ffn_drop: float = 0.0,
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -94,7 +138,7 @@ class InteractionUnit(nn.Module):
             raise ValueError(f"unknown attn {attn!r}")
         hidden = max(1, int(dim * ffn_ratio))
         self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.ffn: nn.Module = (ConvFFN if ffn == "conv" else Mlp)(dim, hidden, ffn_drop)
         self.gamma = nn.Parameter(torch.zeros(dim))  # attention gate (paper: gamma)
         self.tau = nn.Parameter(torch.zeros(dim))  # FFN gate (paper: tau)
         self.reset_parameters()
@@ -108,6 +152,11 @@ class InteractionUnit(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):  # the depthwise conv: fan-out init
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         if isinstance(self.attn, DeformableCrossAttention):
             self.attn.reset_parameters()
         nn.init.zeros_(self.gamma)
@@ -119,7 +168,7 @@ class InteractionUnit(nn.Module):
         """``query (B, Hq*Wq, dim)``, ``feat (B, Hf*Wf, kv_dim)`` -> updated query tokens."""
         kv = self.feat_norm(self.fc(feat))
         x = query + self.gamma * self.attn(self.query_norm(query), query_hw, kv, feat_hw)
-        return x + self.tau * self.ffn(self.ffn_norm(x))
+        return x + self.tau * self.ffn(self.ffn_norm(x), query_hw)
 
 
 class BidirectionalInteraction(nn.Module):
@@ -146,7 +195,14 @@ def _groups(channels: int, preferred: int = 32) -> int:
 class BranchMerge(nn.Module):
     """Project branches to ``dim`` channels, resize to ``size x size``, weighted sum (eqs. 3-4)."""
 
-    def __init__(self, widths: Sequence[int], dim: int, size: int, norm_eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int],
+        dim: int,
+        size: int,
+        norm_eps: float = 1e-6,
+        merge_init: str = "mean",
+    ) -> None:
         super().__init__()
         self.size = int(size)
         projs: list[nn.Module] = []
@@ -162,7 +218,8 @@ class BranchMerge(nn.Module):
                     )
                 )
         self.proj = nn.ModuleList(projs)
-        self.weights = nn.Parameter(torch.full((len(widths),), 1.0 / len(widths)))
+        init = 1.0 if merge_init == "one" else 1.0 / len(widths)
+        self.weights = nn.Parameter(torch.full((len(widths),), init))
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, maps: Sequence[Tensor], cls_tokens: Sequence[Tensor] | None = None) -> Tensor:
@@ -275,8 +332,12 @@ class PIIPEncoder(TokenEncoder):
         num_points: int = 4,
         value_ratio: float = 1.0,
         ffn_ratio: float = 0.25,
+        ffn: str = "mlp",
+        ffn_drop: float = 0.0,
         merge_dim: int | None = None,
         merge_size: int | None = None,
+        merge_init: str = "mean",
+        branch_norm: bool = True,
         resize: str = "bilinear",
         pooling: str = "mean",
         trainable: bool = True,
@@ -286,14 +347,17 @@ class PIIPEncoder(TokenEncoder):
         attn_key, pool = self._check_options(
             attn, resize, pooling, num_heads, num_points, ffn_ratio, value_ratio
         )
+        self._check_choices(ffn=ffn, merge_init=merge_init, ffn_drop=ffn_drop)
         self.attn = attn_key
         self.resize_mode = resize
+        self.branch_norm = bool(branch_norm)
         # submodules in this order (branches, interactions, merge): state_dict keys and seeded init
         has_cls = self._build_branches(specs)
-        self._build_interactions(
-            specs, interactions, attn_key, num_heads, num_points, value_ratio, ffn_ratio
-        )
-        self._build_merge(merge_dim, merge_size)
+        unit_kwargs = dict(attn=attn_key, num_heads=int(num_heads), num_points=int(num_points))
+        unit_kwargs |= dict(value_ratio=float(value_ratio), ffn_ratio=float(ffn_ratio))
+        unit_kwargs |= dict(ffn=ffn, ffn_drop=float(ffn_drop))
+        self._build_interactions(specs, interactions, unit_kwargs)
+        self._build_merge(merge_dim, merge_size, merge_init)
 
         # --- TokenEncoder contract -------------------------------------------------------------
         self.image_size = self.resolutions[0]
@@ -307,13 +371,11 @@ class PIIPEncoder(TokenEncoder):
             resolutions=list(self.resolutions),
             pretrained=bool(pretrained),
             interactions=self.n_interactions,
-            attn=attn_key,
-            num_heads=int(num_heads),
-            num_points=int(num_points),
-            value_ratio=float(value_ratio),
-            ffn_ratio=float(ffn_ratio),
+            **unit_kwargs,
             merge_dim=self.merge_dim,
             merge_size=self.merge_size,
+            merge_init=merge_init,
+            branch_norm=self.branch_norm,
             resize=resize,
             pooling=str(pool),
             trainable=bool(trainable),
@@ -351,6 +413,20 @@ class PIIPEncoder(TokenEncoder):
                 f"value_ratio={value_ratio}"
             )
         return attn_key, pool
+
+    @staticmethod
+    def _check_choices(ffn: str, merge_init: str, ffn_drop: float) -> None:
+        """Validate the FFN kind, the merge-weight init and the FFN dropout."""
+        for key, value, choices in (
+            ("ffn", ffn, FFN_CHOICES),
+            ("merge_init", merge_init, MERGE_INIT_CHOICES),
+        ):
+            if value not in choices:
+                raise UserError(
+                    f"unknown PIIP {key} '{value}'; choose one of: {', '.join(choices)}"
+                )
+        if not 0.0 <= float(ffn_drop) < 1.0:
+            raise UserError(f"PIIP ffn_drop must be in [0, 1), got {ffn_drop}")
 
     @staticmethod
     def _branch_label(j: int, spec: Mapping[str, Any]) -> str:
@@ -400,11 +476,7 @@ class PIIPEncoder(TokenEncoder):
         self,
         specs: Sequence[Mapping[str, Any]],
         interactions: int | None,
-        attn_key: str,
-        num_heads: int,
-        num_points: int,
-        value_ratio: float,
-        ffn_ratio: float,
+        unit_kwargs: Mapping[str, Any],
     ) -> None:
         """``n_interactions``, every branch's block ranges and the ``interactions`` units."""
         n = min(self.depths) if interactions is None else int(interactions)
@@ -423,14 +495,7 @@ class PIIPEncoder(TokenEncoder):
                 self.interaction_indexes.append(
                     _check_indexes(given, self.depths[j], max(n, 1), self._branch_label(j, spec))
                 )
-        self._check_heads_divide_widths(num_heads, value_ratio)
-        unit_kwargs = dict(
-            attn=attn_key,
-            num_heads=num_heads,
-            num_points=num_points,
-            value_ratio=value_ratio,
-            ffn_ratio=ffn_ratio,
-        )
+        self._check_heads_divide_widths(unit_kwargs["num_heads"], unit_kwargs["value_ratio"])
         self.interactions = nn.ModuleList(
             nn.ModuleList(
                 BidirectionalInteraction(self.widths[j], self.widths[j + 1], **unit_kwargs)
@@ -449,7 +514,7 @@ class PIIPEncoder(TokenEncoder):
                         f"{self.widths}"
                     )
 
-    def _build_merge(self, merge_dim: int | None, merge_size: int | None) -> None:
+    def _build_merge(self, merge_dim: int | None, merge_size: int | None, merge_init: str) -> None:
         """``merge_dim``, ``merge_size`` (defaults: widest branch, largest grid) and ``merge``."""
         self.merge_dim = int(merge_dim or max(self.widths))
         self.merge_size = int(merge_size or max(g[0] for g in self.grids))
@@ -457,7 +522,9 @@ class PIIPEncoder(TokenEncoder):
             raise UserError(
                 f"PIIP merge_dim and merge_size must be >= 1, got {merge_dim}, {merge_size}"
             )
-        self.merge = BranchMerge(self.widths, self.merge_dim, self.merge_size)
+        self.merge = BranchMerge(
+            self.widths, self.merge_dim, self.merge_size, merge_init=merge_init
+        )
 
     # --- configuration helpers ------------------------------------------------------------------
     @staticmethod
@@ -549,7 +616,7 @@ class PIIPEncoder(TokenEncoder):
 
     def forward_branches(self, x: Tensor) -> list[Tensor]:
         """Float ``(B,3,S,S)`` in [0,1] -> every branch's final token map
-        ``(B, P_j + h_j*w_j, C_j)`` (after its final norm, before merging)."""
+        ``(B, P_j + h_j*w_j, C_j)`` (after its final norm if ``branch_norm``, before merging)."""
         vits: list[Any] = [b.model for b in self.branches]  # timm ViTs (duck-typed)
         tokens = []
         for vit, inp in zip(vits, self.branch_inputs(x), strict=True):
@@ -576,6 +643,8 @@ class PIIPEncoder(TokenEncoder):
                 torch.cat([p, t], dim=1) if p.shape[1] else t
                 for p, t in zip(prefix, patches, strict=True)
             ]
+        if not self.branch_norm:  # official PIIP: the merge's GroupNorms normalise each branch
+            return tokens
         return [vit.norm(t) for vit, t in zip(vits, tokens, strict=True)]
 
     def _tokens(self, x: Tensor) -> Tensor:

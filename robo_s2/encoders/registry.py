@@ -30,6 +30,9 @@ from robo_s2.errors import UserError
 EncoderFactory = Callable[..., VisionEncoder]
 # options every encoder takes, handled here rather than by the factories: how to run the weights
 RUNTIME_OPTIONS = ("precision",)
+# options that describe an encoder config for reports, never passed to the factory nor fingerprinted:
+# compute_matched_to names the encoder config whose GFLOPs this one matches (`robo-s2 encoders`)
+REPORT_OPTIONS = ("compute_matched_to",)
 
 _REGISTRY: dict[str, EncoderFactory] = {}
 _BUILTINS_LOADED = False
@@ -218,6 +221,8 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
     # how to run the weights (robo_s2.device), not what they are: kept out of the encoder's config
     # and fingerprint; feature caches are keyed by the precision a run resolves it to
     precision = check_precision(cfg.pop(RUNTIME_OPTIONS[0], "auto"))
+    for key in REPORT_OPTIONS:
+        cfg.pop(key, None)
     factory = _REGISTRY[name]
     _check_kwargs(name, factory, cfg)
     encoder = factory(**cfg)
