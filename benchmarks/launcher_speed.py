@@ -25,10 +25,13 @@ from pathlib import Path
 def robo_s2(args: list[str], cwd: Path) -> float:
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "robo_s2", *args], cwd=cwd, capture_output=True, text=True
+        [sys.executable, "-m", "robo_s2", "experiment", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
     )
     if out.returncode:
-        sys.exit(f"failed: robo-s2 {' '.join(args)}\n{out.stderr[-3000:]}")
+        sys.exit(f"failed: robo-s2 experiment {' '.join(args)}\n{out.stderr[-3000:]}")
     return time.perf_counter() - t0
 
 
