@@ -103,3 +103,29 @@ def test_fingerprint_changes_with_rule_and_k():
 def test_bad_config_is_one_user_error(kw, match):
     with pytest.raises(UserError, match=match):
         _enc(**kw)
+
+
+def test_analyze_selection_draws_the_chosen_tiles(tmp_path):
+    import json
+
+    import numpy as np
+    from cli_helpers import robo_s2
+    from test_reconstruct import make_store
+
+    from robo_s2.experiments.tile_selection import pick_frames
+
+    store = make_store(tmp_path / "s.zarr", n_episodes=6, length=4, size=64)
+    assert pick_frames(np.array([4, 8, 12]), 2) == [1, 9]
+    src = ("source={name: s2_select, backbone: {name: timm, model: vit_tiny_patch16_224, "
+           "image_size: 32, model_kwargs: {depth: 1, embed_dim: 48, num_heads: 3}}, "
+           "scales: [1, 2], source: native, rule: centre, k: 1}")  # fmt: skip
+    out = robo_s2("analyze", "selection", f"store={store}", src, "frames=3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "run_out"
+    assert (run / "selection.png").stat().st_size > 1000
+    record = json.loads((run / "selection.json").read_text())
+    assert record["rows"] == [1, 9, 21] and record["encoder"]["rule"] == "centre"
+    assert record["tiles"] == [[[0]], [[0]], [[0]]]  # all four tiles tie: the first wins
+    bad = robo_s2("analyze", "selection", f"store={store}", "source=vit_t", cwd=tmp_path)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: encoder 'vit_t' selects no")
