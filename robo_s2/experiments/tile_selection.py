@@ -84,7 +84,7 @@ def run_selection(cfg: dict[str, Any], out_dir: Path) -> Path:
     key = str(cfg.get("image_key") or "image")
     if key not in store.keys():
         raise UserError(f"{store.path} has no data/{key}; its arrays: {store.keys()}")
-    encoder = create_encoder(cfg["source"], **(cfg.get("overrides") or {}))
+    encoder: Any = create_encoder(cfg["source"], **(cfg.get("overrides") or {}))
     rows = pick_frames(store.episode_ends, int(cfg.get("frames") or 6))
     frames = np.stack([np.asarray(store.array(key)[r]) for r in rows])
     tiles = selected_tiles(encoder, frames)
