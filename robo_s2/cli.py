@@ -43,7 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("experiment", "an encoder comparison (Table 8): every row and seed, one table"),
     "compare": ("compare", "rows of finished experiments (same demos and positions) in one table"),
     "encoders": ("encoders", "parameters, GFLOPs, feature width and frames/s of encoder configs"),
-    "analyze": ("analyze", "encoder-feature analyses: reconstruct (S² Table 1)"),
+    "analyze": (
+        "analyze",
+        "encoder-feature analyses: reconstruct (S² Table 1), selection (s2_select tiles)",
+    ),
 }
 # commands whose first bare word picks an option of a config group: `robo-s2 analyze reconstruct`
 # is `robo-s2 analyze analysis=reconstruct`

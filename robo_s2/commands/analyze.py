@@ -6,6 +6,8 @@ is ``robo-s2 analyze analysis=reconstruct``; see :mod:`robo_s2.cli`), its settin
 table and ends with a one-line summary.
 
 * ``reconstruct`` — S² Table 1 (:mod:`robo_s2.experiments.reconstruct`).
+* ``selection`` — the tiles an ``s2_select`` encoder runs, outlined on store frames
+  (:mod:`robo_s2.experiments.tile_selection`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,18 @@ def reconstruct(cfg: DictConfig) -> Any:
     return result
 
 
-ANALYSES: dict[str, Callable[[DictConfig], Any]] = {"reconstruct": reconstruct}
+def selection(cfg: DictConfig) -> Any:
+    from robo_s2.experiments.tile_selection import run_selection
+
+    png = run_selection(to_plain(cfg), _run_dir())
+    print(f"selection: tiles outlined on store frames in {png}")
+    return png
+
+
+ANALYSES: dict[str, Callable[[DictConfig], Any]] = {
+    "reconstruct": reconstruct,
+    "selection": selection,
+}
 
 
 def run(cfg: DictConfig) -> Any:

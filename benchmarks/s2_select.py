@@ -1,0 +1,131 @@
+"""Scale-selective S² against full S²: cost per frame and the cube-position probe, one run.
+
+    python benchmarks/s2_select.py [--store bench_out/probe/probe.zarr] [--base 64] [--rule salient]
+        [--weights bench_out/probe/mae_t/encoder.pth] [--batch 8] [--min-time 1.0] [--threads 2]
+
+Rows: S² (1,2), S² (1,2,4) and s2_select on (1,2,4) with k = 1, 2, 4 of the 16 top-scale tiles
+(the middle scale in full) and a budget of 5 tiles shared over both larger scales (1 + 4), all
+over the same ViT-Ti/16 (random init, or ``--weights``: a timm-format file such as the MAE
+pre-trained ``bench_out/probe/mae_t/encoder.pth``) at a ``--base``-px base (64: scales 64², 128²,
+256², upsampled from the store's frames — the S² paper's protocol). Per row: tiles run per frame,
+GFLOPs per frame (torch FlopCounterMode), frames/s at ``--batch`` in fp32 and in bf16 autocast
+(CPU), and the held-out RMSE of a ridge probe of the cube's (x, y) from ``grid:2`` features
+(:func:`robo_s2.pretraining.probe.probe_encoder`, the probe of ``pretrain_probe.py``, on the
+store it collects: 150 short episodes, cube on the table; the first ``--probe-episodes`` of
+them, 40 by default, so that the run takes minutes on 2 cores), the features computed in
+``--probe-precision`` (bf16 by default: a 2-core CPU with AMX runs it several times faster). Ratios are against S² (1,2,4) measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _rows(base_cfg: dict[str, Any], rule: str) -> list[tuple[str, dict[str, Any]]]:
+    sel = {**base_cfg, "name": "s2_select", "scales": [1, 2, 4], "rule": rule}
+    return [
+        ("S² (1,2)", {**base_cfg, "name": "s2", "scales": [1, 2]}),
+        ("S² (1,2,4)", {**base_cfg, "name": "s2", "scales": [1, 2, 4]}),
+        (f"select {rule} k=4", {**sel, "k": 4}),
+        (f"select {rule} k=2", {**sel, "k": 2}),
+        (f"select {rule} k=1", {**sel, "k": 1}),
+        (f"select {rule} budget=5", {**sel, "budget": 5}),
+    ]
+
+
+def _measure(label: str, cfg: dict[str, Any], store: Any, args: argparse.Namespace) -> dict:
+    from robo_s2.encoders import create_encoder
+    from robo_s2.encoders.profile import count_gflops, measure_fps
+    from robo_s2.pretraining.probe import probe_encoder
+
+    enc = create_encoder(cfg).eval()
+    keep = getattr(enc, "keep", None)
+    tiles = enc.plans[0].num_split ** 2 + (
+        sum(keep) if keep else sum(p.num_split**2 for p in enc.plans[1:])
+    )
+    fps = {
+        prec: measure_fps(enc, args.batch, min_time=args.min_time, precision=prec)
+        for prec in ("fp32", "bf16")
+    }
+    probe = probe_encoder(
+        enc, store, "image", test_fraction=0.3, seed=0, precision=args.probe_precision
+    )
+    print(f"  {label}: {tiles} tiles, probe RMSE {probe.rmse_cm:.2f} cm", flush=True)
+    return dict(label=label, tiles=tiles, gflops=count_gflops(enc), fps=fps, rmse=probe.rmse_cm,
+                r2=probe.r2, base=probe.baseline_rmse_cm, n=(probe.n_train, probe.n_test))  # fmt: skip
+
+
+def _subset(store: Any, n_episodes: int | None, out: Path) -> Any:
+    """The first ``n_episodes`` episodes of ``store`` as a store of their own (the probe's time)."""
+    from robo_s2.data.store import DemoStore
+
+    if not n_episodes or n_episodes >= store.n_episodes:
+        return store
+    path = out / f"probe_{n_episodes}.zarr"
+    if not path.exists():
+        sub = DemoStore.create(path, attrs=dict(store.attrs))
+        ends = [0, *map(int, store.episode_ends[:n_episodes])]
+        for lo, hi in zip(ends[:-1], ends[1:], strict=True):
+            sub.append_episode({k: np.asarray(store.array(k)[lo:hi]) for k in store.keys()})
+        sub.close()
+    return DemoStore.open(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from robo_s2.data.store import DemoStore
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", default="bench_out/probe/probe.zarr")
+    ap.add_argument("--base", type=int, default=64)
+    ap.add_argument("--rule", default="salient")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--probe-episodes", type=int, default=40, help="first N episodes (0: all)")
+    ap.add_argument("--out", default="bench_out/s2_select")
+    ap.add_argument("--probe-precision", default="bf16", help="the probe features' precision")
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = {"name": "timm", "model": "vit_tiny_patch16_224", "image_size": args.base,
+                "pretrained": args.weights is not None, "weights": args.weights}  # fmt: skip
+    base_cfg = {"backbone": backbone, "pooling": "grid:2", "source": "upsample"}
+    store = _subset(DemoStore.open(args.store), args.probe_episodes, Path(args.out))
+    start = time.perf_counter()
+    print(
+        f"s2_select benchmark: ViT-Ti/16 {'weights ' + args.weights if args.weights else 'random'}"
+        f", base {args.base}², {torch.get_num_threads()} CPU threads, batch {args.batch}, "
+        f"probe store {args.store} ({store.n_frames} frames), grid:2 features in "
+        f"{args.probe_precision}"
+    )
+    res = [_measure(label, cfg, store, args) for label, cfg in _rows(base_cfg, args.rule)]
+    ref = res[1]
+    print(
+        "\n| encoder | tiles/frame | GFLOPs/frame | x S²(1,2,4) | fp32 frames/s | bf16 frames/s "
+        "| fp32 speed-up | bf16 speed-up | probe RMSE (cm) | R² |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in res:
+        print(
+            f"| {r['label']} | {r['tiles']} | {r['gflops']:.3f} | {r['gflops'] / ref['gflops']:.2f} "
+            f"| {r['fps']['fp32']:.1f} | {r['fps']['bf16']:.1f} "
+            f"| {r['fps']['fp32'] / ref['fps']['fp32']:.2f}x "
+            f"| {r['fps']['bf16'] / ref['fps']['bf16']:.2f}x | {r['rmse']:.2f} | {r['r2']:.3f} |"
+        )
+    n_train, n_test = ref["n"]
+    print(
+        f"(probe: {n_train} train / {n_test} held-out frames by episode; predicting the mean: "
+        f"{ref['base']:.2f} cm; {time.perf_counter() - start:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

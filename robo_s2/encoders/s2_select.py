@@ -1,0 +1,235 @@
+"""Scale-selective S² (``name: s2_select``): run only the salient high-resolution tiles.
+
+PS3's idea (``../shared/papers/002_*``) on top of S²: the first scale runs in full; a tile rule
+(:mod:`robo_s2.encoders.tile_rules`) scores every tile of each larger scale from that low-res pass
+and only the best ``k`` tiles of the scale go through the backbone. Each selected tile's tokens
+are put back at its place in the scale's token map; the other places are filled from the
+bilinearly upsampled map of the scale below (itself filled the same way), and unselected tiles'
+prefix (CLS) tokens are the lower scale's. The result has exactly S²'s shape — area-resized to the
+first scale's grid, channels concatenated over scales — so pooling works unchanged, and with
+every tile selected it *is* S² (:func:`robo_s2.encoders.s2.s2_forward`).
+
+How many tiles: ``k`` (an int: the top scale; middle scales run in full; a list: one entry per
+larger scale, ``null`` = all) or ``budget`` (tiles over all larger scales, shared in proportion to
+their tile counts, at least one each). Rule and counts are part of the config, so of the
+fingerprint that keys feature caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robo_s2.encoders.registry import create_encoder, register_encoder
+from robo_s2.encoders.s2 import (
+    S2Encoder,
+    ScalePlan,
+    _area_channels_last,
+    _merge_channels_last,
+    _resize,
+    _split,
+    s2_forward,
+)
+from robo_s2.encoders.tile_rules import TileRule, get_tile_rule, select_tiles
+from robo_s2.errors import UserError
+
+
+def plan_keep(
+    plans: Sequence[ScalePlan], k: int | Sequence[int | None] | None, budget: int | None
+) -> list[int]:
+    """Tiles to run at each scale after the first (checked; :class:`UserError` when impossible)."""
+    tiles = [pl.num_split**2 for pl in plans[1:]]
+    if not tiles:
+        raise UserError("s2_select needs at least two scales, e.g. scales=[1, 2, 4]")
+    if k is not None and budget is not None:
+        raise UserError("give s2_select either k or budget, not both (set the other to null)")
+    if budget is not None:
+        if not len(tiles) <= int(budget) <= sum(tiles):
+            raise UserError(
+                f"s2_select budget={budget} tiles must lie in [{len(tiles)}, {sum(tiles)}] for "
+                f"scales with {tiles} tiles; one tile per larger scale at least"
+            )
+        keep = [max(1, int(int(budget) * t / sum(tiles))) for t in tiles]
+        keep[-1] = int(budget) - sum(keep[:-1])
+        return keep
+    if k is None or isinstance(k, int):
+        ks: list[int | None] = [*([None] * (len(tiles) - 1)), k]
+    else:
+        ks = list(k)
+    if len(ks) != len(tiles):
+        raise UserError(
+            f"s2_select k={list(ks)} has {len(ks)} entries but there are {len(tiles)} larger "
+            "scales; give one per scale after the first (null = all tiles) or one int"
+        )
+    keep = []
+    for n, want, plan in zip(tiles, ks, plans[1:], strict=True):
+        want = n if want is None else int(want)
+        if not 1 <= want <= n:
+            side = plan.num_split
+            raise UserError(
+                f"s2_select k={want} at the {plan.size}px scale but it has {n} tiles "
+                f"({side}x{side}); use 1 <= k <= {n}, or null for all"
+            )
+        keep.append(want)
+    return keep
+
+
+def _run(model: Callable[[Tensor], Tensor], batch: Tensor, per_pass: int | None) -> Tensor:
+    if per_pass and batch.shape[0] > per_pass:
+        return torch.cat([model(chunk) for chunk in batch.split(per_pass)], dim=0)
+    return model(batch)
+
+
+def _fill(prev: Tensor, prefix: Tensor, n: int, side: int) -> Tensor:
+    """Lower scale's map upsampled to ``n*side`` and cut into tiles, prefix prepended:
+    ``(n*n*B, P + side², C)`` in the wrapper's ``(nh nw b)`` tile order."""
+    up = F.interpolate(
+        prev.permute(0, 3, 1, 2).to(torch.float32), size=n * side, mode="bilinear",
+        align_corners=False,
+    )  # fmt: skip
+    tiles = _split(up, n).flatten(2).transpose(1, 2).to(prev.dtype)
+    return torch.cat([prefix.repeat(n * n, 1, 1).to(prev.dtype), tiles], dim=1)
+
+
+def s2_select_forward(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    plans: Sequence[ScalePlan],
+    keep: Sequence[int],
+    rule: TileRule,
+    num_prefix_token: int = 1,
+    downsample: str | None = None,
+    max_tiles_per_pass: int | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """Token map ``(B, P + h*w, C * scales)`` and, per larger scale, the ``(B, k)`` tile indices run.
+
+    ``plans`` as :func:`robo_s2.encoders.s2.plan_scales` makes them for ``x`` (its first scale
+    is the base), ``downsample`` as for :func:`s2_forward` (None: bicubic, the wrapper's way).
+    """
+    b, p = x.shape[0], num_prefix_token
+    first = s2_forward(
+        model, x, img_sizes=[plans[0].size], max_split_size=plans[0].tile, num_prefix_token=p,
+        base_size=plans[0].size, downsample=downsample, max_tiles_per_pass=max_tiles_per_pass,
+    )  # fmt: skip
+    side0 = int((first.shape[1] - p) ** 0.5)
+    grid = first[:, p:].reshape(b, side0, side0, -1)
+    frame = torch.arange(b, device=x.device).view(b, 1)
+    chosen, rows, batches = [], [], []
+    for i, (plan, k) in enumerate(zip(plans[1:], keep, strict=True), start=1):
+        idx = select_tiles(rule(grid, x, plan.num_split, i), k).to(x.device)
+        chosen.append(idx)
+        rows.append((idx * b + frame).flatten())
+        batches.append(_split(_resize(x, plan.size, downsample), plan.num_split)[rows[-1]])
+    same = len({t.shape[-1] for t in batches}) == 1
+    if same:
+        outs = _run(model, torch.cat(batches), max_tiles_per_pass).split(
+            [t.shape[0] for t in batches]
+        )
+    else:
+        outs = [_run(model, t, max_tiles_per_pass) for t in batches]
+    prev, prefix = grid, first[:, :p]
+    maps, prefixes = [grid], [prefix]
+    for plan, row, out in zip(plans[1:], rows, outs, strict=True):
+        full = _fill(prev, prefix, plan.num_split, int((out.shape[1] - p) ** 0.5)).to(out.dtype)
+        full[row] = out
+        prev = _merge_channels_last(full[:, p:], plan.num_split, b, "bnc")
+        prefix = full[:, :p].reshape(plan.num_split**2, b, p, -1).mean(dim=0)
+        maps.append(prev)
+        prefixes.append(prefix)
+    merged = torch.cat([_area_channels_last(m, side0) for m in maps], dim=-1)
+    merged = merged.reshape(b, -1, merged.shape[-1])
+    if p:
+        merged = torch.cat([torch.cat(prefixes, dim=-1), merged], dim=1)
+    return merged, chosen
+
+
+class S2SelectEncoder(S2Encoder):
+    """:class:`S2Encoder` that runs only ``keep[i]`` tiles of each larger scale (see module)."""
+
+    def __init__(
+        self,
+        backbone: Any,
+        rule: str = "salient",
+        k: int | Sequence[int | None] | None = None,
+        budget: int | None = None,
+        **s2_kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, **s2_kwargs)
+        if self.resize_output_to_idx != 0:
+            raise UserError(
+                "s2_select merges onto the first scale's grid; set resize_output_to_idx=0"
+            )
+        self.rule_name = str(rule)
+        self.rule = get_tile_rule(self.rule_name)
+        self.keep = plan_keep(self.plans, k, budget)
+        cfg = self.config
+        cfg.pop("name")
+        cfg.update(rule=self.rule_name, k=k if not isinstance(k, Sequence) else list(k))
+        cfg.update(budget=budget, keep=list(self.keep))
+        self.set_config("s2_select", **cfg)
+
+    def select_tokens(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Token map and the ``(B, k)`` tile indices run at each larger scale."""
+        x = self.prepare(images)
+        return s2_select_forward(
+            self.backbone.pixel_tokens,
+            x,
+            self.plans,
+            self.keep,
+            self.rule,
+            num_prefix_token=self.num_prefix_tokens,
+            downsample=self.downsample if self.source == "native" else None,
+            max_tiles_per_pass=self._tiles_per_pass(x.device),
+        )
+
+    def forward_tokens(self, images: Tensor) -> Tensor:
+        return self.select_tokens(images)[0]
+
+    def tokens_per_pass(self, batch: int, device: torch.device | None = None) -> int:
+        tiles = int(batch) * (self.plans[0].num_split ** 2 + sum(self.keep))
+        per_pass = self._tiles_per_pass(device or torch.device("cpu"))
+        return (min(tiles, per_pass) if per_pass else tiles) * self.backbone.tokens_per_pass(1)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(rule=self.rule_name, keep=list(self.keep))
+        return d
+
+
+@register_encoder("s2_select")
+def s2_select_encoder(
+    backbone: str | Mapping[str, Any] = "vit_t",
+    scales: Sequence[float] | None = (1, 2, 4),
+    img_sizes: Sequence[int] | None = None,
+    rule: str = "salient",
+    k: int | Sequence[int | None] | None = None,
+    budget: int | None = None,
+    source: str = "upsample",
+    pooling: str = "cls",
+    max_split_size: int | None = None,
+    downsample: str = "area",
+    weights: str | None = None,
+    tiles_per_pass: int | str | None = "auto",
+) -> S2SelectEncoder:
+    """S² over ``backbone`` running only the tiles ``rule`` picks (``k`` or ``budget``, see the
+    module docstring); every other option means what it means for ``name: s2``."""
+    if img_sizes is not None:
+        scales = None
+    overrides = {} if weights is None else {"weights": weights}
+    return S2SelectEncoder(
+        create_encoder(backbone, **overrides),
+        rule=rule,
+        k=k,
+        budget=budget,
+        scales=scales,
+        img_sizes=img_sizes,
+        source=source,
+        pooling=pooling,
+        max_split_size=max_split_size,
+        downsample=downsample,
+        tiles_per_pass=tiles_per_pass,
+    )
