@@ -24,7 +24,8 @@ TINY_TRAIN = (
 
 
 def _tiny(store: Path) -> list[str]:
-    """table8_tiny cut down on the command line: one 64² ViT-T row, two seeds, 3 demos."""
+    """table8_tiny cut down on the command line: one 64² ViT-T row, two seeds, 3 demos; one env
+    process per evaluation (a job's own processes must start inside a joblib worker)."""
     return [
         "experiment=table8_tiny", f"experiment.demos.store={store}",
         "experiment.demos.n_episodes=3", "experiment.demos.env.image_size=64",
@@ -32,7 +33,7 @@ def _tiny(store: Path) -> list[str]:
         "experiment.seeds=[0,1]", f"experiment.train_overrides={TINY_TRAIN}",
         "experiment.eval.positions=random", "experiment.eval.n_episodes=2",
         "experiment.eval.seed=3", "experiment.eval.n_videos=0",
-        "+experiment.eval.env_overrides.max_episode_steps=8", "workers=0", "device=cpu",
+        "+experiment.eval.env_overrides.max_episode_steps=8", "workers=1", "device=cpu",
     ]  # fmt: skip
 
 

@@ -74,8 +74,14 @@ class CellTask:
         self.trust = trust
 
     def __call__(self, cfg: DictConfig) -> dict[str, Any]:
+        import multiprocessing as mp
+
         from robo_s2.safe_io import trusted_weights
 
+        if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            # a joblib (loky) worker's own start method, which the env processes this job spawns
+            # could not find in a fresh interpreter
+            mp.set_start_method("spawn", force=True)
         with trusted_weights(self.trust):
             return run_cell(cfg)
 
