@@ -263,10 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     rest, trust = pop_trust_flag(rest)
     rest = group_choice(command, rest)
-    from robo_s2.experiments.launch import missing_launcher
+    if any(a.lstrip("+~").startswith("hydra/launcher=") for a in rest):
+        from robo_s2.experiments.launch import missing_launcher
 
-    if (missing := missing_launcher(rest)) is not None:
-        fail(missing)
+        if (missing := missing_launcher(rest)) is not None:
+            fail(missing)
     _check_overrides(command, rest)
     module = importlib.import_module(f"robo_s2.commands.{COMMANDS[command][0]}")
     sys.argv = [f"robo-s2-{command}", *rest]
