@@ -28,7 +28,7 @@ def _images(b: int = 2, size: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("rule", ["salient", "norm", "random", "centre"])
+@pytest.mark.parametrize("rule", ["salient", "norm", "random", "centre", "cls_attention"])
 @pytest.mark.parametrize("source", ["upsample", "native"])
 def test_all_tiles_is_s2(rule, source):
     enc = _enc(rule=rule, k=None, source=source, pooling="cls")

@@ -8,6 +8,8 @@ table and ends with a one-line summary.
 * ``reconstruct`` — S² Table 1 (:mod:`robo_s2.experiments.reconstruct`).
 * ``selection`` — the tiles an ``s2_select`` encoder runs, outlined on store frames
   (:mod:`robo_s2.experiments.tile_selection`).
+* ``scorer`` — fit ``s2_select``'s learned tile rule and compare every rule on held-out frames
+  (:mod:`robo_s2.experiments.scorer_fit`).
 """
 
 from __future__ import annotations
@@ -51,9 +53,26 @@ def selection(cfg: DictConfig) -> Any:
     return png
 
 
+def scorer(cfg: DictConfig) -> Any:
+    from robo_s2.experiments.scorer_fit import run_scorer_fit
+
+    rec = run_scorer_fit(to_plain(cfg), _run_dir())
+    print()
+    print("change captured on held-out frames (1 = the tiles where S² changes most):")
+    print(rec["markdown"])
+    print()
+    print(
+        f"scorer: fitted on {rec['n_train_frames']} frames, judged on {rec['n_test_frames']} "
+        f"held-out ones in {rec['seconds']:.0f} s -> {rec['path']}; use it with "
+        f"encoder.rule=learned encoder.scorer={rec['path']}"
+    )
+    return rec
+
+
 ANALYSES: dict[str, Callable[[DictConfig], Any]] = {
     "reconstruct": reconstruct,
     "selection": selection,
+    "scorer": scorer,
 }
 
 

@@ -12,7 +12,9 @@ every tile selected it *is* S² (:func:`robo_s2.encoders.s2.s2_forward`).
 How many tiles: ``k`` (an int: the top scale; middle scales run in full; a list: one entry per
 larger scale, ``null`` = all) or ``budget`` (tiles over all larger scales, shared in proportion to
 their tile counts, at least one each). Rule and counts are part of the config, so of the
-fingerprint that keys feature caches.
+fingerprint that keys feature caches. ``rule: learned`` reads a fitted
+:class:`robo_s2.encoders.tile_scorer.TileScorer` from ``scorer`` (a frozen submodule: its weights
+are fingerprinted too).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robo_s2.encoders.cls_attention import ClsAttentionCapture, last_attention
 from robo_s2.encoders.registry import create_encoder, register_encoder
 from robo_s2.encoders.s2 import (
     S2Encoder,
@@ -34,8 +37,16 @@ from robo_s2.encoders.s2 import (
     _split,
     s2_forward,
 )
-from robo_s2.encoders.tile_rules import TileRule, get_tile_rule, select_tiles
+from robo_s2.encoders.tile_rules import (
+    LowRes,
+    TileRule,
+    get_tile_rule,
+    needs_cls_attention,
+    select_tiles,
+)
 from robo_s2.errors import UserError
+
+LEARNED = "learned"  # the fitted rule (robo_s2.encoders.tile_scorer), not a tile_rules function
 
 
 def plan_keep(
@@ -95,6 +106,26 @@ def _fill(prev: Tensor, prefix: Tensor, n: int, side: int) -> Tensor:
     return torch.cat([prefix.repeat(n * n, 1, 1).to(prev.dtype), tiles], dim=1)
 
 
+def low_res_pass(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    plan: ScalePlan,
+    num_prefix_token: int = 1,
+    downsample: str | None = None,
+    max_tiles_per_pass: int | None = None,
+    attention: ClsAttentionCapture | None = None,
+) -> tuple[LowRes, Tensor]:
+    """The first scale's pass: what the rules see (:class:`LowRes`) and its prefix tokens."""
+    b, p = x.shape[0], num_prefix_token
+    first = s2_forward(
+        model, x, img_sizes=[plan.size], max_split_size=plan.tile, num_prefix_token=p,
+        base_size=plan.size, downsample=downsample, max_tiles_per_pass=max_tiles_per_pass,
+    )  # fmt: skip
+    side = int((first.shape[1] - p) ** 0.5)
+    cls = None if attention is None else attention.grid(b, plan.num_split)
+    return LowRes(first[:, p:].reshape(b, side, side, -1), x, cls), first[:, :p]
+
+
 def s2_select_forward(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -104,23 +135,24 @@ def s2_select_forward(
     num_prefix_token: int = 1,
     downsample: str | None = None,
     max_tiles_per_pass: int | None = None,
+    attention: ClsAttentionCapture | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Token map ``(B, P + h*w, C * scales)`` and, per larger scale, the ``(B, k)`` tile indices run.
 
     ``plans`` as :func:`robo_s2.encoders.s2.plan_scales` makes them for ``x`` (its first scale
     is the base), ``downsample`` as for :func:`s2_forward` (None: bicubic, the wrapper's way).
+    ``attention``: an open capture on ``model``'s backbone, for rules that read CLS attention
+    (closed after the first scale's pass).
     """
     b, p = x.shape[0], num_prefix_token
-    first = s2_forward(
-        model, x, img_sizes=[plans[0].size], max_split_size=plans[0].tile, num_prefix_token=p,
-        base_size=plans[0].size, downsample=downsample, max_tiles_per_pass=max_tiles_per_pass,
-    )  # fmt: skip
-    side0 = int((first.shape[1] - p) ** 0.5)
-    grid = first[:, p:].reshape(b, side0, side0, -1)
+    low, first_prefix = low_res_pass(
+        model, x, plans[0], p, downsample, max_tiles_per_pass, attention
+    )
+    grid, side0 = low.tokens, low.tokens.shape[1]
     frame = torch.arange(b, device=x.device).view(b, 1)
     chosen, rows, batches = [], [], []
     for i, (plan, k) in enumerate(zip(plans[1:], keep, strict=True), start=1):
-        idx = select_tiles(rule(grid, x, plan.num_split, i), k).to(x.device)
+        idx = select_tiles(rule(low, plan.num_split, i), k).to(x.device)
         chosen.append(idx)
         rows.append((idx * b + frame).flatten())
         batches.append(_split(_resize(x, plan.size, downsample), plan.num_split)[rows[-1]])
@@ -131,7 +163,7 @@ def s2_select_forward(
         )
     else:
         outs = [_run(model, t, max_tiles_per_pass) for t in batches]
-    prev, prefix = grid, first[:, :p]
+    prev, prefix = grid, first_prefix
     maps, prefixes = [grid], [prefix]
     for plan, row, out in zip(plans[1:], rows, outs, strict=True):
         full = _fill(prev, prefix, plan.num_split, int((out.shape[1] - p) ** 0.5)).to(out.dtype)
@@ -156,6 +188,7 @@ class S2SelectEncoder(S2Encoder):
         rule: str = "salient",
         k: int | Sequence[int | None] | None = None,
         budget: int | None = None,
+        scorer: str | None = None,
         **s2_kwargs: Any,
     ) -> None:
         super().__init__(backbone, **s2_kwargs)
@@ -164,27 +197,95 @@ class S2SelectEncoder(S2Encoder):
                 "s2_select merges onto the first scale's grid; set resize_output_to_idx=0"
             )
         self.rule_name = str(rule)
-        self.rule = get_tile_rule(self.rule_name)
         self.keep = plan_keep(self.plans, k, budget)
+        self.rule = self._make_rule(scorer)
         cfg = self.config
         cfg.pop("name")
         cfg.update(rule=self.rule_name, k=k if not isinstance(k, Sequence) else list(k))
-        cfg.update(budget=budget, keep=list(self.keep))
+        cfg.update(budget=budget, keep=list(self.keep), scorer=scorer)
         self.set_config("s2_select", **cfg)
+
+    def _make_rule(self, scorer: str | None) -> TileRule:
+        if self.rule_name != LEARNED:
+            if scorer is not None:
+                raise UserError(
+                    f"scorer={scorer} is read only by rule=learned (rule is {self.rule_name}); "
+                    "set rule=learned or scorer=null"
+                )
+            rule = get_tile_rule(self.rule_name)
+            if needs_cls_attention(self.rule_name):
+                last_attention(self.backbone)  # a one-line error now, not at the first frame
+            return rule
+        if scorer is None:
+            raise UserError(
+                "rule=learned needs scorer=<tile_scorer.safetensors>; fit one with robo-s2 "
+                "analyze scorer store=<demos> source=<this encoder config>"
+            )
+        from robo_s2.encoders.tile_scorer import load_tile_scorer
+
+        self.scorer = load_tile_scorer(
+            scorer, self.backbone.fingerprint(), self.backbone.width, self.splits
+        )
+        return self.scorer.rule
+
+    @property
+    def splits(self) -> list[int]:
+        """Tiles per side of every scale after the first."""
+        return [pl.num_split for pl in self.plans[1:]]
+
+    @torch.no_grad()
+    def scale_maps(self, images: Tensor) -> list[Tensor]:
+        """Every scale's true patch-token map, channels last ``(B, g, g, C)`` (all tiles run, as
+        in S²): what the learned rule's targets are computed from."""
+        x = self.prepare(images)
+        p, maps = self.num_prefix_tokens, []
+        for plan in self.plans:
+            out = s2_forward(
+                self.backbone.pixel_tokens, x, img_sizes=[plan.size], max_split_size=plan.tile,
+                num_prefix_token=p, base_size=plan.size,
+                downsample=self.downsample if self.source == "native" else None,
+                max_tiles_per_pass=self._tiles_per_pass(x.device),
+            )[:, p:]  # fmt: skip
+            side = int(out.shape[1] ** 0.5)
+            maps.append(out.reshape(out.shape[0], side, side, -1))
+        return maps
+
+    def _capture(self, wanted: bool) -> ClsAttentionCapture | None:
+        return ClsAttentionCapture(self.backbone) if wanted else None
+
+    def low_res(self, images: Tensor, cls_attention: bool = False) -> LowRes:
+        """The first scale's pass as the rules see it (with the CLS attention when asked)."""
+        x = self.prepare(images)
+        capture = self._capture(cls_attention)
+        try:
+            return low_res_pass(
+                self.backbone.pixel_tokens, x, self.plans[0], self.num_prefix_tokens,
+                self.downsample if self.source == "native" else None,
+                self._tiles_per_pass(x.device), capture,
+            )[0]  # fmt: skip
+        finally:
+            if capture is not None:
+                capture.close()
 
     def select_tokens(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Token map and the ``(B, k)`` tile indices run at each larger scale."""
         x = self.prepare(images)
-        return s2_select_forward(
-            self.backbone.pixel_tokens,
-            x,
-            self.plans,
-            self.keep,
-            self.rule,
-            num_prefix_token=self.num_prefix_tokens,
-            downsample=self.downsample if self.source == "native" else None,
-            max_tiles_per_pass=self._tiles_per_pass(x.device),
-        )
+        capture = self._capture(needs_cls_attention(self.rule_name))
+        try:
+            return s2_select_forward(
+                self.backbone.pixel_tokens,
+                x,
+                self.plans,
+                self.keep,
+                self.rule,
+                num_prefix_token=self.num_prefix_tokens,
+                downsample=self.downsample if self.source == "native" else None,
+                max_tiles_per_pass=self._tiles_per_pass(x.device),
+                attention=capture,
+            )
+        finally:
+            if capture is not None:
+                capture.close()
 
     def forward_tokens(self, images: Tensor) -> Tensor:
         return self.select_tokens(images)[0]
@@ -208,6 +309,7 @@ def s2_select_encoder(
     rule: str = "salient",
     k: int | Sequence[int | None] | None = None,
     budget: int | None = None,
+    scorer: str | None = None,
     source: str = "upsample",
     pooling: str = "cls",
     max_split_size: int | None = None,
@@ -225,6 +327,7 @@ def s2_select_encoder(
         rule=rule,
         k=k,
         budget=budget,
+        scorer=scorer,
         scales=scales,
         img_sizes=img_sizes,
         source=source,

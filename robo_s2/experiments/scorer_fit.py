@@ -1,0 +1,107 @@
+"""``robo-s2 analyze scorer``: fit s2_select's learned tile rule on a store and compare the rules.
+
+Frames: up to ``max_frames`` evenly spaced frames of the training episodes and of the held-out
+episodes (a seeded episode-level split, as the probes use). The data pass, the fit and the metric
+are :mod:`robo_s2.pretraining.tile_scorer`'s. Writes, in the run directory,
+``tile_scorer.safetensors`` (the head, metadata naming the backbone fingerprint it fits),
+``scorer.json`` (split, losses, the rule table) and ``selection.png`` (the learned rule's tiles on
+held-out frames, :mod:`robo_s2.experiments.tile_selection`); prints the table and how to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robo_s2.errors import UserError
+
+
+def spread(rows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` evenly spaced entries of ``rows`` (all of them when there are fewer)."""
+    if count >= len(rows):
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, count).round().astype(np.int64)]
+
+
+def rule_table(table: dict[str, list[float]], splits: list[int], keep: list[int]) -> str:
+    head = " | ".join(f"{n}x{n} scale, k={k}" for n, k in zip(splits, keep, strict=True))
+    lines = [f"| rule | {head} |", "|---" * (len(splits) + 1) + "|"]
+    lines += [
+        f"| {r} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for r, vals in table.items()
+    ]
+    return "\n".join(lines)
+
+
+def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from robo_s2.data.store import DemoStore
+    from robo_s2.device import resolve_device
+    from robo_s2.encoders import create_encoder
+    from robo_s2.encoders.feature_cache import feature_precision
+    from robo_s2.encoders.tile_scorer import save_tile_scorer
+    from robo_s2.experiments.tile_selection import run_selection
+    from robo_s2.pretraining.probe import episode_split_rows
+    from robo_s2.pretraining.tile_scorer import compare_rules, fit_tile_scorer, scorer_data
+
+    t0 = time.perf_counter()
+    store = DemoStore.open(cfg["store"])
+    key = str(cfg.get("image_key") or "image")
+    if key not in store.keys():
+        raise UserError(f"{store.path} has no data/{key}; its arrays: {store.keys()}")
+    overrides = {**(cfg.get("overrides") or {}), "rule": "salient", "scorer": None}
+    encoder: Any = create_encoder(cfg["source"], **overrides)
+    if not hasattr(encoder, "scale_maps"):
+        raise UserError(f"source {cfg['source']} is not an s2_select encoder (e.g. vit_t_s2sel)")
+    dev = resolve_device(str(cfg.get("device") or "auto"))
+    encoder = encoder.to(dev).eval()
+    batch = int(cfg.get("batch_size") or 32)
+    precision = feature_precision(encoder, dev, batch, cfg.get("precision"))
+    train, test, _ = episode_split_rows(
+        store.episode_ends, float(cfg["test_fraction"]), int(cfg["seed"])
+    )
+    n_max = int(cfg["max_frames"])
+    n_test = max(1, round(n_max * float(cfg["test_fraction"])))
+    train, test = spread(train, n_max - n_test), spread(test, n_test)
+    frames = store.array(key)
+    data_train = scorer_data(encoder, frames, train, batch, precision)
+    data_test = scorer_data(encoder, frames, test, batch, precision)
+    data_s = time.perf_counter() - t0
+    scorer, losses = fit_tile_scorer(
+        data_train, encoder.splits, hidden=int(cfg["hidden"]), steps=int(cfg["steps"]),
+        lr=float(cfg["lr"]), batch_size=int(cfg["fit_batch_size"]), seed=int(cfg["seed"]),
+    )  # fmt: skip
+    table = compare_rules(scorer, data_test, list(encoder.keep))
+    record = {
+        "store": str(store.path),
+        "encoder": encoder.config,
+        "backbone_fingerprint": encoder.backbone.fingerprint(),
+        "precision": precision,
+        "n_train_frames": len(train),
+        "n_test_frames": len(test),
+        "n_episodes": int(store.n_episodes),
+        "seed": int(cfg["seed"]),
+        "steps": int(cfg["steps"]),
+        "loss_every_50_steps": losses,
+        "change_captured_held_out": table,
+        "keep": list(encoder.keep),
+        "data_s": round(data_s, 1),
+    }
+    path = save_tile_scorer(
+        scorer, out_dir / "tile_scorer.safetensors",
+        {k: record[k] for k in ("backbone_fingerprint", "store", "n_train_frames", "seed")},
+    )  # fmt: skip
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    (out_dir / "scorer.json").write_text(json.dumps(record, indent=2) + "\n")
+    with torch.no_grad():
+        run_selection(
+            {**cfg, "overrides": {**overrides, "rule": "learned", "scorer": str(path.resolve())},
+             "frames": int(cfg.get("frames") or 6)},
+            out_dir,
+        )  # fmt: skip
+    record["markdown"] = rule_table(table, encoder.splits, list(encoder.keep))
+    record["path"] = str(path.resolve())
+    return record
