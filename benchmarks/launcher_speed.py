@@ -1,13 +1,15 @@
 """Wall time of ``robo-s2 experiment`` run serially vs through ``hydra/launcher=joblib``.
 
     python benchmarks/launcher_speed.py [--experiment table8_tiny] [--n-jobs 2] [--out DIR]
-        [-- extra overrides, e.g. "experiment.seeds=[0]"]
+        [--no-serial-matched] [-- extra overrides, e.g. "experiment.seeds=[0]"]
 
-The demos are collected first (outside both timings), then the same experiment runs twice, back to
-back on this machine, into fresh output directories: serially (one process, all torch threads) and
-with ``hydra/launcher=joblib hydra.launcher.n_jobs=N`` (joblib gives each job
-``cpu_count // N`` threads). Prints both wall times, their ratio, and whether every (row, seed)'s
-per-episode records and the results tables are identical.
+The demos are collected and every row's features encoded first (outside all timings: each run
+then finds the same complete feature cache), then the same experiment runs back to back on this
+machine, into fresh output directories: serially (one process, all torch threads), serially with
+the threads each launcher job gets (``cpu_count // N``; the arm whose numerics equal the jobs'), and
+with ``hydra/launcher=joblib hydra.launcher.n_jobs=N``. Prints the wall times, their ratios to the
+serial run, and whether every (row, seed)'s per-episode records and the results tables are
+identical to the joblib run's.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import time
 from pathlib import Path
 
 
-def robo_s2(args: list[str], cwd: Path) -> float:
+def robo_s2(args: list[str], cwd: Path, threads: int | None = None) -> float:
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op pool size in the child
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "robo_s2", "experiment", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
+        env=env,
     )
     if out.returncode:
         sys.exit(f"failed: robo-s2 experiment {' '.join(args)}\n{out.stderr[-3000:]}")
@@ -42,11 +48,30 @@ def episodes(run: Path) -> dict[str, list]:
     }
 
 
+def warm_feature_cache(exp: dict, store: Path) -> None:
+    """Encode every row's features into ``store`` exactly as its training run would (the trainer's
+    own setup), so that no timed run pays for first-time encoding."""
+    from robo_s2.experiments.runner import parse_rows, train_config
+    from robo_s2.training.trainer import Trainer
+
+    for row in parse_rows(exp["rows"]):
+        with tempfile.TemporaryDirectory() as run_dir:
+            cfg = train_config(exp, row, int(exp["seeds"][0]), store, "auto")
+            trainer = Trainer(cfg, run_dir, encoder_name=row.encoder)
+            try:
+                trainer.setup()
+            finally:
+                trainer.close()
+        print(f"features: {row.label} cached")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="table8_tiny")
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-serial-matched", action="store_true",
+                    help="skip the serial run at the jobs' thread count")  # fmt: skip
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -60,24 +85,41 @@ def main() -> None:
     exp = to_plain(load_config("experiment", base).experiment)
     t0 = time.perf_counter()
     os.chdir(root)
-    ensure_demos(exp["demos"], workers=2, progress=False)
-    print(f"demos: {exp['demos']['store']} ready in {time.perf_counter() - t0:.0f} s")
+    store = ensure_demos(exp["demos"], workers=2, progress=False)
+    warm_feature_cache(exp, store)
+    print(f"demos and features: {store} ready in {time.perf_counter() - t0:.0f} s")
     serial = robo_s2([*base, f"hydra.run.dir={root / 'serial'}"], root)
     print(f"serial: {serial:.1f} s")
+    job_threads = max(1, (os.cpu_count() or 1) // a.n_jobs)
+    runs = [("serial", f"serial, {os.cpu_count()} threads", serial)]
+    if not a.no_serial_matched:
+        matched = robo_s2(
+            [*base, f"hydra.run.dir={root / 'serial_matched'}"], root, threads=job_threads
+        )
+        print(f"serial, {job_threads} thread(s): {matched:.1f} s")
+        runs.append(("serial_matched", f"serial, {job_threads} thread(s)", matched))
     launched = robo_s2(
         [*base, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={a.n_jobs}",
          f"hydra.run.dir={root / 'joblib'}"],
         root,
     )  # fmt: skip
     print(f"joblib n_jobs={a.n_jobs}: {launched:.1f} s")
-    same_eps = episodes(root / "serial") == episodes(root / "joblib")
-    tables = [json.loads((root / n / "results.json").read_text())["table"]
-              for n in ("serial", "joblib")]  # fmt: skip
+    runs.append(("joblib", f"joblib n_jobs={a.n_jobs}, {job_threads} thread(s) each", launched))
+
+    def table(name: str) -> list:
+        return json.loads((root / name / "results.json").read_text())["table"]
+
+    lines = ["| run | wall s | ratio to serial | per-episode = joblib's | table = joblib's |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, label, secs in runs:
+        same_eps = episodes(root / name) == episodes(root / "joblib")
+        lines.append(
+            f"| {label} | {secs:.1f} | {secs / serial:.2f} | {same_eps} | "
+            f"{table(name) == table('joblib')} |"
+        )
+    print("\n" + "\n".join(lines) + "\n")
     print(
-        f"\n| run | wall s | ratio to serial |\n|---|---|---|\n| serial | {serial:.1f} | 1.00 |\n"
-        f"| joblib n_jobs={a.n_jobs} | {launched:.1f} | {launched / serial:.2f} |\n\n"
-        f"speed-up {serial / launched:.2f}x; per-episode records identical: {same_eps}; "
-        f"results tables identical: {tables[0] == tables[1]} ({len(episodes(root / 'serial'))} "
+        f"speed-up of joblib over serial {serial / launched:.2f}x ({len(episodes(root / 'joblib'))} "
         f"runs, {os.cpu_count()} CPUs); outputs in {root}"
     )
 
