@@ -1,11 +1,12 @@
 """Scale-selective S² against full S²: cost per frame and the cube-position probe, one run.
 
-    python benchmarks/s2_select.py [--store bench_out/probe/probe.zarr] [--base 64] [--rule salient]
+    python benchmarks/s2_select.py [--store bench_out/probe/probe.zarr] [--base 64]
+        [--rules salient,cls_attention,learned] [--ks 4,2,1]
         [--weights bench_out/probe/mae_t/encoder.pth] [--batch 8] [--min-time 1.0] [--threads 2]
 
-Rows: S² (1,2), S² (1,2,4) and s2_select on (1,2,4) with k = 1, 2, 4 of the 16 top-scale tiles
-(the middle scale in full) and a budget of 5 tiles shared over both larger scales (1 + 4), all
-over the same ViT-Ti/16 (random init, or ``--weights``: a timm-format file such as the MAE
+Rows: S² (1,2), S² (1,2,4) and, per rule, s2_select on (1,2,4) with k = 4, 2, 1 of the 16
+top-scale tiles (the middle scale in full) and a budget of 5 tiles shared over both larger scales
+(1 + 4), all over the same ViT-Ti/16 (random init, or ``--weights``: a timm-format file such as the MAE
 pre-trained ``bench_out/probe/mae_t/encoder.pth``) at a ``--base``-px base (64: scales 64², 128²,
 256², upsampled from the store's frames — the S² paper's protocol). Per row: tiles run per frame,
 GFLOPs per frame (torch FlopCounterMode), frames/s at ``--batch`` in fp32 and in bf16 autocast
@@ -13,8 +14,10 @@ GFLOPs per frame (torch FlopCounterMode), frames/s at ``--batch`` in fp32 and in
 (:func:`robo_s2.pretraining.probe.probe_encoder`, the probe of ``pretrain_probe.py``, on the
 store it collects: 150 short episodes, cube on the table; the first ``--probe-episodes`` of
 them, 40 by default, so that the run takes minutes on 2 cores), the features computed in
-``--probe-precision`` (bf16 by default: a 2-core CPU with AMX runs it several times faster). Ratios are against S² (1,2,4) measured
-in the same run.
+``--probe-precision`` (bf16 by default: a 2-core CPU with AMX runs it several times faster).
+The ``learned`` rule's head is fitted first (:func:`robo_s2.pretraining.tile_scorer.
+fit_tile_scorer`) on the probe's *training* episodes only (the same seeded split), so the probe's
+held-out frames are unseen by both. Ratios are against S² (1,2,4) measured in the same run.
 """
 
 from __future__ import annotations
@@ -28,16 +31,39 @@ import numpy as np
 import torch
 
 
-def _rows(base_cfg: dict[str, Any], rule: str) -> list[tuple[str, dict[str, Any]]]:
-    sel = {**base_cfg, "name": "s2_select", "scales": [1, 2, 4], "rule": rule}
-    return [
+def _rows(
+    base_cfg: dict[str, Any], rules: list[str], ks: list[int], scorer: str | None
+) -> list[tuple[str, dict[str, Any]]]:
+    rows = [
         ("S² (1,2)", {**base_cfg, "name": "s2", "scales": [1, 2]}),
         ("S² (1,2,4)", {**base_cfg, "name": "s2", "scales": [1, 2, 4]}),
-        (f"select {rule} k=4", {**sel, "k": 4}),
-        (f"select {rule} k=2", {**sel, "k": 2}),
-        (f"select {rule} k=1", {**sel, "k": 1}),
-        (f"select {rule} budget=5", {**sel, "budget": 5}),
     ]
+    for rule in rules:
+        sel = {**base_cfg, "name": "s2_select", "scales": [1, 2, 4], "rule": rule}
+        if rule == "learned":
+            sel["scorer"] = scorer
+        rows += [(f"select {rule} k={k}", {**sel, "k": k}) for k in ks]
+        rows.append((f"select {rule} budget=5", {**sel, "budget": 5}))
+    return rows
+
+
+def _fit_scorer(base_cfg: dict[str, Any], store: Any, out: Path, precision: str) -> str:
+    """The learned rule's head, fitted on the probe's training episodes; its file's path."""
+    from robo_s2.encoders import create_encoder
+    from robo_s2.encoders.tile_scorer import save_tile_scorer
+    from robo_s2.pretraining.probe import episode_split_rows
+    from robo_s2.pretraining.tile_scorer import fit_tile_scorer, scorer_data
+
+    enc = create_encoder({**base_cfg, "name": "s2_select", "scales": [1, 2, 4]}).eval()
+    train, _, _ = episode_split_rows(store.episode_ends, test_fraction=0.3, seed=0)
+    t0 = time.perf_counter()
+    data = scorer_data(enc, store.array("image"), train, batch_size=16, precision=precision)
+    scorer, losses = fit_tile_scorer(data, enc.splits)
+    path = save_tile_scorer(scorer, out / "tile_scorer.safetensors",
+                            {"backbone_fingerprint": enc.backbone.fingerprint()})  # fmt: skip
+    print(f"  learned rule: fitted on {len(train)} training frames in "
+          f"{time.perf_counter() - t0:.0f} s, loss {losses[0]} -> {losses[-1]}", flush=True)  # fmt: skip
+    return str(path)
 
 
 def _measure(label: str, cfg: dict[str, Any], store: Any, args: argparse.Namespace) -> dict:
@@ -84,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default="bench_out/probe/probe.zarr")
     ap.add_argument("--base", type=int, default=64)
-    ap.add_argument("--rule", default="salient")
+    ap.add_argument("--rules", default="salient,cls_attention,learned")
+    ap.add_argument("--ks", default="4,2,1", help="top-scale tiles per select row")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--min-time", type=float, default=1.0)
@@ -107,7 +134,14 @@ def main(argv: list[str] | None = None) -> None:
         f"probe store {args.store} ({store.n_frames} frames), grid:2 features in "
         f"{args.probe_precision}"
     )
-    res = [_measure(label, cfg, store, args) for label, cfg in _rows(base_cfg, args.rule)]
+    rules = [r for r in args.rules.split(",") if r]
+    scorer = (
+        _fit_scorer(base_cfg, store, Path(args.out), args.probe_precision)
+        if "learned" in rules
+        else None
+    )
+    rows = _rows(base_cfg, rules, [int(k) for k in args.ks.split(",")], scorer)
+    res = [_measure(label, cfg, store, args) for label, cfg in rows]
     ref = res[1]
     print(
         "\n| encoder | tiles/frame | GFLOPs/frame | x S²(1,2,4) | fp32 frames/s | bf16 frames/s "

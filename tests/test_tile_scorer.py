@@ -159,7 +159,9 @@ def test_analyze_scorer_fits_compares_and_draws(tmp_path):
     assert all(0.0 < v <= 1.0 + 1e-6 for vals in table.values() for v in vals)
     assert all(v == pytest.approx(1.0) for v in table["salient"][:1])  # all 4 of 4 tiles run
     assert (run / "selection.png").stat().st_size > 1000
-    assert json.loads((run / "selection.json").read_text())["encoder"]["rule"] == "learned"
+    drawn = json.loads((run / "selection.json").read_text())
+    assert drawn["encoder"]["rule"] == "learned" and len(drawn["rows"]) == 2
+    assert {r // 4 for r in drawn["rows"]} <= set(rec["held_out_episodes"])  # 4 frames/episode
     assert "use it with encoder.rule=learned encoder.scorer=" in out.stdout
 
 

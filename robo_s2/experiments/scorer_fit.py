@@ -5,7 +5,7 @@ episodes (a seeded episode-level split, as the probes use). The data pass, the f
 are :mod:`robo_s2.pretraining.tile_scorer`'s. Writes, in the run directory,
 ``tile_scorer.safetensors`` (the head, metadata naming the backbone fingerprint it fits),
 ``scorer.json`` (split, losses, the rule table) and ``selection.png`` (the learned rule's tiles on
-held-out frames, :mod:`robo_s2.experiments.tile_selection`); prints the table and how to use it.
+frames of held-out episodes, :mod:`robo_s2.experiments.tile_selection`); prints the table and how to use it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from robo_s2.encoders import create_encoder
     from robo_s2.encoders.feature_cache import feature_precision
     from robo_s2.encoders.tile_scorer import save_tile_scorer
+    from robo_s2.data.windows import frame_episode
     from robo_s2.experiments.tile_selection import run_selection
     from robo_s2.pretraining.probe import episode_split_rows
     from robo_s2.pretraining.tile_scorer import compare_rules, fit_tile_scorer, scorer_data
@@ -75,6 +76,7 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         lr=float(cfg["lr"]), batch_size=int(cfg["fit_batch_size"]), seed=int(cfg["seed"]),
     )  # fmt: skip
     table = compare_rules(scorer, data_test, list(encoder.keep))
+    held_out = sorted({int(e) for e in frame_episode(store.episode_ends)[test]})
     record = {
         "store": str(store.path),
         "encoder": encoder.config,
@@ -83,6 +85,7 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "n_train_frames": len(train),
         "n_test_frames": len(test),
         "n_episodes": int(store.n_episodes),
+        "held_out_episodes": held_out,
         "seed": int(cfg["seed"]),
         "steps": int(cfg["steps"]),
         "loss_every_50_steps": losses,
@@ -96,10 +99,10 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     record["seconds"] = round(time.perf_counter() - t0, 1)
     (out_dir / "scorer.json").write_text(json.dumps(record, indent=2) + "\n")
-    with torch.no_grad():
+    with torch.no_grad():  # the pictures: held-out episodes only
         run_selection(
             {**cfg, "overrides": {**overrides, "rule": "learned", "scorer": str(path.resolve())},
-             "frames": int(cfg.get("frames") or 6)},
+             "frames": int(cfg.get("frames") or 6), "episodes": held_out},
             out_dir,
         )  # fmt: skip
     record["markdown"] = rule_table(table, encoder.splits, list(encoder.keep))

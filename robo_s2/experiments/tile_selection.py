@@ -1,7 +1,7 @@
 """Pictures of which tiles an ``s2_select`` encoder runs: store frames with the tiles outlined.
 
 ``robo-s2 analyze selection store=... source=vit_t_s2sel`` takes the middle frame of a few
-evenly spaced episodes, runs the encoder and draws, on each frame as stored, the outline of every
+evenly spaced episodes (of ``episodes`` when given), runs the encoder and draws, on each frame as stored, the outline of every
 tile the rule picked at each larger scale (one colour per scale). It writes ``selection.png`` and
 ``selection.json`` (frame rows and tile indices) in the run directory.
 """
@@ -20,12 +20,15 @@ from robo_s2.errors import UserError
 SCALE_COLOURS = ("#ff7f0e", "#17becf", "#e377c2", "#bcbd22")
 
 
-def pick_frames(episode_ends: np.ndarray, count: int) -> list[int]:
-    """The middle frame of ``count`` evenly spaced episodes."""
+def pick_frames(
+    episode_ends: np.ndarray, count: int, episodes: list[int] | None = None
+) -> list[int]:
+    """The middle frame of ``count`` evenly spaced episodes (of ``episodes``, default all)."""
     ends = np.asarray(episode_ends, np.int64)
     starts = np.concatenate([[0], ends[:-1]])
-    eps = np.unique(np.linspace(0, len(ends) - 1, min(count, len(ends))).round().astype(int))
-    return [int((starts[e] + ends[e] - 1) // 2) for e in eps]
+    pool = np.arange(len(ends)) if episodes is None else np.sort(np.asarray(episodes, np.int64))
+    at = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
+    return [int((starts[e] + ends[e] - 1) // 2) for e in pool[at]]
 
 
 @torch.no_grad()
@@ -85,7 +88,7 @@ def run_selection(cfg: dict[str, Any], out_dir: Path) -> Path:
     if key not in store.keys():
         raise UserError(f"{store.path} has no data/{key}; its arrays: {store.keys()}")
     encoder: Any = create_encoder(cfg["source"], **(cfg.get("overrides") or {}))
-    rows = pick_frames(store.episode_ends, int(cfg.get("frames") or 6))
+    rows = pick_frames(store.episode_ends, int(cfg.get("frames") or 6), cfg.get("episodes"))
     frames = np.stack([np.asarray(store.array(key)[r]) for r in rows])
     tiles = selected_tiles(encoder, frames)
     splits = [p.num_split for p in encoder.plans[1:]]
