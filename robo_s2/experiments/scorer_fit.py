@@ -39,11 +39,11 @@ def rule_table(table: dict[str, list[float]], splits: list[int], keep: list[int]
 
 def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from robo_s2.data.store import DemoStore
+    from robo_s2.data.windows import frame_episode
     from robo_s2.device import resolve_device
     from robo_s2.encoders import create_encoder
     from robo_s2.encoders.feature_cache import feature_precision
     from robo_s2.encoders.tile_scorer import save_tile_scorer
-    from robo_s2.data.windows import frame_episode
     from robo_s2.experiments.tile_selection import run_selection
     from robo_s2.pretraining.probe import episode_split_rows
     from robo_s2.pretraining.tile_scorer import compare_rules, fit_tile_scorer, scorer_data
