@@ -479,6 +479,25 @@ class CubePickEnv(gym.Env):
             return None
         return self.render_camera(self.cameras[0] if "front" not in self.cameras else "front")
 
+    def project(self, points: np.ndarray, camera: str = "front") -> np.ndarray:
+        """World points ``(N, 3)`` -> ``(N, 2)`` pixel coordinates ``(column, row)`` in this
+        env's ``camera`` images (continuous: pixel ``(c, r)`` covers ``[c, c+1) x [r, r+1)``).
+
+        MuJoCo's pinhole camera: it looks along its frame's -z with +y up, its vertical field of
+        view ``fovy``; the pose is the current one (the wrist camera moves with the arm)."""
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
+        cid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if cid < 0:
+            raise ValueError(f"unknown camera {camera!r}; available: {list(P.CAMERAS)}")
+        rot = self.data.cam_xmat[cid].reshape(3, 3)  # columns: the camera's axes in the world
+        rel = (np.asarray(points, np.float64).reshape(-1, 3) - self.data.cam_xpos[cid]) @ rot
+        depth = -rel[:, 2]
+        f = 0.5 * self.image_size / math.tan(math.radians(float(self.model.cam_fovy[cid])) / 2)
+        col = 0.5 * self.image_size + f * rel[:, 0] / depth
+        row = 0.5 * self.image_size - f * rel[:, 1] / depth
+        return np.stack([col, row], axis=1)
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

@@ -316,3 +316,28 @@ def test_distractors_and_appearance_leave_the_defaults_alone():
         CubePickEnv(distractors=-1)
     base.close()
     env.close()
+
+
+def _red_centroid(image: np.ndarray) -> tuple[np.ndarray, int]:
+    img = image.astype(int)
+    mask = (img[..., 0] > 120) & (img[..., 1] < 60) & (img[..., 2] < 60)
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.mean() + 0.5, rows.mean() + 0.5]), int(mask.sum())
+
+
+def test_project_puts_the_cube_where_it_is_rendered():
+    env = CubePickEnv(image_size=128)
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        centroid, n_px = _red_centroid(obs["image"])
+        assert n_px > 20  # the red cube is in view at every start
+        pix = env.project(obs["state"][0:3])
+        assert pix.shape == (1, 2)
+        assert np.abs(pix[0] - centroid).max() < 1.5, (seed, pix, centroid)
+    small = CubePickEnv(image_size=64)
+    small.reset(seed=0)
+    assert np.allclose(small.project(obs["state"][0:3]) * 2, pix, atol=1e-6)  # same camera
+    with pytest.raises(ValueError, match="unknown camera"):
+        env.project(np.zeros(3), camera="top")
+    env.close()
+    small.close()

@@ -195,3 +195,37 @@ def test_cls_attention_needs_a_cls_token():
         **BACKBONE["model_kwargs"], "class_token": False, "global_pool": "avg"}}  # fmt: skip
     with pytest.raises(UserError, match="needs a backbone with a CLS token"):
         _enc(rule="cls_attention", backbone=nocls, pooling="mean")
+
+
+def test_hit_rate_counts_frames_whose_tile_is_run():
+    from robo_s2.pretraining.tile_scorer import tile_hit_rate
+
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.0], [0.0, 0.2, 0.1, 0.8]])
+    assert tile_hit_rate(scores, torch.tensor([2, 2]), k=2) == 0.5  # frame 0 runs 0, 2
+    assert tile_hit_rate(scores, torch.tensor([0, 3]), k=1) == 1.0
+
+
+def test_object_tiles_are_where_the_cube_is_rendered(tmp_path):
+    import numpy as np
+
+    from robo_s2.data.collection import collect
+    from robo_s2.data.store import DemoStore
+    from robo_s2.experiments.scorer_fit import object_tiles
+
+    collect(tmp_path / "d.zarr", n_episodes=2, env_kwargs={"image_size": 64}, seed=0, workers=0)
+    store = DemoStore.open(tmp_path / "d.zarr")
+    rows = np.arange(store.n_frames)
+    tiles = object_tiles(store, "image", rows, 4)
+    assert tiles is not None and set(tiles) == {"cube", "gripper"}
+    images = np.asarray(store.array("image")[rows]).astype(int)
+    agree = seen = 0
+    for i, img in enumerate(images):
+        mask = (img[..., 0] > 120) & (img[..., 1] < 60) & (img[..., 2] < 60)
+        if mask.sum() < 6:  # hidden behind the gripper
+            continue
+        r, c = np.nonzero(mask)
+        cell = (int(r.mean() * 4 / 64), int(c.mean() * 4 / 64))
+        seen += 1
+        agree += int(tiles["cube"][i]) == cell[0] * 4 + cell[1]
+    assert seen > len(rows) // 2 and agree >= 0.9 * seen
+    assert object_tiles(store, "image_wrist", rows, 4) is None

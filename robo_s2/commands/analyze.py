@@ -58,7 +58,10 @@ def scorer(cfg: DictConfig) -> Any:
 
     rec = run_scorer_fit(to_plain(cfg), _run_dir())
     print()
-    print("change captured on held-out frames (1 = the tiles where S² changes most):")
+    print(
+        "change captured on held-out frames (1 = the tiles where S² changes most) and how often "
+        "the top scale's run tiles hold the cube's / gripper's centre:"
+    )
     print(rec["markdown"])
     print()
     print(

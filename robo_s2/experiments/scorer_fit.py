@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from robo_s2.errors import UserError
 
@@ -28,13 +29,59 @@ def spread(rows: np.ndarray, count: int) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, count).round().astype(np.int64)]
 
 
-def rule_table(table: dict[str, list[float]], splits: list[int], keep: list[int]) -> str:
+def object_tiles(store: Any, image_key: str, rows: np.ndarray, n: int) -> dict[str, Tensor] | None:
+    """Per frame, the index of the ``n x n`` tile holding the cube's centre and the gripper's (the
+    store's privileged state projected through its env's front camera); None when the store has
+    no state or the frames are not the front camera's."""
+    from envs import make_env
+    from envs.cube_pick import STATE_CUBE_POS, STATE_EE_POS
+
+    spec = dict(store.attrs).get("env") or {}
+    if image_key != "image" or "state" not in store.keys() or not spec.get("kwargs"):
+        return None
+    env = make_env({"id": spec["id"], **spec["kwargs"], "render_images": False})
+    state = np.asarray(store.array("state")[rows], np.float64)
+    size = int(np.asarray(store.array(image_key)[rows[:1]]).shape[1])
+    out = {}
+    for name, cols in (("cube", STATE_CUBE_POS), ("gripper", STATE_EE_POS)):
+        pix = env.project(state[:, cols]) * size / env.image_size
+        cell = np.clip((pix * n / size).astype(np.int64), 0, n - 1)
+        out[name] = torch.as_tensor(cell[:, 1] * n + cell[:, 0])
+    env.close()
+    return out
+
+
+def rule_table(
+    table: dict[str, list[float]],
+    splits: list[int],
+    keep: list[int],
+    hits: dict[str, dict[str, float]] | None = None,
+) -> str:
     head = " | ".join(f"{n}x{n} scale, k={k}" for n, k in zip(splits, keep, strict=True))
-    lines = [f"| rule | {head} |", "|---" * (len(splits) + 1) + "|"]
-    lines += [
-        f"| {r} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for r, vals in table.items()
-    ]
+    extra = " | cube's tile run | gripper's tile run" if hits else ""
+    lines = [f"| rule | {head}{extra} |", "|---" * (len(splits) + 1 + (2 if hits else 0)) + "|"]
+    for r, vals in table.items():
+        row = " | ".join(f"{v:.3f}" for v in vals)
+        if hits:
+            row += f" | {100 * hits[r]['cube']:.0f} % | {100 * hits[r]['gripper']:.0f} %"
+        lines.append(f"| {r} | {row} |")
     return "\n".join(lines)
+
+
+def object_hits(
+    store: Any, key: str, rows: np.ndarray, encoder: Any, scores: dict[str, list[Tensor]]
+) -> dict[str, dict[str, float]] | None:
+    """Per rule, the share of ``rows`` whose cube's / gripper's top-scale tile the rule runs."""
+    from robo_s2.pretraining.tile_scorer import tile_hit_rate
+
+    n, k = encoder.splits[-1], encoder.keep[-1]
+    tiles = object_tiles(store, key, rows, n)
+    if tiles is None:
+        return None
+    return {
+        rule: {obj: round(tile_hit_rate(s[-1], t, k), 4) for obj, t in tiles.items()}
+        for rule, s in scores.items()
+    }
 
 
 def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -46,7 +93,12 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from robo_s2.encoders.tile_scorer import save_tile_scorer
     from robo_s2.experiments.tile_selection import run_selection
     from robo_s2.pretraining.probe import episode_split_rows
-    from robo_s2.pretraining.tile_scorer import compare_rules, fit_tile_scorer, scorer_data
+    from robo_s2.pretraining.tile_scorer import (
+        compare_rules,
+        fit_tile_scorer,
+        rule_scores,
+        scorer_data,
+    )
 
     t0 = time.perf_counter()
     store = DemoStore.open(cfg["store"])
@@ -76,6 +128,7 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         lr=float(cfg["lr"]), batch_size=int(cfg["fit_batch_size"]), seed=int(cfg["seed"]),
     )  # fmt: skip
     table = compare_rules(scorer, data_test, list(encoder.keep))
+    hits = object_hits(store, key, test, encoder, rule_scores(scorer, data_test))
     held_out = sorted({int(e) for e in frame_episode(store.episode_ends)[test]})
     record = {
         "store": str(store.path),
@@ -90,6 +143,7 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "steps": int(cfg["steps"]),
         "loss_every_50_steps": losses,
         "change_captured_held_out": table,
+        "top_scale_tile_hits_held_out": hits,
         "keep": list(encoder.keep),
         "data_s": round(data_s, 1),
     }
@@ -105,6 +159,6 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
              "frames": int(cfg.get("frames") or 6), "episodes": held_out},
             out_dir,
         )  # fmt: skip
-    record["markdown"] = rule_table(table, encoder.splits, list(encoder.keep))
+    record["markdown"] = rule_table(table, encoder.splits, list(encoder.keep), hits)
     record["path"] = str(path.resolve())
     return record

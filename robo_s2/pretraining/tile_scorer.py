@@ -143,7 +143,7 @@ def change_captured(scores: Tensor, targets: Tensor, k: int) -> float:
 @torch.no_grad()
 def compare_rules(scorer: TileScorer, data: ScorerData, keep: list[int]) -> dict[str, list[float]]:
     """Per rule (``learned`` first), change captured at each larger scale with ``keep`` tiles."""
-    rules = {"learned": scorer(data.grids), **data.rule_scores}
+    rules = rule_scores(scorer, data)
     return {
         name: [
             round(change_captured(s, t, k), 4)
@@ -151,3 +151,16 @@ def compare_rules(scorer: TileScorer, data: ScorerData, keep: list[int]) -> dict
         ]
         for name, scores in rules.items()
     }
+
+
+def tile_hit_rate(scores: Tensor, tiles: Tensor, k: int) -> float:
+    """Share of frames whose ``tiles`` entry (one tile index per frame, e.g. the cube's) is among
+    the ``k`` tiles ``scores`` picks."""
+    picked = select_tiles(scores, k)
+    return float((picked == tiles.view(-1, 1)).any(dim=1).to(torch.float32).mean())
+
+
+@torch.no_grad()
+def rule_scores(scorer: TileScorer, data: ScorerData) -> dict[str, list[Tensor]]:
+    """Every rule's per-scale tile scores on ``data`` (``learned`` first)."""
+    return {"learned": scorer(data.grids), **data.rule_scores}
