@@ -205,15 +205,22 @@ def test_hit_rate_counts_frames_whose_tile_is_run():
     assert tile_hit_rate(scores, torch.tensor([0, 3]), k=1) == 1.0
 
 
-def test_object_tiles_are_where_the_cube_is_rendered(tmp_path):
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    from robo_s2.data.collection import collect
+
+    path = tmp_path_factory.mktemp("collected") / "d.zarr"
+    collect(path, n_episodes=3, env_kwargs={"image_size": 64}, seed=0, workers=0)
+    return path
+
+
+def test_object_tiles_are_where_the_cube_is_rendered(collected):
     import numpy as np
 
-    from robo_s2.data.collection import collect
     from robo_s2.data.store import DemoStore
     from robo_s2.experiments.scorer_fit import object_tiles
 
-    collect(tmp_path / "d.zarr", n_episodes=2, env_kwargs={"image_size": 64}, seed=0, workers=0)
-    store = DemoStore.open(tmp_path / "d.zarr")
+    store = DemoStore.open(collected)
     rows = np.arange(store.n_frames)
     tiles = object_tiles(store, "image", rows, 4)
     assert tiles is not None and set(tiles) == {"cube", "gripper"}
@@ -229,3 +236,28 @@ def test_object_tiles_are_where_the_cube_is_rendered(tmp_path):
         agree += int(tiles["cube"][i]) == cell[0] * 4 + cell[1]
     assert seen > len(rows) // 2 and agree >= 0.9 * seen
     assert object_tiles(store, "image_wrist", rows, 4) is None
+
+
+def test_analyze_scorer_fits_the_simulators_object_tiles(collected, tmp_path):
+    from cli_helpers import robo_s2
+
+    src = ("source={name: s2_select, backbone: {name: timm, model: vit_tiny_patch16_224, "
+           "image_size: 32, model_kwargs: {depth: 1, embed_dim: 48, num_heads: 3}}, "
+           "scales: [1, 2, 4], k: 2}")  # fmt: skip
+    args = ("analyze", "scorer", f"store={collected}", src, "steps=60", "hidden=8", "frames=1")
+    out = robo_s2(*args, "target=objects", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads((tmp_path / "run_out" / "scorer.json").read_text())
+    assert (
+        rec["target"] == "objects"
+        and rec["loss_every_50_steps"][-1] < rec["loss_every_50_steps"][0]
+    )
+    hits = rec["top_scale_tile_hits_held_out"]
+    assert set(hits) == set(rec["change_captured_held_out"])
+    assert all(0.0 <= v <= 1.0 for h in hits.values() for v in h.values())
+    assert "cube's tile run" in out.stdout
+    bad = robo_s2(*args, "target=cube", cwd=tmp_path)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: unknown scorer target 'cube'; choose change or objects"
+    )

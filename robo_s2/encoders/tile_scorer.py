@@ -8,8 +8,9 @@ unselected tile from the lower scale. The head (:class:`TileScorer`: LayerNorm, 
 3x3 conv, GELU, one 1x1 output channel per larger scale) reads the first scale's patch tokens
 ``(B, h, w, C)``; a tile's score is its mean over the tokens the tile covers.
 
-It is fitted by :func:`robo_s2.pretraining.tile_scorer.fit_tile_scorer` (``robo-s2 analyze
-scorer``) and saved as one safetensors file whose metadata (JSON) names the backbone fingerprint
+``robo-s2 analyze scorer target=objects`` fits the same head to the simulator's labels instead
+(the tiles holding the cube and the gripper). It is fitted by
+:func:`robo_s2.pretraining.tile_scorer.fit_tile_scorer` (``robo-s2 analyze scorer``) and saved as one safetensors file whose metadata (JSON) names the backbone fingerprint
 and tilings it was fitted for; ``s2_select`` with ``rule: learned, scorer: <file>`` loads it as a
 frozen submodule, so its weights are part of the encoder's fingerprint.
 """

@@ -1,5 +1,9 @@
 """``robo-s2 analyze scorer``: fit s2_select's learned tile rule on a store and compare the rules.
 
+The head's target (``target``): ``change`` (self-supervised: where the larger scales change S²'s
+features most) or ``objects`` (the simulator's supervision: 1 at the tiles holding the cube's or
+the gripper's centre, the store's privileged state projected through its camera).
+
 Frames: up to ``max_frames`` evenly spaced frames of the training episodes and of the held-out
 episodes (a seeded episode-level split, as the probes use). The data pass, the fit and the metric
 are :mod:`robo_s2.pretraining.tile_scorer`'s. Writes, in the run directory,
@@ -20,6 +24,7 @@ import torch
 from torch import Tensor
 
 from robo_s2.errors import UserError
+from robo_s2.pretraining.tile_scorer import ScorerData
 
 
 def spread(rows: np.ndarray, count: int) -> np.ndarray:
@@ -68,6 +73,26 @@ def rule_table(
     return "\n".join(lines)
 
 
+def with_object_targets(
+    data: ScorerData, store: Any, key: str, rows: np.ndarray, splits: list[int]
+) -> ScorerData:
+    """``data`` with targets 1 at the tiles holding the cube's or the gripper's centre, else 0
+    (the simulator's supervision instead of S²'s feature change)."""
+    targets = []
+    for n in splits:
+        tiles = object_tiles(store, key, rows, n)
+        if tiles is None:
+            raise UserError(
+                f"target=objects needs the store's privileged state and front-camera frames; "
+                f"{store.path} ({key}) has none: use target=change"
+            )
+        t = torch.zeros(len(rows), n * n)
+        for cell in tiles.values():
+            t[torch.arange(len(rows)), cell] = 1.0
+        targets.append(t)
+    return ScorerData(data.grids, targets, data.rule_scores)
+
+
 def object_hits(
     store: Any, key: str, rows: np.ndarray, encoder: Any, scores: dict[str, list[Tensor]]
 ) -> dict[str, dict[str, float]] | None:
@@ -84,23 +109,16 @@ def object_hits(
     }
 
 
-def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from robo_s2.data.store import DemoStore
-    from robo_s2.data.windows import frame_episode
-    from robo_s2.device import resolve_device
-    from robo_s2.encoders import create_encoder
-    from robo_s2.encoders.feature_cache import feature_precision
-    from robo_s2.encoders.tile_scorer import save_tile_scorer
-    from robo_s2.experiments.tile_selection import run_selection
-    from robo_s2.pretraining.probe import episode_split_rows
-    from robo_s2.pretraining.tile_scorer import (
-        compare_rules,
-        fit_tile_scorer,
-        rule_scores,
-        scorer_data,
-    )
+TARGETS = ("change", "objects")
 
-    t0 = time.perf_counter()
+
+def _source(cfg: dict[str, Any]) -> tuple[Any, str, Any, dict[str, Any]]:
+    """The store, its image key, the s2_select encoder (rule salient) and its overrides."""
+    from robo_s2.data.store import DemoStore
+    from robo_s2.encoders import create_encoder
+
+    if str(cfg.get("target") or "change") not in TARGETS:
+        raise UserError(f"unknown scorer target {cfg.get('target')!r}; choose change or objects")
     store = DemoStore.open(cfg["store"])
     key = str(cfg.get("image_key") or "image")
     if key not in store.keys():
@@ -109,20 +127,46 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     encoder: Any = create_encoder(cfg["source"], **overrides)
     if not hasattr(encoder, "scale_maps"):
         raise UserError(f"source {cfg['source']} is not an s2_select encoder (e.g. vit_t_s2sel)")
+    return store, key, encoder, overrides
+
+
+def _split(store: Any, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame rows of the training and held-out episodes, ``max_frames`` of them in all."""
+    from robo_s2.pretraining.probe import episode_split_rows
+
+    fraction = float(cfg["test_fraction"])
+    train, test, _ = episode_split_rows(store.episode_ends, fraction, int(cfg["seed"]))
+    n_max = int(cfg["max_frames"])
+    n_test = max(1, round(n_max * fraction))
+    return spread(train, n_max - n_test), spread(test, n_test)
+
+
+def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from robo_s2.data.windows import frame_episode
+    from robo_s2.device import resolve_device
+    from robo_s2.encoders.feature_cache import feature_precision
+    from robo_s2.encoders.tile_scorer import save_tile_scorer
+    from robo_s2.experiments.tile_selection import run_selection
+    from robo_s2.pretraining.tile_scorer import (
+        compare_rules,
+        fit_tile_scorer,
+        rule_scores,
+        scorer_data,
+    )
+
+    t0 = time.perf_counter()
+    store, key, encoder, overrides = _source(cfg)
     dev = resolve_device(str(cfg.get("device") or "auto"))
     encoder = encoder.to(dev).eval()
     batch = int(cfg.get("batch_size") or 32)
     precision = feature_precision(encoder, dev, batch, cfg.get("precision"))
-    train, test, _ = episode_split_rows(
-        store.episode_ends, float(cfg["test_fraction"]), int(cfg["seed"])
-    )
-    n_max = int(cfg["max_frames"])
-    n_test = max(1, round(n_max * float(cfg["test_fraction"])))
-    train, test = spread(train, n_max - n_test), spread(test, n_test)
-    frames = store.array(key)
-    data_train = scorer_data(encoder, frames, train, batch, precision)
-    data_test = scorer_data(encoder, frames, test, batch, precision)
+    train, test = _split(store, cfg)
+    data_train = scorer_data(encoder, store.array(key), train, batch, precision)
+    data_test = scorer_data(encoder, store.array(key), test, batch, precision)
     data_s = time.perf_counter() - t0
+    target = str(cfg.get("target") or "change")
+    if target == "objects":
+        data_train = with_object_targets(data_train, store, key, train, encoder.splits)
     scorer, losses = fit_tile_scorer(
         data_train, encoder.splits, hidden=int(cfg["hidden"]), steps=int(cfg["steps"]),
         lr=float(cfg["lr"]), batch_size=int(cfg["fit_batch_size"]), seed=int(cfg["seed"]),
@@ -140,6 +184,7 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "n_episodes": int(store.n_episodes),
         "held_out_episodes": held_out,
         "seed": int(cfg["seed"]),
+        "target": target,
         "steps": int(cfg["steps"]),
         "loss_every_50_steps": losses,
         "change_captured_held_out": table,
@@ -147,10 +192,10 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "keep": list(encoder.keep),
         "data_s": round(data_s, 1),
     }
+    meta = ("backbone_fingerprint", "store", "n_train_frames", "seed", "target")
     path = save_tile_scorer(
-        scorer, out_dir / "tile_scorer.safetensors",
-        {k: record[k] for k in ("backbone_fingerprint", "store", "n_train_frames", "seed")},
-    )  # fmt: skip
+        scorer, out_dir / "tile_scorer.safetensors", {k: record[k] for k in meta}
+    )
     record["seconds"] = round(time.perf_counter() - t0, 1)
     (out_dir / "scorer.json").write_text(json.dumps(record, indent=2) + "\n")
     with torch.no_grad():  # the pictures: held-out episodes only
