@@ -129,3 +129,15 @@ def test_analyze_selection_draws_the_chosen_tiles(tmp_path):
     bad = robo_s2("analyze", "selection", f"store={store}", "source=vit_t", cwd=tmp_path)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error: encoder 'vit_t' selects no")
+
+
+@pytest.mark.parametrize("kw", [dict(rule="salient", k=2), dict(budget=5, rule="cls_attention"),
+                                dict(k=[2, 3], source="native", rule="random")])  # fmt: skip
+def test_the_recorded_config_rebuilds_the_same_encoder(kw):
+    """A checkpoint's encoder config (what eval rebuilds from) gives the same encoder."""
+    enc = _enc(**kw)
+    again = create_encoder(enc.config)
+    assert isinstance(again, S2SelectEncoder) and again.keep == enc.keep
+    assert again.fingerprint() == enc.fingerprint()
+    with pytest.raises(UserError, match=r"keep=\[9, 9\] \(recorded tiles per larger scale\)"):
+        create_encoder({**enc.config, "keep": [9, 9]})

@@ -189,6 +189,7 @@ class S2SelectEncoder(S2Encoder):
         k: int | Sequence[int | None] | None = None,
         budget: int | None = None,
         scorer: str | None = None,
+        keep: Sequence[int] | None = None,
         **s2_kwargs: Any,
     ) -> None:
         super().__init__(backbone, **s2_kwargs)
@@ -198,6 +199,11 @@ class S2SelectEncoder(S2Encoder):
             )
         self.rule_name = str(rule)
         self.keep = plan_keep(self.plans, k, budget)
+        if keep is not None and [int(n) for n in keep] != self.keep:
+            raise UserError(
+                f"s2_select keep={list(keep)} (recorded tiles per larger scale) does not match "
+                f"k={k}, budget={budget}, which give {self.keep}; drop keep or fix k/budget"
+            )
         self.rule = self._make_rule(scorer)
         cfg = self.config
         cfg.pop("name")
@@ -310,15 +316,19 @@ def s2_select_encoder(
     k: int | Sequence[int | None] | None = None,
     budget: int | None = None,
     scorer: str | None = None,
+    keep: Sequence[int] | None = None,
     source: str = "upsample",
     pooling: str = "cls",
     max_split_size: int | None = None,
     downsample: str = "area",
     weights: str | None = None,
     tiles_per_pass: int | str | None = "auto",
+    resize_output_to_idx: int = 0,
 ) -> S2SelectEncoder:
     """S² over ``backbone`` running only the tiles ``rule`` picks (``k`` or ``budget``, see the
-    module docstring); every other option means what it means for ``name: s2``."""
+    module docstring); every other option means what it means for ``name: s2``. ``keep``: the
+    tiles per larger scale as the encoder's config records them, checked against k/budget (so a
+    checkpoint's config rebuilds the encoder it was trained with)."""
     if img_sizes is not None:
         scales = None
     overrides = {} if weights is None else {"weights": weights}
@@ -328,6 +338,7 @@ def s2_select_encoder(
         k=k,
         budget=budget,
         scorer=scorer,
+        keep=keep,
         scales=scales,
         img_sizes=img_sizes,
         source=source,
@@ -335,4 +346,5 @@ def s2_select_encoder(
         max_split_size=max_split_size,
         downsample=downsample,
         tiles_per_pass=tiles_per_pass,
+        resize_output_to_idx=resize_output_to_idx,
     )
