@@ -474,3 +474,26 @@ def test_report_command_checks_names_before_work(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="unknown encoder 'vit_q'"):
         run(cfg)
     assert not (tmp_path / "encoders.json").exists()
+
+
+SMALL_VIT = {"image_size": 32, "model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 3}}
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("vit_t", SMALL_VIT),
+        ("vit_t_s2", {"backbone": SMALL_VIT}),
+        ("vit_t_s2sel", {"backbone": SMALL_VIT, "k": 2}),
+        ("piip_ts_tiny", {}),
+        ("resnet18_e2e", {}),
+        ("oracle", {}),
+    ],
+)
+def test_an_encoders_recorded_config_rebuilds_it(name, overrides):
+    """What a checkpoint stores (``encoder.config``) is what evaluation rebuilds from: it must
+    give the same encoder, fingerprint and all."""
+    enc = create_encoder(name, **overrides)
+    again = create_encoder(json.loads(json.dumps(enc.config)))  # as read back from the file
+    assert type(again) is type(enc)
+    assert again.fingerprint() == enc.fingerprint()

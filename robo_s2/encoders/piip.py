@@ -40,6 +40,8 @@ interaction does not reach the feature (its parameters get no gradient).
 The ViT branches are frozen (no grads, eval mode even in ``train()``); interactions and merging are
 trainable (``trainable=True``; such an encoder is trained from images, its features are not cached).
 With ``trainable: false`` everything is frozen (e.g. a trained PIIP loaded from a checkpoint).
+``seed`` (default 0) seeds the random init of the interactions and the merge, so that every process
+builds the same encoder (the branches are seeded by their own ``seed``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robo_s2.encoders.backbone import TokenEncoder
+from robo_s2.encoders.backbone import TokenEncoder, seeded
 from robo_s2.encoders.deformable_attention import CrossAttention, DeformableCrossAttention
 from robo_s2.encoders.pooling import Pooling
 from robo_s2.encoders.registry import create_encoder, register_encoder
@@ -341,6 +343,7 @@ class PIIPEncoder(TokenEncoder):
         resize: str = "bilinear",
         pooling: str = "mean",
         trainable: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         specs = self._branch_specs(branches, resolutions, pretrained)
@@ -356,8 +359,9 @@ class PIIPEncoder(TokenEncoder):
         unit_kwargs = dict(attn=attn_key, num_heads=int(num_heads), num_points=int(num_points))
         unit_kwargs |= dict(value_ratio=float(value_ratio), ffn_ratio=float(ffn_ratio))
         unit_kwargs |= dict(ffn=ffn, ffn_drop=float(ffn_drop))
-        self._build_interactions(specs, interactions, unit_kwargs)
-        self._build_merge(merge_dim, merge_size, merge_init)
+        with seeded(int(seed)):  # the new modules' init, the same in every process
+            self._build_interactions(specs, interactions, unit_kwargs)
+            self._build_merge(merge_dim, merge_size, merge_init)
 
         # --- TokenEncoder contract -------------------------------------------------------------
         self.image_size = self.resolutions[0]
@@ -379,6 +383,7 @@ class PIIPEncoder(TokenEncoder):
             resize=resize,
             pooling=str(pool),
             trainable=bool(trainable),
+            seed=int(seed),
         )
         self._setup(str(pool), None, None)  # each branch normalises its own input
         self.pooling.check(self.num_prefix_tokens, self.merge_size, what="encoder 'piip'")
