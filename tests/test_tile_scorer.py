@@ -51,7 +51,7 @@ def test_change_target_is_the_fill_error_per_tile():
 def test_scale_maps_are_s2s_scales():
     enc = _enc()
     x = _frames()
-    maps = enc.scale_maps(x)
+    _, maps = enc.scale_pass(x)
     assert [m.shape[1] for m in maps] == [2, 4, 8]
     with torch.no_grad():
         ref = s2_forward(
@@ -104,7 +104,7 @@ def test_learned_rule_loads_the_file_and_is_fingerprinted(tmp_path):
     x = _frames()
     with torch.no_grad():
         _, chosen = enc.select_tokens(x)
-        grid = enc.scale_maps(x)[0]
+        grid = enc.scale_pass(x)[1][0]
         expected = [select_tiles(s, k) for s, k in zip(scorer(grid), enc.keep, strict=True)]
     assert all(torch.equal(a, b) for a, b in zip(chosen, expected, strict=True))
     assert not any(p.requires_grad for p in enc.scorer.parameters())
@@ -183,7 +183,7 @@ def test_cls_attention_is_the_last_blocks_attention_of_the_cls_token():
     assert ours.shape == (3, 2, 2) and (ours - ref).abs().max() <= 1e-6
     assert not attn._forward_pre_hooks  # closed: the high-res tiles run without it
     with torch.no_grad():
-        low = enc.low_res(_frames(3), cls_attention=True)
+        low, _ = enc.scale_pass(_frames(3), cls_attention=True)
         _, chosen = enc.select_tokens(_frames(3))
     assert low.cls_attention is not None
     assert torch.equal(chosen[1], select_tiles(per_tile(low.cls_attention, 4), 2))

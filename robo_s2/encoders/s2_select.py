@@ -19,7 +19,8 @@ are fingerprinted too).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -239,45 +240,47 @@ class S2SelectEncoder(S2Encoder):
         """Tiles per side of every scale after the first."""
         return [pl.num_split for pl in self.plans[1:]]
 
-    @torch.no_grad()
-    def scale_maps(self, images: Tensor) -> list[Tensor]:
-        """Every scale's true patch-token map, channels last ``(B, g, g, C)`` (all tiles run, as
-        in S²): what the learned rule's targets are computed from."""
-        x = self.prepare(images)
-        p, maps = self.num_prefix_tokens, []
-        for plan in self.plans:
-            out = s2_forward(
-                self.backbone.pixel_tokens, x, img_sizes=[plan.size], max_split_size=plan.tile,
-                num_prefix_token=p, base_size=plan.size,
-                downsample=self.downsample if self.source == "native" else None,
-                max_tiles_per_pass=self._tiles_per_pass(x.device),
-            )[:, p:]  # fmt: skip
-            side = int(out.shape[1] ** 0.5)
-            maps.append(out.reshape(out.shape[0], side, side, -1))
-        return maps
+    def _downsample_mode(self) -> str | None:
+        return self.downsample if self.source == "native" else None
 
-    def _capture(self, wanted: bool) -> ClsAttentionCapture | None:
-        return ClsAttentionCapture(self.backbone) if wanted else None
-
-    def low_res(self, images: Tensor, cls_attention: bool = False) -> LowRes:
-        """The first scale's pass as the rules see it (with the CLS attention when asked)."""
-        x = self.prepare(images)
-        capture = self._capture(cls_attention)
+    @contextlib.contextmanager
+    def _capture(self, wanted: bool) -> Iterator[ClsAttentionCapture | None]:
+        capture = ClsAttentionCapture(self.backbone) if wanted else None
         try:
-            return low_res_pass(
-                self.backbone.pixel_tokens, x, self.plans[0], self.num_prefix_tokens,
-                self.downsample if self.source == "native" else None,
-                self._tiles_per_pass(x.device), capture,
-            )[0]  # fmt: skip
+            yield capture
         finally:
             if capture is not None:
                 capture.close()
 
+    @torch.no_grad()
+    def scale_pass(
+        self, images: Tensor, cls_attention: bool = False
+    ) -> tuple[LowRes, list[Tensor]]:
+        """The first scale's pass as the rules see it (with the CLS attention when asked) and
+        every scale's true patch-token map, channels last ``(B, g, g, C)`` (all tiles run, as in
+        S²): what the learned rule's targets are computed from."""
+        x = self.prepare(images)
+        p, tiles_per_pass = self.num_prefix_tokens, self._tiles_per_pass(x.device)
+        with self._capture(cls_attention) as capture:
+            low, _ = low_res_pass(
+                self.backbone.pixel_tokens, x, self.plans[0], p, self._downsample_mode(),
+                tiles_per_pass, capture,
+            )  # fmt: skip
+        maps = [low.tokens]
+        for plan in self.plans[1:]:
+            out = s2_forward(
+                self.backbone.pixel_tokens, x, img_sizes=[plan.size], max_split_size=plan.tile,
+                num_prefix_token=p, base_size=plan.size, downsample=self._downsample_mode(),
+                max_tiles_per_pass=tiles_per_pass,
+            )[:, p:]  # fmt: skip
+            side = int(out.shape[1] ** 0.5)
+            maps.append(out.reshape(out.shape[0], side, side, -1))
+        return low, maps
+
     def select_tokens(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Token map and the ``(B, k)`` tile indices run at each larger scale."""
         x = self.prepare(images)
-        capture = self._capture(needs_cls_attention(self.rule_name))
-        try:
+        with self._capture(needs_cls_attention(self.rule_name)) as capture:
             return s2_select_forward(
                 self.backbone.pixel_tokens,
                 x,
@@ -285,13 +288,10 @@ class S2SelectEncoder(S2Encoder):
                 self.keep,
                 self.rule,
                 num_prefix_token=self.num_prefix_tokens,
-                downsample=self.downsample if self.source == "native" else None,
+                downsample=self._downsample_mode(),
                 max_tiles_per_pass=self._tiles_per_pass(x.device),
                 attention=capture,
             )
-        finally:
-            if capture is not None:
-                capture.close()
 
     def forward_tokens(self, images: Tensor) -> Tensor:
         return self.select_tokens(images)[0]

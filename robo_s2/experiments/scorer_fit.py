@@ -125,7 +125,7 @@ def _source(cfg: dict[str, Any]) -> tuple[Any, str, Any, dict[str, Any]]:
         raise UserError(f"{store.path} has no data/{key}; its arrays: {store.keys()}")
     overrides = {**(cfg.get("overrides") or {}), "rule": "salient", "scorer": None}
     encoder: Any = create_encoder(cfg["source"], **overrides)
-    if not hasattr(encoder, "scale_maps"):
+    if not hasattr(encoder, "scale_pass"):
         raise UserError(f"source {cfg['source']} is not an s2_select encoder (e.g. vit_t_s2sel)")
     return store, key, encoder, overrides
 

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from robo_s2.encoders.tile_rules import (
-    LowRes,
     get_tile_rule,
     list_tile_rules,
     needs_cls_attention,
@@ -62,12 +61,10 @@ def scorer_data(
     for lo in range(0, len(rows), batch_size):
         images = torch.as_tensor(np.asarray(frames[rows[lo : lo + batch_size]])).to(dev)
         with autocast(dev, precision):
-            maps = encoder.scale_maps(images)
-            low = encoder.low_res(images, cls_attention=attention)
+            low, maps = encoder.scale_pass(images, cls_attention=attention)
         maps = [m.to(torch.float32) for m in maps]
         grids.append(maps[0].cpu())
         targets.append([t.cpu() for t in change_targets(maps, encoder.splits)])
-        low = LowRes(maps[0], low.frames, low.cls_attention)  # the very tokens the head reads
         for name in scores:
             rule = get_tile_rule(name)
             scores[name].append(
