@@ -355,3 +355,45 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_checkpoint, args, message):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+
+def test_checkpoint_and_eval_info_name_the_software_and_warn_on_another_mujoco(
+    tiny_checkpoint, tmp_path
+):
+    import shutil
+
+    import mujoco
+
+    from robo_s2.core.versions import software_versions
+
+    meta = json.loads((tiny_checkpoint / "robo_s2.json").read_text())
+    for key in ("python", "torch", "timm", "mujoco", "numpy", "zarr", "cpu", "torch_threads"):
+        assert meta["versions"][key], key
+    assert meta["versions"]["mujoco"] == mujoco.__version__
+    assert isinstance(meta["versions"]["cpu_bf16_flags"], list)
+
+    same = robo_s2(
+        "eval", f"checkpoint={tiny_checkpoint}", "positions=random", "n_episodes=1", "workers=0",
+        "n_videos=0", "env_overrides.max_episode_steps=3", f"hydra.run.dir={tmp_path}/same", cwd=tmp_path,
+    )  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    assert "MuJoCo" not in same.stderr
+    info = json.loads((tmp_path / "same" / "eval_info.json").read_text())
+    assert info["versions"]["mujoco"] == mujoco.__version__
+    assert info["versions"].keys() == software_versions().keys()
+
+    old = tmp_path / "old_mujoco"
+    shutil.copytree(tiny_checkpoint, old)
+    meta["versions"]["mujoco"] = "3.3.7"
+    (old / "robo_s2.json").write_text(json.dumps(meta))
+    other = robo_s2(
+        "eval", f"checkpoint={old}", "positions=random", "n_episodes=1", "workers=0",
+        "n_videos=0", "env_overrides.max_episode_steps=3", f"hydra.run.dir={tmp_path}/other", cwd=tmp_path,
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    warnings = [line for line in other.stderr.splitlines() if "MuJoCo" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ")
+    assert f"MuJoCo 3.3.7, evaluation runs MuJoCo {mujoco.__version__}" in warnings[0]

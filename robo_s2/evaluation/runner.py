@@ -36,6 +36,7 @@ first ``n_videos`` episodes (front camera), and ``positions.png`` (placements co
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -328,11 +329,15 @@ def load_target(
         }
         return EvalTarget(actor, env_kwargs, desc, about)
 
+    from robo_s2.core.versions import mujoco_mismatch
     from robo_s2.training.checkpoint import load_checkpoint, read_meta
 
     path = Path(checkpoint)
     base = checkpoint_env_kwargs(read_meta(path), path)  # refuse foreign envs before loading
     ckpt = load_checkpoint(path, device=device)
+    drift = mujoco_mismatch(ckpt.meta.get("versions"))
+    if drift is not None:
+        print(f"warning: {drift}", file=sys.stderr)
     sees_frames = getattr(ckpt.encoder, "input_key", None) is None  # the oracle reads the state
     env_kwargs, desc = build_env_kwargs(base, env_overrides, render_images=sees_frames)
     if sees_frames:
@@ -716,6 +721,7 @@ def _eval_info(
 ) -> dict[str, Any]:
     """``eval_info.json`` without the output paths (those are added when written)."""
     from robo_s2 import __version__
+    from robo_s2.core.versions import software_versions
 
     records, desc = result.records, target.env_description
     lo, hi = result.ci95
@@ -753,6 +759,7 @@ def _eval_info(
         "env_overrides": {k: v for k, v in dict(env_overrides or {}).items() if v is not None},
         "per_episode": [r.to_dict() for r in records],
         "robo_s2_version": __version__,
+        "versions": software_versions(),
     }
 
 

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robo_s2.core.config import load_config, require_complete, to_plain
 from robo_s2.core.process import start_orphan_watch
+from robo_s2.core.versions import software_versions
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import SuccessRate, compare_rates, seed_interval
 
@@ -452,17 +453,17 @@ def git_commit(path: Path | None = None) -> str:
 
 
 def provenance(seconds: float) -> dict[str, Any]:
-    """Where and how long an experiment ran: what a committed result must say about itself."""
+    """Where, with what and how long an experiment ran: what a committed result must say about
+    itself (the software versions of :func:`robo_s2.core.versions.software_versions` included)."""
     import torch
 
     return {
         "commit": git_commit(),
         "minutes": round(seconds / 60, 1),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "machine": platform.machine(),
+        **software_versions(),
     }
 
 
@@ -506,6 +507,14 @@ def results_markdown(
             + (f", {prov['cuda']}" if prov.get("cuda") else "")
             + ").\n"
         )
+        if prov.get("mujoco"):
+            bf16 = prov.get("cpu_bf16_flags")
+            text += (
+                f"Software: Python {prov.get('python')}, torch {prov.get('torch')}, timm "
+                f"{prov.get('timm')}, MuJoCo {prov.get('mujoco')}, numpy {prov.get('numpy')}, zarr "
+                f"{prov.get('zarr')}; CPU {prov.get('cpu')} (bf16 flags: "
+                f"{', '.join(bf16) if bf16 else 'none'}).\n"
+            )
     return text
 
 

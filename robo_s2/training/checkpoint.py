@@ -5,7 +5,8 @@ A checkpoint is a directory (``<run>/checkpoints/{last,best}``)::
     model.safetensors, config.json   the policy (``BasePolicy.save_pretrained``), normalizer included
     encoder.safetensors              the encoder's weights, only when it has trainable parts (PIIP)
     robo_s2.json                     meta: encoder (label, config, fingerprint), env description, image
-                                     key, data store, step, metrics, software version
+                                     key, data store, step, metrics, software versions
+                                     (python, torch, timm, mujoco, ..., CPU, threads)
     config.yaml                      the training run's full resolved config
     training_state.safetensors       optimizer, scheduler, EMA, RNG states, step (``last`` only):
                                      tensors plus JSON, no pickle (:func:`robo_s2.safe_io.save_state`)
@@ -35,6 +36,7 @@ import torch
 
 from robo_s2 import __version__
 from robo_s2.core.io import replace_path
+from robo_s2.core.versions import software_versions
 from robo_s2.errors import UserError
 from robo_s2.safe_io import fit_state_dict, read_safetensors, save_state, strip_trust
 
@@ -92,7 +94,12 @@ def save_checkpoint(
     if encoder.trainable:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
         save_file(state, str(tmp / ENCODER_WEIGHTS))
-    full_meta = {**meta, "encoder": encoder_meta(encoder), "robo_s2_version": __version__}
+    full_meta = {
+        **meta,
+        "encoder": encoder_meta(encoder),
+        "robo_s2_version": __version__,
+        "versions": software_versions(),
+    }
     (tmp / META_NAME).write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
     if config is not None:
         if not OmegaConf.is_config(config):
