@@ -19,6 +19,10 @@ import time
 
 import torch
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"models": "vit_tiny_patch16_224", "sizes": "32", "batches": "1,2", "repeats": 1}
+
 
 def timed(fn, repeats: int) -> list[float]:
     out = []
@@ -41,7 +45,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--max-tokens", type=int, default=3200, help="skip larger passes (slow)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args()
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(

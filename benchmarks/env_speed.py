@@ -19,6 +19,10 @@ import numpy as np  # noqa: E402
 from envs.cube_pick import CubePickEnv  # noqa: E402
 from robo_s2.data.collection import collect  # noqa: E402
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"steps": 3, "episodes": 1, "collect_size": 32}
+
 
 def env_steps_per_second(steps: int, **env_kwargs) -> float:
     env = CubePickEnv(**env_kwargs)
@@ -57,7 +61,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--episodes", type=int, default=6)
     parser.add_argument("--collect-size", type=int, default=224)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
 
     rows = [("env steps/s, no rendering", env_steps_per_second(args.steps, render_images=False))]
     for size in (224, 448):

@@ -37,6 +37,11 @@ import torch  # noqa: E402
 
 from robo_s2.evaluation.runner import evaluate  # noqa: E402
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"encoders": "vit_t", "sizes": "32", "episodes": 1, "steps": 2, "workers": 0,
+         "repeats": 1, "frame_cost": True}  # fmt: skip
+
 
 def _arms() -> dict[str, tuple[dict, str]]:
     """Arm -> (render profile, encoder precision)."""
@@ -95,13 +100,13 @@ def build_checkpoint(
 def frame_cost(ckpt: Path, precision: str, batch: int) -> dict[str, float]:
     """ms per render, physics step, encoder forward at batch 1 and ``batch`` and policy step at
     ``batch`` (median of 7)."""
-    from envs.cube_pick import CubePickEnv
+    from envs import make_env
     from robo_s2.encoders.feature_cache import encode_frames
     from robo_s2.evaluation.runner import checkpoint_env_kwargs, eval_precision
     from robo_s2.training.checkpoint import load_checkpoint, read_meta
 
     meta = read_meta(ckpt)
-    env = CubePickEnv(**{**checkpoint_env_kwargs(meta), "render_images": True})
+    env = make_env({**checkpoint_env_kwargs(meta), "render_images": True})  # the spec has an id
     obs, _ = env.reset(seed=0)
 
     def median_ms(fn, n=7) -> float:
@@ -260,7 +265,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the median is reported")
     parser.add_argument("--frame-cost", action="store_true", help="also time render and encoder")
     parser.add_argument("--worker-sweep", default=None, help="e.g. 0,1,2: compare worker counts")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker_sweep:

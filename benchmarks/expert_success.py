@@ -32,6 +32,10 @@ from robo_s2.evaluation.stats import wilson_interval
 from robo_s2.experiments.runner import git_commit
 from robo_s2.paths import env_config
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"n": 2}
+
 
 def measure(
     n: int,
@@ -114,7 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--failures", action="store_true", help="list the failed episodes")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
 
     try:
         env_kwargs = env_config(args.env, args.sets)

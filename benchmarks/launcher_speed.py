@@ -23,6 +23,25 @@ import tempfile
 import time
 from pathlib import Path
 
+TINY_TRAIN = (  # --smoke's trainer
+    "['policy.d_model=16','policy.n_layers=1','policy.n_heads=2','policy.history=2',"
+    "'policy.chunk=2','train.batch_size=4','train.steps=2','train.warmup_steps=1',"
+    "'train.eval_every=1','train.save_every=1','data.val_fraction=0.34']"
+)
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {
+    "overrides": [
+        "experiment.demos.store=demos/smoke.zarr", "experiment.demos.n_episodes=2",
+        "experiment.demos.env.image_size=32",
+        "experiment.rows=[{label:ViT-T,encoder:vit_t,overrides:{image_size:32,pooling:'grid:2'}}]",
+        "experiment.seeds=[0]", f"experiment.train_overrides={TINY_TRAIN}",
+        "experiment.eval.positions=random", "experiment.eval.n_episodes=1",
+        "experiment.eval.n_videos=0", "+experiment.eval.env_overrides.max_episode_steps=4",
+        "workers=0",
+    ]
+}  # fmt: skip
+
 
 def robo_s2(args: list[str], cwd: Path, threads: int | None = None) -> float:
     env = dict(os.environ)
@@ -73,9 +92,13 @@ def main() -> None:
     ap.add_argument("--no-serial-matched", action="store_true",
                     help="skip the serial run at the jobs' thread count")  # fmt: skip
     ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     a = ap.parse_args()
+    if a.smoke:
+        ap.set_defaults(**SMOKE)
+        a = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    root = a.out or Path(tempfile.mkdtemp(prefix="launcher_speed_"))
+    root = (a.out or Path(tempfile.mkdtemp(prefix="launcher_speed_"))).resolve()  # we chdir
     root.mkdir(parents=True, exist_ok=True)
     base = [f"experiment={a.experiment}", *a.overrides]
     # the demos once, with the experiment's own collection stage, outside both timings

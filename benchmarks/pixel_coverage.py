@@ -37,6 +37,11 @@ from robo_s2.paths import env_config
 CAMERA = "front"
 
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"n": 2, "sizes": [16, 32]}
+
+
 def segmentation_renderers(env: CubePickEnv, sizes: Sequence[int]) -> dict[int, mujoco.Renderer]:
     """A segmentation renderer per image size over the env's model (as the env makes its own)."""
     ensure_gl_backend()
@@ -177,7 +182,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="PNG of each config's fewest-pixel placement at every size (a row per config)",
     )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
 
     results, rows = [], []
     print(

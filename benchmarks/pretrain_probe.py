@@ -30,6 +30,12 @@ import torch
 ARCHS = {"t": "vit_tiny_patch16_224", "s": "vit_small_patch16_224"}
 
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"out": "bench_out/probe_smoke", "epochs": 1, "size": 32, "pretrain_episodes": 1,
+         "scene_episodes": 1, "probe_episodes": 4, "archs": "t"}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
@@ -50,7 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--archs", default="t,s")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="pretrain only this arch key (t or s), no probe")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args(argv)
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

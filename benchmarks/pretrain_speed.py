@@ -19,6 +19,10 @@ import time
 
 import torch
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"archs": "vit_tiny_patch16_224", "size": 32, "batch": 2, "steps": 1, "decoder": "32,1,2"}
+
 
 def _timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
@@ -84,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epoch-images", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args(argv)
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -30,6 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"store": "bench_out/probe_smoke/probe.zarr", "out": "bench_out/s2_select_smoke",
+         "base": 32, "ks": "1", "batch": 2, "min_time": 0.0, "probe_episodes": 0}  # fmt: skip
+
 
 def _rows(
     base_cfg: dict[str, Any], rules: list[str], ks: list[int], scorer: str | None
@@ -119,13 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-episodes", type=int, default=40, help="first N episodes (0: all)")
     ap.add_argument("--out", default="bench_out/s2_select")
     ap.add_argument("--probe-precision", default="bf16", help="the probe features' precision")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args(argv)
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = {"name": "timm", "model": "vit_tiny_patch16_224", "image_size": args.base,
                 "pretrained": args.weights is not None, "weights": args.weights}  # fmt: skip
     base_cfg = {"backbone": backbone, "pooling": "grid:2", "source": "upsample"}
+    if args.smoke and not Path(args.store).exists():  # pretrain_probe.py's probe store, tiny
+        from robo_s2.data.collection import collect
+
+        collect(args.store, 4, dict(image_size=args.base, max_episode_steps=8), seed=2000,
+                keep_failed=True)  # fmt: skip
     store = _subset(DemoStore.open(args.store), args.probe_episodes, Path(args.out))
     start = time.perf_counter()
     print(

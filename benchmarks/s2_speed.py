@@ -1,7 +1,8 @@
 """Our S² (one batched pass) against the official ``s2wrapper.forward``, same model, same run.
 
-    python benchmarks/s2_speed.py [--model vit_tiny_patch16_224] [--scales 1,2] [--batch-sizes 1,8]
-                                  [--repeats 7] [--threads 1] [--device cpu] [--compile] [--bf16]
+    python benchmarks/s2_speed.py [--model vit_tiny_patch16_224] [--size 224] [--scales 1,2]
+                                  [--batch-sizes 1,8] [--repeats 7] [--threads 1] [--device cpu]
+                                  [--compile] [--bf16]
 
 Both run the same frozen timm ViT (random weights; speed does not depend on them) under
 ``torch.inference_mode`` on the same inputs, interleaved call by call so that load from other
@@ -36,6 +37,10 @@ from robo_s2.device import autocast, cpu_bf16_supported, resolve_device
 from robo_s2.encoders.backbone import TimmEncoder
 from robo_s2.encoders.s2 import s2_forward
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"size": 32, "batch_sizes": "1", "repeats": 1, "bf16": True}
+
 
 def _time(fn, device: torch.device) -> float:
     if device.type == "cuda":
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="vit_tiny_patch16_224")
+    ap.add_argument("--size", type=int, default=None, help="base image size (default: the model's)")
     ap.add_argument("--scales", default="1,2")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--repeats", type=int, default=7)
@@ -72,13 +78,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="add rows with the model torch.compile'd (static shapes) for ours and the wrapper",
     )
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args(argv)
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     scales = [float(s) for s in args.scales.split(",")]
     torch.manual_seed(0)
-    backbone = TimmEncoder(model=args.model, pretrained=False).to(device)
+    backbone = TimmEncoder(model=args.model, pretrained=False, image_size=args.size).to(device)
     model = backbone.pixel_tokens
     base = backbone.image_size
     p = backbone.num_prefix_tokens

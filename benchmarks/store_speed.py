@@ -20,6 +20,10 @@ import numpy as np
 from robo_s2.data.store import DemoStore
 from robo_s2.data.windows import sequence_indices
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"frames": 2, "size": 16, "episodes": 10}
+
 
 def _best_of(fn, repeats: int = 3) -> float:
     times = []
@@ -35,7 +39,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args()
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args()
     rng = np.random.default_rng(0)
     n, s = args.frames, args.size
     ep = {

@@ -32,6 +32,11 @@ FEATURES = {"vector": (1, 384), "grid 4x4": (16, 384)}
 POLICIES = ("chunk_transformer", "mlp")
 
 
+# --smoke sets these defaults: the same code path at a tiny size, in seconds (tests/
+# test_benchmarks.py); flags given explicitly still win
+SMOKE = {"batch_size": 4, "steps": 1, "warmup": 1, "frames": 80}
+
+
 def policy_config(name: str) -> dict:
     cfg = OmegaConf.to_container(OmegaConf.load(config_dir() / "policy" / f"{name}.yaml"))
     cfg.pop("feature_tokens", None)
@@ -103,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=4800, help="frames of synthetic data")
     ap.add_argument("--ema", type=float, default=0.995, help="EMA decay (0 = off)")
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args(argv)
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
