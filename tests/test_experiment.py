@@ -263,9 +263,9 @@ def test_quickstart_succeeds_on_a_cpu(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    (row,) = saved["rows"]
-    (run,) = row["runs"]
-    assert run["n_episodes"] == 16 and run["n_success"] >= 3, run
+    for row in saved["rows"]:  # the vision row and the oracle: at the floor CI holds them to
+        (run,) = row["runs"]
+        assert run["n_episodes"] == 16 and run["n_success"] >= 11, run
 
 
 def test_a_job_process_ends_when_its_parent_is_killed():
