@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from robo_s2.errors import UserError
-from robo_s2.experiments.runner import RowResult, RunOutcome, provenance, write_reports
+from robo_s2.experiments.runner import RUN_FIELDS, RowResult, RunOutcome, provenance, write_reports
 from robo_s2.paths import config_dir
 
 # the parts of an experiment's setup that must agree for two rows to share a table
@@ -103,12 +103,19 @@ def _with_defaults(setup: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-_RUN_FIELDS = {f.name for f in fields(RunOutcome)}
-
-
 def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
     try:
-        runs = [RunOutcome(**{k: o[k] for k in _RUN_FIELDS}) for o in rec["runs"]]
+        runs = [RunOutcome(**{k: o[k] for k in RUN_FIELDS if k in o}) for o in rec["runs"]]
+        for run in runs:
+            ep = run.episodes
+            if ep and (
+                not isinstance(ep, str) or set(ep) - {"0", "1"} or len(ep) != run.n_episodes
+                or ep.count("1") != run.n_success
+            ):  # fmt: skip
+                raise ValueError(
+                    f"run {run.row} seed {run.seed}: its per-episode record does not match "
+                    f"{run.n_success}/{run.n_episodes}"
+                )
         return RowResult(
             label=str(rec["label"]), encoder=str(rec["encoder"]), params=int(rec["params"]),
             gflops=float(rec["gflops"]), feature_dim=int(rec["feature_dim"]), runs=runs,

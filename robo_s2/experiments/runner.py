@@ -17,8 +17,11 @@ Layout of the output directory::
                                  first (baseline) row with a Newcombe interval and Fisher's p
     success.png                  bar plot with intervals (paper numbers as markers when given)
 
-``results.md`` also holds every pairwise difference (Newcombe interval, Fisher's p), and
-``results.json`` the provenance: the git commit the code ran at, the wall time, the CPU and threads.
+``results.md`` also holds every pairwise difference (Newcombe interval and Fisher's p on pooled
+episodes, Welch's seed-level interval, the paired bootstrap and McNemar test on the shared positions,
+each Holm-corrected over the table's pairs, with a note on how to read them), and ``results.json``
+each run's per-episode successes and the provenance: the git commit the code ran at, the wall time,
+the CPU, threads and software versions.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,18 @@ class RunOutcome:
     eval_seconds: float
     val_ratio: float | None  # validation L1 / mean-action L1 of the evaluated checkpoint
     reused: bool  # training and evaluation were both read back from an earlier invocation
+    # per-episode success in episode order ("1" / "0"): episode i faced position i of the protocol's
+    # set, the same for every row and seed (what the paired tests pair); "" in older results
+    episodes: str = ""
+
+
+def episode_string(per_episode: Sequence[Mapping[str, Any]]) -> str:
+    """:attr:`RunOutcome.episodes` from ``eval_info.json``'s per-episode records."""
+    ordered = sorted(per_episode, key=lambda r: int(r["index"]))
+    return "".join("1" if r["success"] else "0" for r in ordered)
+
+
+RUN_FIELDS = {f.name for f in fields(RunOutcome)}
 
 
 @dataclass
@@ -246,10 +261,26 @@ def run_one(
     device: str,
     progress: bool,
 ) -> RunOutcome:
-    """Train (or resume, or reuse) one policy and evaluate it (or read its evaluation back)."""
+    """Train (or resume, or reuse) one policy and evaluate it (or read its evaluation back); with
+    the experiment's ``cells``, a committed cell of the same key is read back instead, and a
+    finished one is written there (:mod:`robo_s2.experiments.cells`)."""
     from robo_s2.evaluation.runner import evaluate
+    from robo_s2.experiments.cells import cell_dir, cell_key, demos_checksum, read_cell, write_cell
     from robo_s2.training.trainer import train
 
+    committed = None
+    if exp["cells"]:
+        committed = cell_dir(exp["cells"], row.slug, seed)
+        key, checksum = cell_key(exp, asdict(row), seed), demos_checksum(store)
+        saved = read_cell(committed, key, checksum)
+        if saved is not None:
+            fields_ = {k: saved[k] for k in RUN_FIELDS if k in saved}
+            outcome = RunOutcome(**{**fields_, "run_dir": str(committed), "reused": True})
+            print(
+                f"experiment: {row.label} seed {seed}: {outcome.n_success}/{outcome.n_episodes} "
+                f"[committed cell {committed}]"
+            )
+            return outcome
     run_dir = out_dir / "runs" / row.slug / f"seed{seed}"
     cfg = train_config(exp, row, seed, store, device)
     t0 = time.perf_counter()
@@ -272,6 +303,7 @@ def run_one(
         info = json.loads(info_path.read_text())
     if reused_eval:
         n_success, n_episodes, eval_s = info["n_success"], info["n_episodes"], info["eval_s"]
+        per_episode = info["per_episode"]
     else:
         protocol_path.unlink(missing_ok=True)  # an interrupted evaluation must not look finished
         t1 = time.perf_counter()
@@ -287,6 +319,7 @@ def run_one(
             out_dir=eval_dir,
         )
         n_success, n_episodes, eval_s = res.n_success, res.n_episodes, time.perf_counter() - t1
+        per_episode = [r.to_dict() for r in res.records]
         protocol_path.write_text(json.dumps({**protocol, "checkpoint": str(ckpt)}, indent=2))
     metrics = result.best if ckpt.name == "best" and result.best else result.final
     ratio = metrics.get("ratio") if metrics else None
@@ -300,7 +333,14 @@ def run_one(
         eval_seconds=round(float(eval_s), 1),
         val_ratio=None if ratio is None else round(float(ratio), 4),
         reused=reused_eval,  # (only possible when training had nothing left to do)
+        episodes=episode_string(per_episode),
     )
+    if committed is not None:
+        from robo_s2.core.versions import software_versions
+
+        record = {k: v for k, v in asdict(outcome).items() if k not in ("run_dir", "reused")}
+        about = {"commit": git_commit(), "versions": software_versions(), "run_dir": str(run_dir)}
+        write_cell(committed, key, checksum, record, per_episode, about)
     pc = 100.0 * outcome.n_success / max(outcome.n_episodes, 1)
     state = "reused" if outcome.reused else f"train {train_s:.0f} s, eval {eval_s:.0f} s"
     print(
@@ -403,34 +443,98 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
 
 def pairwise_table(rows: Sequence[RowResult]) -> list[dict[str, Any]]:
     """Every pair of rows (earlier row ``A``, later row ``B``): ``A - B`` in points with its
-    Newcombe 95 % interval and Fisher's exact p (two-sided)."""
-    pairs = []
+    Newcombe 95 % interval and Fisher's exact p (two-sided) on the pooled episodes; Welch's
+    seed-level comparison where both rows have two or more seeds; the paired comparison where both
+    carry per-episode records of the same positions (:mod:`robo_s2.evaluation.paired`); each
+    family of p-values Holm-adjusted over the table's pairs (``holm_<key>``)."""
+    from robo_s2.evaluation.paired import holm, paired_comparison, seed_comparison
+
+    pairs, fisher = [], []
     for i, a in enumerate(rows):
         for b in rows[i + 1 :]:
             c = compare_rates(a.n_success, a.n_episodes, b.n_success, b.n_episodes)
-            pairs.append(
-                {
-                    "a": a.label,
-                    "b": b.label,
-                    "diff_points": round(100 * c.diff, 1),
-                    "ci95": [round(100 * c.diff_ci95[0], 1), round(100 * c.diff_ci95[1], 1)],
-                    "p_value": float(f"{c.p_value:.3g}"),
-                    "significant": c.significant,
-                }
+            fisher.append(c.p_value)
+            pair: dict[str, Any] = {
+                "a": a.label,
+                "b": b.label,
+                "diff_points": round(100 * c.diff, 1),
+                "ci95": [round(100 * c.diff_ci95[0], 1), round(100 * c.diff_ci95[1], 1)],
+                "p_value": float(f"{c.p_value:.3g}"),
+                "significant": c.significant,
+            }
+            seeds = seed_comparison(
+                [o.n_success / max(o.n_episodes, 1) for o in a.runs],
+                [o.n_success / max(o.n_episodes, 1) for o in b.runs],
             )
+            if seeds is not None:
+                pair["seed_ci95"] = [round(100 * x, 1) for x in seeds.ci95]
+                pair["welch_p"] = seeds.welch_p
+            if _pairable(a, b):
+                pc = paired_comparison(
+                    [[int(x) for x in o.episodes] for o in a.runs],
+                    [[int(x) for x in o.episodes] for o in b.runs],
+                )
+                pair["paired_ci95"] = [round(100 * x, 1) for x in pc.paired_ci95]
+                pair["mcnemar_p"] = pc.mcnemar_p
+                pair["discordant"] = list(pc.discordant)
+            pairs.append(pair)
+    for key in ("p_value", "mcnemar_p", "welch_p"):
+        adjusted = holm(fisher if key == "p_value" else [p.get(key) for p in pairs])
+        for p, h in zip(pairs, adjusted, strict=True):
+            if key in p:
+                p[f"holm_{key}"] = h
     return pairs
 
 
+def _pairable(a: RowResult, b: RowResult) -> bool:
+    """Whether every run of both rows has per-episode records of one and the same length."""
+    lengths = {len(o.episodes) for o in (*a.runs, *b.runs)}
+    return len(lengths) == 1 and 0 not in lengths
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+# the pairwise table's optional column groups: (key present in a pair, headers)
+_PAIR_COLUMNS = (
+    ("welch_p", ("seed-level 95% CI (Welch)", "Welch p", "Holm p (Welch)")),
+    ("mcnemar_p", ("paired 95% CI (positions)", "McNemar p", "Holm p (McNemar)")),
+)
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "–" if ci is None else f"{ci[0]:+.1f}, {ci[1]:+.1f}"
+
+
 def pairwise_markdown(pairs: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| A | B | A - B (points) | 95% CI | Fisher p |", "|---|---|---|---|---|"]
+    groups = [(key, heads) for key, heads in _PAIR_COLUMNS if any(key in p for p in pairs)]
+    heads = ["A", "B", "A - B (points)", "95% CI", "Fisher p", "Holm p (Fisher)"]
+    heads += [h for _, hs in groups for h in hs]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for p in pairs:
-        lo, hi = p["ci95"]
         mark = " *" if p["significant"] else ""
-        lines.append(
-            f"| {p['a']} | {p['b']} | {p['diff_points']:+.1f}{mark} | {lo:+.1f}, {hi:+.1f} | "
-            f"{p['p_value']:.3g} |"
-        )
+        cells = [
+            p["a"], p["b"], f"{p['diff_points']:+.1f}{mark}", _ci(p["ci95"]),
+            _p(p["p_value"]), _p(p.get("holm_p_value")),
+        ]  # fmt: skip
+        for key, _ in groups:
+            ci_key = "seed_ci95" if key == "welch_p" else "paired_ci95"
+            cells += [_ci(p.get(ci_key)), _p(p.get(key)), _p(p.get(f"holm_{key}"))]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+HOW_TO_READ_PAIRS = """How to read the pairwise table. *A - B*, its *95% CI* (Newcombe) and *Fisher p* pool the
+episodes of all seeds: every episode counts as independent and seeds as exchangeable. The
+*seed-level* interval and *Welch p* take the per-seed success rates as the units, so a recipe that
+collapses on one seed widens them (with 3 seeds they are wide). Every row faced the same positions,
+so where per-episode records exist the *paired* columns are the stronger design: a bootstrap
+interval over positions (each carries its success over seeds for both rows) and McNemar's exact
+test on the (seed, position) pairs where exactly one row succeeded. Each *Holm p* corrects its
+column for the number of pairs in the table. A difference stands when its Holm-corrected p (paired
+where there are records, else Fisher's) is below 0.05 and the seed-level interval agrees in sign.
+A random-init row shares one encoder draw across its seeds unless its encoder's seed varies."""
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -495,10 +599,11 @@ def results_markdown(
     )
     if notes:
         text += f"\n{notes.strip()}\n"
-    if len(rows) > 2:
+    if len(rows) >= 2:
         text += (
             "\n## Pairwise differences\n\n"
-            f"{pairwise_markdown(pairs)}\n\n* : the 95% interval excludes 0.\n"
+            f"{pairwise_markdown(pairs)}\n\n* : the 95% interval excludes 0.\n\n"
+            f"{HOW_TO_READ_PAIRS}\n"
         )
     if prov:
         text += (
@@ -746,8 +851,12 @@ def run_experiment(
     protocol = exp["eval"]
     described = f"positions={protocol['positions']} seed={protocol['seed']}"
     seconds = time.perf_counter() - t0
+    prov = provenance(seconds)
+    from robo_s2.experiments.cells import demos_checksum
+
+    prov["demos_sha256"] = demos_checksum(store)
     md, csv_path, json_path, plot = write_reports(
-        name, str(exp["title"]), results, out, described, provenance(seconds),
+        name, str(exp["title"]), results, out, described, prov,
         setup={k: exp[k] for k in ("demos", "eval", "train_overrides")},
     )  # fmt: skip
     return ExperimentResult(name, out, results, seconds, md, csv_path, json_path, plot)

@@ -1,0 +1,130 @@
+"""Committed experiment cells: how an experiment longer than a session continues on a fresh clone.
+
+An experiment config's ``cells`` names a directory inside the repository (``docs/results/<name>/
+cells``). Every finished (row, seed) writes ``<cells>/<row>/seed<k>/``::
+
+    cell.json          what the cell is (its key: row, seed, train overrides, evaluation protocol,
+                       demos spec and the demos' checksum), its outcome (successes, episodes, the
+                       per-episode success string), the commit, software versions and seconds
+    records.json.gz    the per-episode records: index, episode seed, cube x, y, yaw, success,
+                       steps, max lift (gzip'd JSON, a few kB for 200 episodes)
+
+Commit those files, and the next session (maybe on a fresh machine) reruns the same command: the
+demos are re-collected deterministically and checked against the checksum the cells recorded, a cell
+whose key matches is read back instead of trained, and only the missing cells run. A cell whose key
+differs (the config changed) is run again and replaced; demos that do not match the committed
+cells' checksum stop the experiment, since mixing them would compare rows on different data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from robo_s2.core.io import atomic_file, write_json_atomic
+from robo_s2.errors import UserError
+
+CELL_FILE = "cell.json"
+RECORDS_FILE = "records.json.gz"
+RECORD_FIELDS = ("index", "seed", "x", "y", "yaw", "success", "steps", "max_lift")
+# the store arrays the checksum covers: what the expert did and saw of the world, not the pixels
+# (renders are deterministic for one Mesa/MuJoCo, but a checksum over them would refuse a machine
+# whose rasterizer rounds one pixel differently)
+CHECKSUM_KEYS = ("meta/episode_ends", "data/action", "data/proprio", "data/state")
+
+
+def demos_checksum(store: str | Path) -> str:
+    """sha256 over the store's episode ends, actions, proprioception and simulator state."""
+    import numpy as np
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r")
+    h = hashlib.sha256()
+    for key in CHECKSUM_KEYS:
+        node = root.get(key)
+        if not isinstance(node, zarr.Array):
+            continue
+        arr = np.ascontiguousarray(node[...])
+        h.update(f"{key}:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def cell_key(exp: Mapping[str, Any], row: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """What a cell's result depends on, machine-independent (no paths): equal keys, same cell."""
+    demos = {k: v for k, v in dict(exp["demos"]).items() if k != "store"}
+    return {
+        "row": dict(row),
+        "seed": int(seed),
+        "train_overrides": list(exp["train_overrides"]),
+        "eval": {k: v for k, v in dict(exp["eval"]).items() if k != "n_videos"},
+        "demos": demos,
+    }
+
+
+def cell_dir(root: str | Path, slug: str, seed: int) -> Path:
+    return Path(root) / slug / f"seed{seed}"
+
+
+def read_cell(directory: Path, key: Mapping[str, Any], checksum: str) -> dict[str, Any] | None:
+    """The committed outcome of the cell in ``directory`` when its key equals ``key`` (else
+    ``None``: run it again); a matching cell made from other demos is a one-line error."""
+    path = directory / CELL_FILE
+    if not path.is_file():
+        return None
+    try:
+        cell = json.loads(path.read_text())
+        saved_key, outcome, saved_sum = (
+            cell["key"],
+            dict(cell["outcome"]),
+            str(cell["demos_sha256"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path} is not a committed experiment cell ({type(exc).__name__}: {exc}); restore it "
+            "from git or delete it to run the cell again"
+        ) from None
+    if saved_key != json.loads(json.dumps(key)):
+        return None
+    if saved_sum != checksum:
+        raise UserError(
+            f"the demos differ from those of the committed cell {directory} (checksum "
+            f"{checksum[:12]} != {saved_sum[:12]}): the store was collected differently; collect "
+            "it again with the experiment's demos settings into an empty path, or delete the "
+            "experiment's committed cells to start over"
+        )
+    return outcome
+
+
+def write_cell(
+    directory: Path,
+    key: Mapping[str, Any],
+    checksum: str,
+    outcome: Mapping[str, Any],
+    per_episode: Sequence[Mapping[str, Any]],
+    provenance: Mapping[str, Any],
+) -> Path:
+    """``cell.json`` and ``records.json.gz`` of a finished cell (each written atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [
+        [int(r["index"]), int(r["seed"]), *(round(float(v), 5) for v in r["cube_pos"][:2]),
+         round(float(r["cube_yaw"]), 5), int(bool(r["success"])), int(r["steps"]),
+         round(float(r["max_lift"]), 5)]
+        for r in sorted(per_episode, key=lambda r: int(r["index"]))
+    ]  # fmt: skip
+    with atomic_file(directory / RECORDS_FILE) as tmp:
+        tmp.write_bytes(
+            gzip.compress(json.dumps({"fields": RECORD_FIELDS, "rows": rows}).encode(), mtime=0)
+        )
+    cell = {"key": key, "demos_sha256": checksum, "outcome": dict(outcome), **provenance}
+    return write_json_atomic(directory / CELL_FILE, cell)
+
+
+def read_records(directory: Path) -> list[dict[str, Any]]:
+    """The per-episode records of a committed cell, one dict per episode."""
+    data = json.loads(gzip.decompress((directory / RECORDS_FILE).read_bytes()))
+    return [dict(zip(data["fields"], row, strict=True)) for row in data["rows"]]
