@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -70,8 +71,12 @@ _HYDRA_FLAGS_WITH_VALUE = {
 
 
 TRUST_KEYS = ("encoder.trust_weights", "trust_weights")
-# config subtrees whose options may be added with +key=value (the factories check the names)
-OPEN_GROUPS = ("encoder", "policy")
+# config subtrees whose options may be added with +key=value: what the encoder and policy
+# factories and the env constructor receive, which check the names themselves
+OPEN_SUBTREES = re.compile(
+    r"(encoder|policy|experiment\.rows\.\d+\.overrides|experiment\.demos\.(env|expert)"
+    r"|experiment\.eval\.env_overrides)(\.|$)"
+)
 
 
 def pop_trust_flag(args: list[str]) -> tuple[list[str], bool]:
@@ -136,7 +141,7 @@ def _missing_option(command: str, exc: Any) -> str:
 
 def _added_keys(command: str, overrides: list[str]) -> None:
     """Refuse ``+a.b=v`` / ``++a.b=v`` for a key the composed config does not have (outside
-    :data:`OPEN_GROUPS` and config-group appends)."""
+    :data:`OPEN_SUBTREES` and config-group appends)."""
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
@@ -151,7 +156,7 @@ def _added_keys(command: str, overrides: list[str]) -> None:
     absent = object()
     for o in (parsed[i] for i in adds):
         key = o.key_or_group
-        if key.split(".")[0] in OPEN_GROUPS or (config_dir() / key.replace(".", "/")).is_dir():
+        if OPEN_SUBTREES.match(key) or (config_dir() / key.replace(".", "/")).is_dir():
             continue
         if OmegaConf.select(base, key, default=absent, throw_on_missing=False) is not absent:
             continue  # ++key=value of an existing key is a plain override

@@ -1,6 +1,7 @@
 """The robo-s2 console script: dispatch, config resolution and one-line errors."""
 
 import pytest
+import yaml
 from cli_helpers import robo_s2
 
 from robo_s2.cli import COMMANDS
@@ -34,6 +35,25 @@ def test_unknown_key_is_one_line_error(override):
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("error: bad override") and override.split("=")[0] in lines[0]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "override, where",
+    [
+        ("+experiment.demos.env.cube_size=0.02", ("demos", "env", "cube_size")),
+        ("+experiment.rows.1.overrides.backbone={image_size:32}", ("rows", 1, "overrides")),
+        ("+experiment.eval.env_overrides.max_episode_steps=6", ("eval", "env_overrides")),
+    ],
+)
+def test_additions_into_what_factories_check_are_accepted(override, where):
+    """A key added under an experiment's env, a row's encoder overrides or the eval env reaches
+    the constructor that checks it; the typo check must not refuse it."""
+    out = robo_s2("experiment", "experiment=table8_cpu", override, "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    node = yaml.safe_load(out.stdout)["experiment"]
+    for key in where:
+        node = node[key]
+    assert node
 
 
 def test_cfg_job_prints_resolved_config(tmp_path):
