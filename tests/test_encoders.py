@@ -497,3 +497,22 @@ def test_an_encoders_recorded_config_rebuilds_it(name, overrides):
     again = create_encoder(json.loads(json.dumps(enc.config)))  # as read back from the file
     assert type(again) is type(enc)
     assert again.fingerprint() == enc.fingerprint()
+
+
+@pytest.mark.parametrize("name, kw", [("vit_t", {}), ("mvp_s", {"weights": "none"})])
+def test_upsample_from_runs_the_network_on_bicubic_upsampled_frames(name, kw):
+    """A model at a larger scale fed the small frames upsampled (the S² paper's control): frames
+    are checked and cached at the small size, the network runs at image_size."""
+    import torch.nn.functional as F
+
+    enc = create_encoder(name, image_size=64, upsample_from=32, pooling="grid:2", **kw)
+    ref = create_encoder(name, image_size=64, pooling="grid:2", **kw)
+    assert (enc.image_size, enc.model_size) == (32, 64)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    up = F.interpolate(x, size=(64, 64), mode="bicubic")
+    torch.testing.assert_close(enc(x), ref(up), atol=1e-6, rtol=0)
+    assert enc.fingerprint() != ref.fingerprint()  # a cache of one is never read for the other
+    again = create_encoder(enc.config)  # the config a checkpoint records rebuilds it
+    assert (again.image_size, again.model_size) == (32, 64)
+    with pytest.raises(UserError, match="upsample_from=64 must be smaller than image_size=64"):
+        create_encoder(name, image_size=64, upsample_from=64, **kw)

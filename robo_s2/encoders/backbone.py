@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder
@@ -57,17 +58,32 @@ class TokenEncoder(VisionEncoder):
     num_prefix_tokens: int = 0
     patch_size: int = 1
     dynamic_size: bool = False  # accepts inputs of other sizes (multiples of patch_size)
+    model_size: int | None = None  # the network's input size when frames are upsampled to it
+
+    def _upsample_from(self, size: int | None) -> None:
+        """Take frames of ``size``² (what a store or env holds) and bicubic-upsample them to the
+        network's ``image_size``², as the S² paper feeds a model at a larger scale; from here on
+        ``image_size`` is the frame size every check and cache uses. Call before :meth:`_setup`."""
+        if size is None:
+            return
+        if int(size) >= self.image_size or int(size) <= 0:
+            raise UserError(
+                f"upsample_from={size} must be smaller than image_size={self.image_size} (the "
+                "size the network runs at); drop upsample_from to run at the frames' size"
+            )
+        self.model_size, self.image_size = self.image_size, int(size)
 
     def _setup(
         self, pooling: str, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
     ) -> None:
-        if self.patch_size > 1 and self.image_size % self.patch_size:
+        size = self.model_size or self.image_size
+        if self.patch_size > 1 and size % self.patch_size:
             raise UserError(
-                f"image_size {self.image_size} of encoder '{self.name}' is not divisible by its "
+                f"image_size {size} of encoder '{self.name}' is not divisible by its "
                 f"patch size {self.patch_size}"
             )
         self.pooling = Pooling.parse(pooling)
-        grid = self.image_size // self.patch_size if self.patch_size > 1 else None
+        grid = size // self.patch_size if self.patch_size > 1 else None
         self.pooling.check(self.num_prefix_tokens, grid, what=f"encoder '{self.name}'")
         self.feature_dim = self.pooling.out_dim(self.width)
         if mean is not None:
@@ -97,7 +113,11 @@ class TokenEncoder(VisionEncoder):
         return self._tokens(self.normalize(x))
 
     def forward_tokens(self, images: Tensor) -> Tensor:
-        return self.pixel_tokens(self.prepare(images))
+        x = self.prepare(images)
+        if self.model_size is not None:
+            size = (self.model_size, self.model_size)
+            x = F.interpolate(x.to(torch.float32), size=size, mode="bicubic").to(x.dtype)
+        return self.pixel_tokens(x)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.pooling(self.forward_tokens(images), self.num_prefix_tokens)
@@ -300,6 +320,7 @@ class TimmEncoder(TokenEncoder):
         model_kwargs: dict[str, Any] | None = None,
         trainable: bool = False,
         seed: int = 0,
+        upsample_from: int | None = None,
     ) -> None:
         super().__init__()
         check_weights_need_pretrained(weights, pretrained)
@@ -320,6 +341,7 @@ class TimmEncoder(TokenEncoder):
             model_kwargs=model_kwargs,
             trainable=bool(trainable),
             seed=int(seed),
+            **({} if upsample_from is None else {"upsample_from": int(upsample_from)}),
         )
         mean, std = _normalization(normalize, None)  # validate before the (slow) build
         self.model = create_timm_model(model, bool(pretrained), weights, model_kwargs, int(seed))
@@ -344,6 +366,7 @@ class TimmEncoder(TokenEncoder):
         self.has_class_token = getattr(net, "cls_token", None) is not None
         self.width = int(getattr(net, "num_features", getattr(net, "embed_dim", 0)))
         self.dynamic_size = bool(dynamic_img_size) or patch_embed is None
+        self._upsample_from(upsample_from)
         self._setup(pooling, mean, std)
         if not self.has_class_token and self.pooling.needs_prefix:
             raise UserError(f"pooling '{self.pooling}' needs a CLS token but '{model}' has none")

@@ -126,6 +126,7 @@ class MVPEncoder(TokenEncoder):
         pooling: str = "cls",
         trainable: bool = False,
         seed: int = 0,
+        upsample_from: int | None = None,
     ) -> None:
         super().__init__()
         arch = _resolve_arch(arch)
@@ -150,6 +151,7 @@ class MVPEncoder(TokenEncoder):
             pooling=pooling,
             trainable=bool(trainable),
             **({"seed": int(seed)} if state is None else {}),
+            **({} if upsample_from is None else {"upsample_from": int(upsample_from)}),
         )
         if state is None:
             with seeded(seed):  # random init, asked for with weights=none; same in every process
@@ -165,6 +167,7 @@ class MVPEncoder(TokenEncoder):
         self.patch_size = PATCH_SIZE
         self.num_prefix_tokens = 1
         self.width = ARCHS[arch]["embed_dim"]
+        self._upsample_from(upsample_from)
         self._setup(pooling, IMAGENET_MEAN, IMAGENET_STD)
         self.trainable = bool(trainable)
         if not self.trainable:
