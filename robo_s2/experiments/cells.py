@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,34 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     """The per-episode records of a committed cell, one dict per episode."""
     data = json.loads(gzip.decompress((directory / RECORDS_FILE).read_bytes()))
     return [dict(zip(data["fields"], row, strict=True)) for row in data["rows"]]
+
+
+@dataclass
+class CommittedCell:
+    """One (row, seed) of an experiment with ``cells``: where it is committed and what it is."""
+
+    directory: Path
+    key: dict[str, Any]
+    checksum: str
+
+    @classmethod
+    def of(
+        cls, exp: Mapping[str, Any], row: Mapping[str, Any], slug: str, seed: int, store: Path
+    ) -> CommittedCell | None:
+        """The cell of ``row`` and ``seed``; ``None`` when the experiment commits no cells."""
+        if not exp["cells"]:
+            return None
+        return cls(
+            cell_dir(exp["cells"], slug, seed), cell_key(exp, row, seed), demos_checksum(store)
+        )
+
+    def read(self) -> dict[str, Any] | None:
+        return read_cell(self.directory, self.key, self.checksum)
+
+    def write(
+        self,
+        outcome: Mapping[str, Any],
+        per_episode: Sequence[Mapping[str, Any]],
+        provenance: Mapping[str, Any],
+    ) -> Path:
+        return write_cell(self.directory, self.key, self.checksum, outcome, per_episode, provenance)

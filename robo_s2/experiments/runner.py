@@ -265,22 +265,13 @@ def run_one(
     the experiment's ``cells``, a committed cell of the same key is read back instead, and a
     finished one is written there (:mod:`robo_s2.experiments.cells`)."""
     from robo_s2.evaluation.runner import evaluate
-    from robo_s2.experiments.cells import cell_dir, cell_key, demos_checksum, read_cell, write_cell
+    from robo_s2.experiments.cells import CommittedCell
     from robo_s2.training.trainer import train
 
-    committed = None
-    if exp["cells"]:
-        committed = cell_dir(exp["cells"], row.slug, seed)
-        key, checksum = cell_key(exp, asdict(row), seed), demos_checksum(store)
-        saved = read_cell(committed, key, checksum)
-        if saved is not None:
-            fields_ = {k: saved[k] for k in RUN_FIELDS if k in saved}
-            outcome = RunOutcome(**{**fields_, "run_dir": str(committed), "reused": True})
-            print(
-                f"experiment: {row.label} seed {seed}: {outcome.n_success}/{outcome.n_episodes} "
-                f"[committed cell {committed}]"
-            )
-            return outcome
+    committed = CommittedCell.of(exp, asdict(row), row.slug, seed, store)
+    saved = None if committed is None else _read_committed(committed, row, seed)
+    if saved is not None:
+        return saved
     run_dir = out_dir / "runs" / row.slug / f"seed{seed}"
     cfg = train_config(exp, row, seed, store, device)
     t0 = time.perf_counter()
@@ -292,16 +283,10 @@ def run_one(
 
     protocol = dict(to_plain(exp["eval"]))
     eval_dir = run_dir / "eval"
-    info_path, protocol_path = eval_dir / "eval_info.json", eval_dir / "protocol.json"
-    reused_eval = False
-    if result.steps_run == 0 and info_path.is_file() and protocol_path.is_file():
-        # the evaluation of this very checkpoint under this very protocol is on disk already
-        # a protocol written before a key existed had that key's default (configs/base)
-        base = to_plain(load_config("experiment", ["~experiment"]))["experiment"]["eval"]
-        saved = {**base, **json.loads(protocol_path.read_text())}
-        reused_eval = saved == {**protocol, "checkpoint": str(ckpt)}
-        info = json.loads(info_path.read_text())
-    if reused_eval:
+    protocol_path = eval_dir / "protocol.json"
+    info = _saved_evaluation(protocol, ckpt, eval_dir) if result.steps_run == 0 else None
+    reused_eval = info is not None
+    if info is not None:
         n_success, n_episodes, eval_s = info["n_success"], info["n_episodes"], info["eval_s"]
         per_episode = info["per_episode"]
     else:
@@ -336,16 +321,44 @@ def run_one(
         episodes=episode_string(per_episode),
     )
     if committed is not None:
-        from robo_s2.core.versions import software_versions
-
         record = {k: v for k, v in asdict(outcome).items() if k not in ("run_dir", "reused")}
         about = {"commit": git_commit(), "versions": software_versions(), "run_dir": str(run_dir)}
-        write_cell(committed, key, checksum, record, per_episode, about)
+        committed.write(record, per_episode, about)
     pc = 100.0 * outcome.n_success / max(outcome.n_episodes, 1)
     state = "reused" if outcome.reused else f"train {train_s:.0f} s, eval {eval_s:.0f} s"
     print(
         f"experiment: {row.label} seed {seed}: {outcome.n_success}/{outcome.n_episodes} "
         f"({pc:.1f}%) [{state}]"
+    )
+    return outcome
+
+
+def _saved_evaluation(
+    protocol: Mapping[str, Any], ckpt: Path, eval_dir: Path
+) -> dict[str, Any] | None:
+    """``eval_info.json`` of this very checkpoint under this very protocol when it is on disk
+    already (a protocol written before a key existed had that key's default, configs/base)."""
+    info_path, protocol_path = eval_dir / "eval_info.json", eval_dir / "protocol.json"
+    if not (info_path.is_file() and protocol_path.is_file()):
+        return None
+    base = to_plain(load_config("experiment", ["~experiment"]))["experiment"]["eval"]
+    saved = {**base, **json.loads(protocol_path.read_text())}
+    if saved != {**protocol, "checkpoint": str(ckpt)}:
+        return None
+    return json.loads(info_path.read_text())
+
+
+def _read_committed(cell: Any, row: Row, seed: int) -> RunOutcome | None:
+    """The outcome of a committed cell (:class:`robo_s2.experiments.cells.CommittedCell`) whose
+    key matches, else None."""
+    saved = cell.read()
+    if saved is None:
+        return None
+    known = {k: saved[k] for k in RUN_FIELDS if k in saved}
+    outcome = RunOutcome(**{**known, "run_dir": str(cell.directory), "reused": True})
+    print(
+        f"experiment: {row.label} seed {seed}: {outcome.n_success}/{outcome.n_episodes} "
+        f"[committed cell {cell.directory}]"
     )
     return outcome
 
