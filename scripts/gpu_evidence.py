@@ -16,7 +16,6 @@ first GPU run is not the script's first run (tests/test_gpu_evidence.py).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -46,14 +45,6 @@ REHEARSAL_EXPERIMENT = [
     "'train.warmup_steps=1','train.eval_every=2','train.save_every=2','data.val_fraction=0.34']",
     "experiment.eval.n_episodes=2", "+experiment.eval.env_overrides.max_episode_steps=6",
 ]  # fmt: skip
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Block:
@@ -94,6 +85,8 @@ def main() -> int:
     a = ap.parse_args()
 
     import torch
+
+    from robo_s2.experiments.cells import file_sha256
 
     if not a.rehearse and not torch.cuda.is_available():
         print(
@@ -136,7 +129,7 @@ def main() -> int:
         path = run_dir / "encoder.pth"
         weights[key] = {
             "path": str(path.relative_to(work)) if path.is_relative_to(work) else str(path),
-            "sha256": sha256(path),
+            "sha256": file_sha256(path),
             "command": block.steps[-1]["command"],
         }
     exp_dir = work / "outputs" / "experiment" / EXPERIMENT

@@ -103,3 +103,21 @@ def test_changed_cells_rerun_and_other_demos_are_refused(tmp_path):
     cell.write_text("{not json")
     with pytest.raises(UserError, match="is not a committed experiment cell"):
         run(first, ROWS[1:])
+
+
+def test_a_cell_knows_its_weights_by_content_not_by_path(tmp_path):
+    from robo_s2.experiments.cells import cell_key, file_sha256
+
+    exp = experiment(tmp_path, ROWS)
+    a, b = tmp_path / "a" / "encoder.pth", tmp_path / "b" / "encoder.pth"
+    for path, content in ((a, b"weights one"), (b, b"weights one")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    row = {"label": "MAE", "encoder": "mae_t", "overrides": {"weights": str(a), "image_size": 32}}
+    key = cell_key(exp, row, 0)
+    assert key["row"]["overrides"]["weights"] == {"sha256": file_sha256(a)}
+    moved = {**row, "overrides": {**row["overrides"], "weights": str(b)}}
+    assert cell_key(exp, moved, 0) == key  # a fresh clone keeps the file elsewhere: same cell
+    b.write_bytes(b"weights two")  # re-created, and different: not the same cell
+    assert cell_key(exp, moved, 0) != key
+    json.dumps(key)

@@ -55,11 +55,37 @@ def demos_checksum(store: str | Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_by_content(node: Any) -> Any:
+    """``node`` with every ``weights: <file>`` replaced by the file's sha256: a pre-trained
+    encoder is the same wherever its file lies, and another file under the same path is not."""
+    if isinstance(node, Mapping):
+        return {
+            k: (
+                {"sha256": file_sha256(v)}
+                if k == "weights" and isinstance(v, str) and Path(v).expanduser().is_file()
+                else _weights_by_content(v)
+            )
+            for k, v in node.items()
+        }
+    if isinstance(node, list | tuple):
+        return [_weights_by_content(v) for v in node]
+    return node
+
+
 def cell_key(exp: Mapping[str, Any], row: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """What a cell's result depends on, machine-independent (no paths): equal keys, same cell."""
+    """What a cell's result depends on, machine-independent (no paths; weights files by their
+    sha256): equal keys, same cell."""
     demos = {k: v for k, v in dict(exp["demos"]).items() if k != "store"}
     return {
-        "row": dict(row),
+        "row": _weights_by_content(dict(row)),
         "seed": int(seed),
         "train_overrides": list(exp["train_overrides"]),
         "eval": {k: v for k, v in dict(exp["eval"]).items() if k != "n_videos"},
