@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from robo_s2.core.config import to_plain
+from robo_s2.core.io import refuse_output_over_input
 from robo_s2.errors import UserError
 from robo_s2.experiments.compare import CompareResult, run_compare
 
@@ -25,9 +26,15 @@ def run(cfg: DictConfig) -> CompareResult:
         results = [results]
     if isinstance(rows, str):
         rows = [rows]
+    out = Path(HydraConfig.get().runtime.output_dir)
+    sources = [Path(str(p)) for p in results]  # a results.json or the directory holding it
+    refuse_output_over_input(
+        out, [p.parent if p.suffix == ".json" else p for p in sources], "robo-s2 compare",
+        nested=False,
+    )  # fmt: skip
     result = run_compare(
         [str(p) for p in results],
-        Path(HydraConfig.get().runtime.output_dir),
+        out,
         rows=[str(r) for r in rows],
         name=str(cfg.name),
         title=str(cfg.title),

@@ -34,12 +34,14 @@ def _set_values(cfg: DictConfig, key: str) -> dict:
 def merge(dirs: list[str]) -> dict:
     """``robo-s2 eval merge=[...]``: the shard runs' records as one ``eval_info.json`` (and its
     positions plot) in this run's directory."""
-    from robo_s2.core.io import write_json_atomic
+    from robo_s2.core.io import refuse_output_over_input, write_json_atomic
     from robo_s2.evaluation.plots import plot_positions
     from robo_s2.evaluation.shards import merge_eval_infos
 
-    info = merge_eval_infos([str(d) for d in dirs])
     out = _run_dir()
+    shards = [Path(str(d)).parent if str(d).endswith(".json") else Path(str(d)) for d in dirs]
+    refuse_output_over_input(out, shards, "robo-s2 eval merge", nested=False)
+    info = merge_eval_infos([str(d) for d in dirs])
     out.mkdir(parents=True, exist_ok=True)
     lo, hi = info["ci95"]
     info["plot_path"] = str(

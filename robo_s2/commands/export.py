@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from robo_s2.core.config import to_plain
+from robo_s2.core.io import refuse_output_over_input
 from robo_s2.data.interop import ExportResult
 from robo_s2.data.interop.base import FORMATS, format_of
 from robo_s2.errors import UserError
@@ -23,6 +24,7 @@ def run(cfg: DictConfig) -> ExportResult:
             "or a directory with format=lerobot>"
         )
     out = Path(str(cfg.out)).expanduser()
+    refuse_output_over_input(out, [str(cfg.store)], "robo-s2 export")
     fmt = format_of(str(cfg.format), out, reading=False)
     bar = tqdm(desc="export", unit="ep", dynamic_ncols=True, delay=1.0)
 

@@ -11,10 +11,12 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from robo_s2.errors import UserError
 
 
 def temp_path_beside(path: str | os.PathLike) -> Path:
@@ -67,3 +69,27 @@ def replace_path(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def refuse_output_over_input(
+    output: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    what: str,
+    nested: bool = True,
+) -> None:
+    """Refuse to write ``output`` where it is one of ``inputs`` (real paths, symlinks resolved)
+    or, with ``nested``, where one lies inside the other: a command must never replace or write
+    into what it reads, ``overwrite=true`` included. ``what`` names the command for the message."""
+    out = _real(output)
+    for given in inputs:
+        src = _real(given)
+        inside = nested and (out.is_relative_to(src) or src.is_relative_to(out))
+        if out == src or inside:
+            raise UserError(
+                f"{what}: the output {output} would {'be' if out == src else 'overlap'} its input "
+                f"{given}; write it somewhere else (nothing was written)"
+            )

@@ -45,6 +45,7 @@ from robo_s2.core.process import start_orphan_watch
 from robo_s2.core.versions import software_versions
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import SuccessRate, compare_rates, seed_interval
+from robo_s2.experiments.cells import CommittedCell, demos_checksum
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,6 @@ def run_one(
     the experiment's ``cells``, a committed cell of the same key is read back instead, and a
     finished one is written there (:mod:`robo_s2.experiments.cells`)."""
     from robo_s2.evaluation.runner import evaluate
-    from robo_s2.experiments.cells import CommittedCell
     from robo_s2.training.trainer import train
 
     committed = CommittedCell.of(exp, asdict(row), row.slug, seed, store)
@@ -348,9 +348,8 @@ def _saved_evaluation(
     return json.loads(info_path.read_text())
 
 
-def _read_committed(cell: Any, row: Row, seed: int) -> RunOutcome | None:
-    """The outcome of a committed cell (:class:`robo_s2.experiments.cells.CommittedCell`) whose
-    key matches, else None."""
+def _read_committed(cell: CommittedCell, row: Row, seed: int) -> RunOutcome | None:
+    """The outcome of a committed cell whose key matches, else None."""
     saved = cell.read()
     if saved is None:
         return None
@@ -865,8 +864,6 @@ def run_experiment(
     described = f"positions={protocol['positions']} seed={protocol['seed']}"
     seconds = time.perf_counter() - t0
     prov = provenance(seconds)
-    from robo_s2.experiments.cells import demos_checksum
-
     prov["demos_sha256"] = demos_checksum(store)
     md, csv_path, json_path, plot = write_reports(
         name, str(exp["title"]), results, out, described, prov,
