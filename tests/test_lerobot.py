@@ -333,6 +333,35 @@ def test_bad_input_is_one_clear_error(exported, tmp_path):
         assert not (tmp_path / f"{src.name}.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    "key, template",
+    [
+        ("data_path", "../outside/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+        ("data_path", "{outside}/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+        ("video_path", "../outside/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
+        ("data_path", "data/{chunk_index.__class__}/file-{file_index:03d}.parquet"),
+        ("data_path", "data/{nope}/file.parquet"),
+    ],
+)
+def test_paths_from_info_json_stay_inside_the_dataset(exported, tmp_path, key, template):
+    """A hostile meta/info.json whose data_path / video_path leaves the dataset (../, an absolute
+    path) is refused in one line naming the key, even when the file it points at exists; a
+    template that does not fill is one line too."""
+    root, _, _ = exported
+    d = _copy(root / "vid", tmp_path / "ds")
+    outside = tmp_path / "outside"
+    _copy(d / ("data" if key == "data_path" else "videos"), outside)  # the bait exists
+    info = json.loads((d / "meta/info.json").read_text())
+    info[key] = template.replace("{outside}", str(outside))
+    (d / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError) as e:
+        import_lerobot(d, tmp_path / "out.zarr")
+    message = str(e.value)
+    assert f"{key} " in message and "\n" not in message, message
+    assert "outside the dataset" in message or "not a path template" in message
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_cli_export_and_import(exported, tmp_path):
     root, store, _ = exported
     out = robo_s2(

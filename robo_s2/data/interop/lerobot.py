@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import string
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -218,9 +219,10 @@ class _Source:
         episodes = []
         for r in rows:
             try:
-                data_file = self.src / data_path.format(
-                    chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"])
-                )
+                data_file = self._file(
+                    "data_path", data_path,
+                    chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"]),
+                )  # fmt: skip
                 ep = _Episode(
                     index=int(r["episode_index"]),
                     length=int(r["length"]),
@@ -234,11 +236,11 @@ class _Source:
                         f"{ep.start}..{r['dataset_to_index']}; the episode list is corrupt"
                     )
                 for key in self.video_keys:
-                    vfile = self.src / video_path.format(
-                        video_key=key,
+                    vfile = self._file(
+                        "video_path", video_path, video_key=key,
                         chunk_index=int(r[f"videos/{key}/chunk_index"]),
                         file_index=int(r[f"videos/{key}/file_index"]),
-                    )
+                    )  # fmt: skip
                     ep.videos[key] = (vfile, float(r[f"videos/{key}/from_timestamp"]))
             except KeyError as e:
                 raise UserError(
@@ -246,6 +248,28 @@ class _Source:
                 ) from None
             episodes.append(ep)
         return episodes
+
+    def _file(self, key: str, template: str, **fields: Any) -> Path:
+        """``meta/info.json``'s ``key`` template filled in: a path that must stay inside the
+        dataset (symlinks resolved), else one line naming the key and the path."""
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            if not names <= set(fields):  # attribute or index lookups, unknown fields
+                raise KeyError(", ".join(sorted(names - set(fields))))
+            rel = template.format(**fields)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise UserError(
+                f"{self.src}/meta/info.json: {key} {template!r} is not a path template this "
+                f"importer fills ({type(exc).__name__}: {exc}); the dataset is corrupt"
+            ) from None
+        root = self.src.resolve()
+        path = (self.src / rel).resolve()
+        if not path.is_relative_to(root):
+            raise UserError(
+                f"{self.src}/meta/info.json: {key} {template!r} points outside the dataset "
+                f"({path}); refusing to read it — fix the dataset's meta/info.json"
+            )
+        return path
 
     def _episodes_v2(self) -> list[_Episode]:
         data_path = str(
@@ -269,12 +293,12 @@ class _Source:
                 index=i,
                 length=int(r["length"]),
                 tasks=[str(t) for t in (tasks if isinstance(tasks, list) else [tasks])],
-                data_file=self.src / data_path.format(episode_chunk=chunk, episode_index=i),
+                data_file=self._file("data_path", data_path, episode_chunk=chunk, episode_index=i),
                 start=start,
             )
             for key in self.video_keys:
-                vfile = self.src / video_path.format(
-                    episode_chunk=chunk, video_key=key, episode_index=i
+                vfile = self._file(
+                    "video_path", video_path, episode_chunk=chunk, video_key=key, episode_index=i
                 )
                 ep.videos[key] = (vfile, 0.0)
             start += ep.length
