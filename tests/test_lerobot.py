@@ -362,6 +362,37 @@ def test_paths_from_info_json_stay_inside_the_dataset(exported, tmp_path, key, t
     assert not (tmp_path / "out.zarr").exists()
 
 
+@pytest.mark.parametrize("shift", [2.0, -0.2])
+def test_a_shifted_video_span_is_refused(exported, tmp_path, shift):
+    """An episode whose from_timestamp was moved would import another episode's frames: the
+    episode list must tile each video file as its data rows say, within half a frame."""
+    import pyarrow.parquet as pq
+
+    root, _, _ = exported
+    d = _copy(root / "vid", tmp_path / "shifted")
+    (f,) = sorted((d / "meta/episodes").glob("chunk-*/file-*.parquet"))
+    table = pq.read_table(f)
+    cols = [c for c in table.column_names if c.endswith("/from_timestamp")]
+    rows = table.to_pylist()
+    for c in cols[:1]:
+        rows[1][c] += shift
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), f)
+    with pytest.raises(UserError) as e:
+        import_lerobot(d, tmp_path / "out.zarr")
+    message = str(e.value)
+    assert "the episode list and the video disagree" in message  # (names the first episode off)
+    assert "\n" not in message and not (tmp_path / "out.zarr").exists()
+
+
+def test_fps_must_be_positive(exported, tmp_path):
+    root, _, _ = exported
+    d = _copy(root / "vid", tmp_path / "fps0")
+    info = json.loads((d / "meta/info.json").read_text())
+    (d / "meta/info.json").write_text(json.dumps({**info, "fps": 0}))
+    with pytest.raises(UserError, match="fps 0 must be a positive number"):
+        import_lerobot(d, tmp_path / "out.zarr")
+
+
 def test_cli_export_and_import(exported, tmp_path):
     root, store, _ = exported
     out = robo_s2(

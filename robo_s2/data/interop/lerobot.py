@@ -177,6 +177,8 @@ class _Source:
             self.fps = float(info["fps"])
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{info_path} has no numeric fps") from None
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise UserError(f"{info_path}: fps {info['fps']!r} must be a positive number")
         self.features: dict[str, dict[str, Any]] = {
             str(k): dict(v) for k, v in info["features"].items() if isinstance(v, Mapping)
         }
@@ -217,6 +219,7 @@ class _Source:
         data_path = str(self.info.get("data_path") or DATA_PATH)
         video_path = str(self.info.get("video_path") or VIDEO_PATH)
         episodes = []
+        spans: dict[tuple[str, Path], list[tuple[float, float, int, int]]] = {}
         for r in rows:
             try:
                 data_file = self._file(
@@ -241,13 +244,34 @@ class _Source:
                         chunk_index=int(r[f"videos/{key}/chunk_index"]),
                         file_index=int(r[f"videos/{key}/file_index"]),
                     )  # fmt: skip
-                    ep.videos[key] = (vfile, float(r[f"videos/{key}/from_timestamp"]))
+                    t0 = float(r[f"videos/{key}/from_timestamp"])
+                    ep.videos[key] = (vfile, t0)
+                    t1 = float(r.get(f"videos/{key}/to_timestamp", t0 + ep.length / self.fps))
+                    spans.setdefault((key, vfile), []).append((t0, t1, ep.index, ep.length))
             except KeyError as e:
                 raise UserError(
                     f"{self.src}: the episode list has no {e} column; the dataset is corrupt"
                 ) from None
             episodes.append(ep)
+        for (key, vfile), in_file in spans.items():
+            self._check_video_spans(key, vfile, sorted(in_file))
         return episodes
+
+    def _check_video_spans(
+        self, key: str, vfile: Path, spans: list[tuple[float, float, int, int]]
+    ) -> None:
+        """The episodes sharing one video file must tile it from t=0, each as long as its data
+        rows, within half a frame: a shifted from_timestamp would take another episode's frames."""
+        tol, end = 0.5 / self.fps, 0.0
+        for t0, t1, index, length in spans:
+            if abs(t0 - end) > tol or abs((t1 - t0) - length / self.fps) > tol:
+                raise UserError(
+                    f"{self.src}: episode {index}'s {key} frames span t={t0:.3f}-{t1:.3f} s of "
+                    f"{vfile.name}, but its {length} data rows at {self.fps:g} fps belong at "
+                    f"t={end:.3f}-{end + length / self.fps:.3f} s; the episode list and the "
+                    "video disagree (the dataset is corrupt)"
+                )
+            end = t1
 
     def _file(self, key: str, template: str, **fields: Any) -> Path:
         """``meta/info.json``'s ``key`` template filled in: a path that must stay inside the
