@@ -17,6 +17,7 @@ and is never part of any config, so no file (a checkpoint, a saved run config) c
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import os
 import re
@@ -238,8 +239,31 @@ def _check_overrides(command: str, args: list[str]) -> None:
         )
 
 
-def guarded(task: Callable) -> Callable:
-    """Wrap a Hydra task so UserError becomes one line on stderr and exit code 2."""
+# faults of the machine, not of the input: one line saying what happened and that finished work
+# stays (every writer here is atomic or resumable), instead of an OSError traceback
+MACHINE_FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+def machine_fault(command: str, exc: OSError) -> str:
+    """The one line for an OSError of :data:`MACHINE_FAULTS`."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (
+        f"robo-s2 {command}: {MACHINE_FAULTS.get(exc.errno or 0, exc.strerror)}{where}; what "
+        "finished before it is kept "
+        "(stores keep every finished episode, runs their last checkpoint, files are written "
+        "whole or not at all): free space or fix the permissions, then rerun the same command"
+    )
+
+
+def guarded(task: Callable, command: str = "") -> Callable:
+    """Wrap a Hydra task so UserError, and a machine fault (:data:`MACHINE_FAULTS`), become one
+    line on stderr and exit code 2."""
 
     def wrapper(cfg):  # noqa: ANN001 - Hydra passes a DictConfig
         try:
@@ -248,6 +272,12 @@ def guarded(task: Callable) -> Callable:
             if os.environ.get("ROBO_S2_DEBUG") == "1":  # the traceback behind the one line
                 traceback.print_exc()
             fail(str(exc))
+        except OSError as exc:
+            if exc.errno not in MACHINE_FAULTS:
+                raise
+            if os.environ.get("ROBO_S2_DEBUG") == "1":
+                traceback.print_exc()
+            fail(machine_fault(command, exc))
         except KeyboardInterrupt:
             fail("interrupted; everything finished before the interrupt is kept", code=130)
 
@@ -277,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(f"robo_s2.commands.{COMMANDS[command][0]}")
     sys.argv = [f"robo-s2-{command}", *rest]
     app = hydra.main(version_base=None, config_path=str(config_dir()), config_name=command)(
-        guarded(module.run)
+        guarded(module.run, command)
     )
     from robo_s2.safe_io import trusted_weights
 

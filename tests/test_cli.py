@@ -1,5 +1,8 @@
 """The robo-s2 console script: dispatch, config resolution and one-line errors."""
 
+import errno
+import os
+
 import pytest
 import yaml
 from cli_helpers import robo_s2
@@ -107,3 +110,18 @@ def test_debug_env_shows_the_traceback_behind_a_one_line_error(tmp_path):
     assert "Traceback" not in quiet.stderr and len(quiet.stderr.strip().splitlines()) == 1
     assert "Traceback" in loud.stderr and "UserError" in loud.stderr
     assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_a_machine_fault_is_one_line_naming_the_path(code, capsys):
+    from robo_s2.cli import guarded
+
+    def task(cfg):
+        raise OSError(code, os.strerror(code), "/data/demos/x.zarr/data/image/c/7")
+
+    with pytest.raises(SystemExit) as e:
+        guarded(task, "collect")(None)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: robo-s2 collect: ")
+    assert "writing /data/demos/x.zarr/data/image/c/7" in lines[0] and "is kept" in lines[0]
