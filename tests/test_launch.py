@@ -141,3 +141,69 @@ def test_two_concurrent_encodes_of_one_store_write_the_cache_once(tmp_path):
     expect = encode_frames(encoder, images, torch.device("cpu"))
     np.testing.assert_allclose(cached, expect, rtol=1e-5, atol=1e-5)
     assert os.path.isdir(store / "features")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    launch.missing_launcher(["hydra/launcher=joblib"]) is not None,
+    reason='needs the cluster extra: pip install -e ".[cluster]"',
+)
+def test_joblib_jobs_end_when_the_experiment_is_killed(tmp_path):
+    """SIGKILL of the launching experiment leaves no job training on (issue 32 item 4)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long = TINY_TRAIN.replace("'train.steps=6'", "'train.steps=100000'")
+    args = [a if not a.startswith("experiment.train_overrides=") else
+            f"experiment.train_overrides={long}" for a in _tiny(tmp_path / "demos.zarr")]  # fmt: skip
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robo_s2", "experiment", *args,  # two seeds: two loky workers
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.run.dir={out}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "runs" / "ViT-T" / "seed0" / "tb").exists():  # the job is training
+            assert proc.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.5)
+        time.sleep(2)  # (both jobs under way)
+        jobs = [p for p in _children(proc.pid) if "resource_tracker" not in _cmdline(p)]
+        assert len(jobs) >= 2, "no job processes found"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in jobs) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in jobs), "a job outlived its experiment"
+    finally:
+        proc.kill()
+    assert not (out / "results.json").exists()

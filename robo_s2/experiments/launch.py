@@ -15,6 +15,7 @@ The launcher plugins are the ``cluster`` extra (``pip install -e ".[cluster]"``)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from robo_s2.core.process import start_orphan_watch
 from robo_s2.errors import UserError
 from robo_s2.experiments.runner import Row, RunOutcome
 
@@ -102,6 +104,9 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     seed = int(cfg.job.seed)
     if cfg.job.out_dir in (None, ""):
         raise UserError("job.out_dir= must name the experiment's output directory")
+    parent = cfg.job.parent_pid
+    if parent is not None and os.getppid() == int(parent):  # a job process of this machine's
+        start_orphan_watch(int(parent))  # launcher (joblib, submitit_local) dies with its parent
     store = Path(str(exp["demos"]["store"])).expanduser()
     outcome = run_one(
         exp, rows[slug], seed, store, Path(str(cfg.job.out_dir)), int(cfg.workers),
@@ -143,6 +148,7 @@ def launch_cells(cells: Sequence[tuple[Row, int]], out_dir: Path) -> list[RunOut
     )
     overrides = [
         [*task, f"job.row='{row.slug}'", f"job.seed={seed}", f"job.out_dir='{out_dir}'",
+         f"job.parent_pid={os.getpid()}",
          f"hydra.sweep.dir='{out_dir / 'jobs'}'", f"hydra.sweep.subdir='{row.slug}_seed{seed}'"]
         for row, seed in cells
     ]  # fmt: skip
