@@ -190,6 +190,7 @@ def test_joblib_jobs_end_when_the_experiment_is_killed(tmp_path):
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
+    jobs: list[int] = []
     try:
         deadline = time.monotonic() + 240
         while not (out / "runs" / "ViT-T" / "seed0" / "tb").exists():  # the job is training
@@ -206,4 +207,7 @@ def test_joblib_jobs_end_when_the_experiment_is_killed(tmp_path):
         assert not any(_alive(p) for p in jobs), "a job outlived its experiment"
     finally:
         proc.kill()
+        for pid in jobs:  # a failing run must not leave its orphans training on the CI machine
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
     assert not (out / "results.json").exists()
