@@ -143,6 +143,26 @@ def test_two_concurrent_encodes_of_one_store_write_the_cache_once(tmp_path):
     assert os.path.isdir(store / "features")
 
 
+@pytest.mark.skipif(
+    launch.missing_launcher(["hydra/launcher=submitit_local"]) is not None,
+    reason='needs the cluster extra: pip install -e ".[cluster]"',
+)
+def test_slurm_without_slurm_is_refused_before_any_work(tmp_path):
+    """It used to collect the demos, then fail: now one line before anything starts."""
+    import shutil
+
+    if shutil.which("sbatch") is not None:
+        pytest.skip("this machine has Slurm")
+    out = robo_s2(
+        "experiment", *_tiny(tmp_path / "demos.zarr"), "hydra/launcher=submitit_slurm",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "needs Slurm, but this machine has no sbatch" in lines[0]
+    assert not (tmp_path / "demos.zarr").exists()
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

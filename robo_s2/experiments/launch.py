@@ -16,6 +16,7 @@ The launcher plugins are the ``cluster`` extra (``pip install -e ".[cluster]"``)
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +38,8 @@ LAUNCHER_PLUGINS = {
 
 def missing_launcher(args: Sequence[str]) -> str | None:
     """The one-line error for a ``hydra/launcher=<name>`` on the command line whose plugin is not
-    installed, else None."""
+    installed (or, for submitit_slurm, whose Slurm is not on this machine), else None: said before
+    any demo is collected."""
     import importlib.util
 
     for arg in args:
@@ -53,6 +55,12 @@ def missing_launcher(args: Sequence[str]) -> str | None:
             return (
                 f"hydra/launcher={name} needs the {package} plugin, which is not installed: "
                 'pip install -e ".[cluster]" (hydra-joblib-launcher, hydra-submitit-launcher)'
+            )
+        if name == "submitit_slurm" and shutil.which("sbatch") is None:
+            return (
+                "hydra/launcher=submitit_slurm needs Slurm, but this machine has no sbatch on its "
+                "PATH: run from a Slurm login node, or use hydra/launcher=joblib or "
+                "submitit_local here (nothing was started)"
             )
     return None
 
