@@ -81,8 +81,14 @@ MAX_OPENING = 2 * P.FINGER_RANGE[1]
 
 # How frames are rendered (cost, not content: the scene is the same). Descriptions written before
 # these keys existed were rendered with LEGACY_RENDER_PROFILE.
-RENDER_PROFILE_KEYS = ("shadows", "shadow_size", "msaa_samples")
-LEGACY_RENDER_PROFILE: dict[str, Any] = {"shadows": True, "shadow_size": 1024, "msaa_samples": 4}
+RENDER_PROFILE_KEYS = ("shadows", "shadow_size", "msaa_samples", "numslices", "numstacks")
+LEGACY_RENDER_PROFILE: dict[str, Any] = {
+    "shadows": True,
+    "shadow_size": 1024,
+    "msaa_samples": 4,
+    "numslices": 28,  # MuJoCo's default tessellation of curved primitives
+    "numstacks": 16,
+}
 
 
 def render_profile(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,6 +98,8 @@ def render_profile(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         "shadows": bool(profile["shadows"]),
         "shadow_size": int(profile["shadow_size"]),
         "msaa_samples": int(profile["msaa_samples"]),
+        "numslices": int(profile["numslices"]),
+        "numstacks": int(profile["numstacks"]),
     }
 
 
@@ -133,6 +141,9 @@ class CubePickEnv(gym.Env):
         shadow_size: shadow map side (texels). The default 256 with ``msaa_samples=0`` renders in
             9.0 ms and was no worse than the legacy 1024 / MSAA 4 within the 95 % interval.
         msaa_samples: anti-aliasing samples of the offscreen buffer (0 = off).
+        numslices, numstacks: how finely curved primitives (the arm's capsules and cylinders) are
+            tessellated for rendering (MuJoCo's ``<quality>``; physics is unaffected). The frame
+            cost is geometry-bound, so coarser meshes render faster at any image size.
     """
 
     task_id: str = ENV_ID  # the registered task it was built as (envs.make_env sets it)
@@ -166,13 +177,15 @@ class CubePickEnv(gym.Env):
         shadows: bool = True,
         shadow_size: int = 256,
         msaa_samples: int = 0,
+        numslices: int = 28,
+        numstacks: int = 16,
     ) -> None:
         super().__init__()
         cameras = tuple(str(c) for c in ([cameras] if isinstance(cameras, str) else cameras))
         image_size = int(image_size)
         region = self._check_args(
             image_size, cameras, cube_region, control_hz, max_episode_steps, render_mode,
-            distractors, shadow_size, msaa_samples,
+            distractors, shadow_size, msaa_samples, numslices, numstacks,
         )  # fmt: skip
 
         self.image_size = image_size
@@ -190,7 +203,10 @@ class CubePickEnv(gym.Env):
         self.success_height = float(success_height)
         self.init_ee_pos = tuple(float(v) for v in init_ee_pos)
         self.render_mode = render_mode
-        self._kwargs: dict[str, Any] = self._constructor_kwargs(shadows, shadow_size, msaa_samples)
+        self._kwargs: dict[str, Any] = self._constructor_kwargs(
+            {"shadows": shadows, "shadow_size": shadow_size, "msaa_samples": msaa_samples,
+             "numslices": numslices, "numstacks": numstacks}
+        )  # fmt: skip
         self.distractors = int(distractors)
         if self.distractors:  # only when used: descriptions of default envs stay as they were
             self._kwargs["distractors"] = self.distractors
@@ -222,6 +238,8 @@ class CubePickEnv(gym.Env):
         distractors: int,
         shadow_size: int,
         msaa_samples: int,
+        numslices: int,
+        numstacks: int,
     ) -> tuple[tuple[float, float], tuple[float, float]]:
         """Raise ValueError for bad constructor arguments; returns the cube region as floats."""
         if image_size <= 0:
@@ -244,11 +262,12 @@ class CubePickEnv(gym.Env):
             raise ValueError(f"shadow_size={shadow_size} must be a whole number in 16..16384")
         if int(msaa_samples) != msaa_samples or not 0 <= int(msaa_samples) <= 16:
             raise ValueError(f"msaa_samples={msaa_samples} must be a whole number in 0..16")
+        for name, value, low in (("numslices", numslices, 3), ("numstacks", numstacks, 1)):
+            if int(value) != value or not low <= int(value) <= 256:
+                raise ValueError(f"{name}={value} must be a whole number in {low}..256")
         return (x0, x1), (y0, y1)
 
-    def _constructor_kwargs(
-        self, shadows: bool, shadow_size: int, msaa_samples: int
-    ) -> dict[str, Any]:
+    def _constructor_kwargs(self, profile: Mapping[str, Any]) -> dict[str, Any]:
         """The kwargs that rebuild this env (JSON types), from the stored settings."""
         (x0, x1), (y0, y1) = self._cube_region
         return {
@@ -267,9 +286,7 @@ class CubePickEnv(gym.Env):
             "success_height": self.success_height,
             "init_ee_pos": list(self.init_ee_pos),
             "render_mode": self.render_mode,
-            **render_profile(
-                {"shadows": shadows, "shadow_size": shadow_size, "msaa_samples": msaa_samples}
-            ),
+            **render_profile(profile),
         }
 
     def _build_model(self) -> None:

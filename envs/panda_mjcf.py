@@ -123,6 +123,8 @@ def build_mjcf(
     shadows: bool = True,
     shadow_size: int = 256,
     msaa_samples: int = 0,
+    numslices: int = 28,
+    numstacks: int = 16,
 ) -> str:
     """The whole scene as an MJCF string.
 
@@ -136,6 +138,7 @@ def build_mjcf(
         shadows: whether the key light casts shadows (most of a CPU render's cost).
         shadow_size: side of the shadow map (texels).
         msaa_samples: multisample anti-aliasing samples of the offscreen buffer (0 = off).
+        numslices, numstacks: render tessellation of curved primitives (MuJoCo's defaults 28, 16).
     """
     h = cube_size / 2.0
     s2 = math.sqrt(0.5)
@@ -159,7 +162,8 @@ def build_mjcf(
   <visual>
     <global offwidth="{offscreen_size}" offheight="{offscreen_size}"/>
     <headlight ambient="0.35 0.35 0.35" diffuse="0.45 0.45 0.45" specular="0.05 0.05 0.05"/>
-    <quality shadowsize="{int(shadow_size)}" offsamples="{int(msaa_samples)}"/>
+    <quality shadowsize="{int(shadow_size)}" offsamples="{int(msaa_samples)}"
+      numslices="{int(numslices)}" numstacks="{int(numstacks)}"/>
   </visual>
 
   <default>

@@ -125,6 +125,29 @@ def test_compare_refuses_different_demos_or_positions(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # nothing written for a refused comparison
 
 
+def test_an_ab_names_the_keys_it_varies_and_nothing_else_may_differ(tmp_path: Path) -> None:
+    coarse_env = {"image_size": 128, "numslices": 8, "numstacks": 4}
+    full = _experiment(tmp_path, "full", [_row("ViT-T", "vit_t", [180, 178, 175])])
+    coarse = _experiment(tmp_path, "coarse", [_row("ViT-T", "vit_t", [181, 176, 177])],
+                         demos={**DEMOS, "store": "demos/y.zarr", "env": coarse_env})  # fmt: skip
+    with pytest.raises(UserError, match=r"demos\.store.*vary="):
+        run_compare([full, coarse], tmp_path / "refused")
+    with pytest.raises(UserError, match=r"demos\.env"):  # the store alone is not the difference
+        run_compare([full, coarse], tmp_path / "refused", vary=["demos.store"])
+    vary = ["demos.store", "demos.env.numslices", "demos.env.numstacks"]
+    res = run_compare([full, coarse], tmp_path / "ab", vary=vary)
+    assert [r.label for r in res.rows] == ["ViT-T [full]", "ViT-T [coarse]"]
+    md = res.table_path.read_text()
+    assert "demos.env.numslices" in md and "| 8 |" in md and "| None |" in md
+    other = _experiment(tmp_path, "other", [_row("ViT-T", "vit_t", [1])],
+                        demos={**DEMOS, "env": {**coarse_env, "cube_size": 0.02}})  # fmt: skip
+    with pytest.raises(UserError, match=r"demos\.env"):
+        run_compare([full, other], tmp_path / "refused", vary=vary)
+    with pytest.raises(UserError, match="must name a setup key"):
+        run_compare([full, coarse], tmp_path / "refused", vary=["numslices"])
+    assert not (tmp_path / "refused").exists()
+
+
 def test_compare_names_repeated_labels_and_refuses_ambiguous_ones(tmp_path: Path) -> None:
     a = _experiment(tmp_path, "a", [_row("ViT-T", "vit_t", [100])])
     b = _experiment(tmp_path, "b", [_row("ViT-T", "vit_t", [150])])

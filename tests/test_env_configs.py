@@ -34,7 +34,9 @@ def test_cube_pick_small_is_the_harder_task():
     assert small["cube_size"] == 0.02 and small["randomize_yaw"] is True
     assert small["cube_region"] == [[0.35, 0.65], [-0.15, 0.15]]
     # the same render profile and camera as the default task: only the task differs
-    for key in ("image_size", "cameras", "shadows", "shadow_size", "msaa_samples"):
+    for key in (
+        "image_size", "cameras", "shadows", "shadow_size", "msaa_samples", "numslices", "numstacks"
+    ):
         assert small[key] == default[key], key
 
 

@@ -181,7 +181,8 @@ def test_render_profile_is_recorded_and_changes_the_frames():
         env = CubePickEnv(image_size=48, shadows=shadows, shadow_size=256, msaa_samples=0)
         desc = env.describe()
         assert desc["render_profile"] == {
-            "shadows": shadows, "shadow_size": 256, "msaa_samples": 0
+            "shadows": shadows, "shadow_size": 256, "msaa_samples": 0,
+            "numslices": 28, "numstacks": 16,
         }  # fmt: skip
         rebuilt = CubePickEnv(**{**desc["kwargs"], "render_images": False})
         assert rebuilt.describe()["render_profile"] == desc["render_profile"]
@@ -194,6 +195,28 @@ def test_render_profile_is_recorded_and_changes_the_frames():
     assert render_profile({"image_size": 64}) == LEGACY_RENDER_PROFILE  # old descriptions
     with pytest.raises(ValueError, match="msaa_samples=3.5"):
         CubePickEnv(msaa_samples=3.5)
+
+
+def test_tessellation_is_part_of_the_render_profile():
+    """Coarser meshes of the arm's curved primitives change only the arm's outline and shading:
+    the env's kwargs rebuild it, the physics is untouched, and the frames differ only slightly."""
+    from envs.cube_pick import CubePickEnv
+
+    frames, states = {}, {}
+    for mesh in ((28, 16), (8, 4)):
+        env = CubePickEnv(image_size=48, numslices=mesh[0], numstacks=mesh[1])
+        profile = env.describe()["render_profile"]
+        assert (profile["numslices"], profile["numstacks"]) == mesh
+        obs, _ = env.reset(seed=3, options={"cube_pos": (0.5, 0.0)})
+        for _ in range(3):
+            obs, *_ = env.step(np.array([0.3, 0.0, -0.5, 1.0], np.float32))
+        frames[mesh], states[mesh] = obs["image"].astype(np.int16), obs["state"]
+        env.close()
+    np.testing.assert_array_equal(states[(28, 16)], states[(8, 4)])  # rendering only
+    diff = np.abs(frames[(28, 16)] - frames[(8, 4)]).max(axis=-1)
+    assert 0.0 < (diff > 0).mean() < 0.2  # some pixels of the arm change, most of the frame not
+    with pytest.raises(ValueError, match="numslices=2"):
+        CubePickEnv(numslices=2)
 
 
 def _checkpoint(directory, env_kwargs):
@@ -230,11 +253,13 @@ def test_eval_under_another_render_profile_is_refused_unless_allowed(tmp_path):
     with pytest.raises(UserError) as err:
         evaluate(ckpt, env_overrides={**short, "shadows": True}, **kw)
     msg = str(err.value)
-    assert "shadows=False, shadow_size=256, msaa_samples=0" in msg
-    assert "shadows=True, shadow_size=256, msaa_samples=0" in msg
+    assert "shadows=False, shadow_size=256, msaa_samples=0, numslices=28" in msg
+    assert "shadows=True, shadow_size=256, msaa_samples=0, numslices=28" in msg
     assert "allow_render_mismatch=true" in msg and "\n" not in msg
     res = evaluate(ckpt, env_overrides={**short, "shadows": True}, allow_render_mismatch=True, **kw)
     assert res.info["env"]["kwargs"]["shadows"] is True
+    with pytest.raises(UserError, match="numslices=8, numstacks=4"):  # a coarser mesh too
+        evaluate(ckpt, env_overrides={**short, "numslices": 8, "numstacks": 4}, **kw)
     same = evaluate(ckpt, env_overrides=short, **kw)  # the demos' profile: no flag needed
     assert same.info["render_profile"]["shadows"] is False
     assert same.info["encoder"]["precision"] == same.info["encoder"]["trained_precision"] == "fp32"

@@ -38,6 +38,7 @@ def run(cfg: DictConfig) -> CompareResult:
         rows=[str(r) for r in rows],
         name=str(cfg.name),
         title=str(cfg.title),
+        vary=[str(v) for v in to_plain(cfg.vary)],
     )
     print()
     print(result.table_path.read_text().strip())

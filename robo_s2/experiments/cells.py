@@ -4,7 +4,7 @@ An experiment config's ``cells`` names a directory inside the repository (``docs
 cells``). Every finished (row, seed) writes ``<cells>/<row>/seed<k>/``::
 
     cell.json          what the cell is (its key: row, seed, train overrides, evaluation protocol,
-                       demos spec and the demos' checksum), its outcome (successes, episodes, the
+                       demos spec, the demos' checksum and render profile), its outcome (successes, episodes, the
                        per-episode success string), the commit, software versions and seconds
     records.json.gz    the per-episode records: index, episode seed, cube x, y, yaw, success,
                        steps, max lift (gzip'd JSON, a few kB for 200 episodes)
@@ -55,6 +55,17 @@ def demos_checksum(store: str | Path) -> str:
     return h.hexdigest()
 
 
+def demos_render_profile(store: str | Path) -> dict[str, Any]:
+    """How the store's frames were rendered (the checksum leaves the pixels out, so a changed
+    render default would otherwise go unnoticed)."""
+    import zarr
+
+    from envs.cube_pick import render_profile
+
+    env = dict(zarr.open_group(str(store), mode="r").attrs.get("env") or {})
+    return render_profile(env.get("kwargs") or env)
+
+
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -94,7 +105,12 @@ def cell_dir(root: str | Path, slug: str, seed: int) -> Path:
     return Path(root) / slug / f"seed{seed}"
 
 
-def read_cell(directory: Path, key: Mapping[str, Any], checksum: str) -> dict[str, Any] | None:
+def read_cell(
+    directory: Path,
+    key: Mapping[str, Any],
+    checksum: str,
+    profile: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """The committed outcome of the cell in ``directory`` when its key equals ``key`` (else
     ``None``: run it again); a matching cell made from other demos is a one-line error."""
     path = directory / CELL_FILE
@@ -121,6 +137,13 @@ def read_cell(directory: Path, key: Mapping[str, Any], checksum: str) -> dict[st
             "it again with the experiment's demos settings into an empty path, or delete the "
             "experiment's committed cells to start over"
         )
+    saved_profile = cell.get("render_profile")  # cells from before it was recorded: not checked
+    if profile is not None and saved_profile is not None and saved_profile != dict(profile):
+        raise UserError(
+            f"the demos' frames were rendered with {dict(profile)}, the committed cell "
+            f"{directory} with {saved_profile}: the env's render default changed; collect the "
+            "demos with the cell's profile (demos.env), or give the experiment a new cells folder"
+        )
     return outcome
 
 
@@ -131,6 +154,7 @@ def write_cell(
     outcome: Mapping[str, Any],
     per_episode: Sequence[Mapping[str, Any]],
     provenance: Mapping[str, Any],
+    profile: Mapping[str, Any] | None = None,
 ) -> Path:
     """``cell.json`` and ``records.json.gz`` of a finished cell (each written atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -145,6 +169,8 @@ def write_cell(
             gzip.compress(json.dumps({"fields": RECORD_FIELDS, "rows": rows}).encode(), mtime=0)
         )
     cell = {"key": key, "demos_sha256": checksum, "outcome": dict(outcome), **provenance}
+    if profile is not None:
+        cell["render_profile"] = dict(profile)
     return write_json_atomic(directory / CELL_FILE, cell)
 
 
@@ -161,6 +187,7 @@ class CommittedCell:
     directory: Path
     key: dict[str, Any]
     checksum: str
+    render_profile: dict[str, Any] | None = None
 
     @classmethod
     def of(
@@ -170,11 +197,14 @@ class CommittedCell:
         if not exp["cells"]:
             return None
         return cls(
-            cell_dir(exp["cells"], slug, seed), cell_key(exp, row, seed), demos_checksum(store)
+            cell_dir(exp["cells"], slug, seed),
+            cell_key(exp, row, seed),
+            demos_checksum(store),
+            demos_render_profile(store),
         )
 
     def read(self) -> dict[str, Any] | None:
-        return read_cell(self.directory, self.key, self.checksum)
+        return read_cell(self.directory, self.key, self.checksum, self.render_profile)
 
     def write(
         self,
@@ -182,4 +212,7 @@ class CommittedCell:
         per_episode: Sequence[Mapping[str, Any]],
         provenance: Mapping[str, Any],
     ) -> Path:
-        return write_cell(self.directory, self.key, self.checksum, outcome, per_episode, provenance)
+        return write_cell(
+            self.directory, self.key, self.checksum, outcome, per_episode, provenance,
+            self.render_profile,
+        )  # fmt: skip

@@ -163,18 +163,49 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def check_like_for_like(sources: Sequence[Source]) -> None:
-    """Refuse sources whose demos or evaluation protocol differ, naming the first differing key."""
+def _without(value: Any, paths: Sequence[Sequence[str]]) -> Any:
+    """``value`` (a setup entry) without the nested keys at ``paths`` (relative to it)."""
+    if not isinstance(value, Mapping):
+        return value
+    out = dict(value)
+    for path in paths:
+        if len(path) == 1:
+            out.pop(path[0], None)
+        elif path and isinstance(out.get(path[0]), Mapping):
+            out[path[0]] = _without(out[path[0]], [path[1:]])
+    return out
+
+
+def _check_vary(vary: Sequence[str]) -> list[list[str]]:
+    split = [str(v).split(".") for v in vary]
+    for path in split:
+        if len(path) < 2 or path[0] not in ("demos", "eval"):
+            raise UserError(
+                f"vary entry {'.'.join(path)!r} must name a setup key under demos. or eval., "
+                "e.g. vary=[demos.store,demos.env.numslices] for an A/B of the render profile"
+            )
+    return split
+
+
+def check_like_for_like(sources: Sequence[Source], vary: Sequence[str] = ()) -> None:
+    """Refuse sources whose demos or evaluation protocol differ, naming the first differing key;
+    the setup keys in ``vary`` (``demos.env.numslices``) may differ: they are what an A/B tests."""
     first = sources[0]
+    varied = _check_vary(vary)
     for other in sources[1:]:
         for block, keys in (("demos", DEMOS_KEYS), ("eval", EVAL_KEYS)):
             for key in keys:
-                a, b = first.setup[block].get(key), other.setup[block].get(key)
+                paths = [p[2:] for p in varied if p[0] == block and p[1] == key]
+                if [] in paths:
+                    continue
+                a = _without(first.setup[block].get(key), paths)
+                b = _without(other.setup[block].get(key), paths)
                 if _canonical(a) != _canonical(b):
                     raise UserError(
                         f"{other.name} and {first.name} are not like for like: {block}.{key} is "
                         f"{b!r} in {other.path} but {a!r} in {first.path}; compare only "
-                        "experiments on the same demos and evaluation positions"
+                        "experiments on the same demos and evaluation positions (or name the key "
+                        "in vary=[...] when it is what the comparison tests)"
                     )
 
 
@@ -213,25 +244,35 @@ def _labelled(chosen: Sequence[tuple[Source, RowResult]]) -> list[RowResult]:
             for s, r in chosen]  # fmt: skip
 
 
-def sources_markdown(chosen: Sequence[tuple[Source, RowResult]]) -> str:
-    """Where each row came from, and each source's train overrides that not all sources share."""
+def _lookup(setup: Mapping[str, Any], path: str) -> Any:
+    node: Any = setup
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def sources_markdown(chosen: Sequence[tuple[Source, RowResult]], vary: Sequence[str] = ()) -> str:
+    """Where each row came from, each source's train overrides that not all sources share, and
+    the values of the setup keys the comparison varies."""
     sources: list[Source] = []
     for s, _ in chosen:
         if s not in sources:
             sources.append(s)
     shared = set.intersection(*(set(map(str, s.setup["train_overrides"])) for s in sources))
+    varied = "".join(f" {v} |" for v in vary)
     lines = [
         "## Sources",
         "",
-        "| experiment | rows | ran at commit | minutes | train overrides not shared by all |",
-        "|---|---|---|---|---|",
+        f"| experiment | rows | ran at commit | minutes | train overrides not shared by all |{varied}",
+        "|---|---|---|---|---|" + "---|" * len(vary),
     ]
     for s in sources:
         own = [str(o) for o in s.setup["train_overrides"] if str(o) not in shared]
         rows = ", ".join(r.label for src, r in chosen if src is s)
+        values = "".join(f" {_lookup(s.setup, v)} |" for v in vary)
         lines.append(
             f"| {s.name} (`{s.path}`) | {rows} | {s.provenance.get('commit', 'unknown')} | "
-            f"{s.provenance.get('minutes', '?')} | {' '.join(own) or '-'} |"
+            f"{s.provenance.get('minutes', '?')} | {' '.join(own) or '-'} |{values}"
         )
     lines += [
         "",
@@ -247,15 +288,17 @@ def run_compare(
     rows: Sequence[str] = (),
     name: str = "compare",
     title: str = "",
+    vary: Sequence[str] = (),
 ) -> CompareResult:
-    """One table of ``rows`` (see :func:`select_rows`) from the experiments at ``results``."""
+    """One table of ``rows`` (see :func:`select_rows`) from the experiments at ``results``; the
+    setup keys in ``vary`` may differ between them (:func:`check_like_for_like`)."""
     if not results:
         raise UserError(
             "compare needs results=[...]: the results.json files (or run directories) of finished experiments"
         )
     t0 = time.perf_counter()
     sources = [load_source(p) for p in results]
-    check_like_for_like(sources)
+    check_like_for_like(sources, vary)
     chosen = select_rows(sources, rows)
     table_rows = _labelled(chosen)
     out = Path(out_dir)
@@ -268,6 +311,6 @@ def run_compare(
         setup={"demos": setup["demos"], "eval": setup["eval"],
                "sources": {s.name: {"results": str(s.path), "train_overrides": s.setup["train_overrides"]}
                            for s in sources}},
-        notes=sources_markdown(chosen),
+        notes=sources_markdown(chosen, vary),
     )  # fmt: skip
     return CompareResult(name, out, table_rows, md, csv_path, json_path, plot)
