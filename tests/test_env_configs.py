@@ -35,7 +35,13 @@ def test_cube_pick_small_is_the_harder_task():
     assert small["cube_region"] == [[0.35, 0.65], [-0.15, 0.15]]
     # the same render profile and camera as the default task: only the task differs
     for key in (
-        "image_size", "cameras", "shadows", "shadow_size", "msaa_samples", "numslices", "numstacks"
+        "image_size",
+        "cameras",
+        "shadows",
+        "shadow_size",
+        "msaa_samples",
+        "numslices",
+        "numstacks",
     ):
         assert small[key] == default[key], key
 
