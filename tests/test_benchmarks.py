@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 RUNS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "bf16_crossover": ([], ["speed-up", "vit_tiny_patch16_224"], []),
     "env_speed": ([], ["env steps/s, no rendering", "collect frames/s, 2 worker(s)"], []),
-    "eval_speed": ([], ["vs old", "noshadow", "where one step's time goes"], []),
+    "eval_speed": ([], ["vs old", "of bound", "per-episode records old vs plan"], []),
     "expert_success": (["--json", "expert.json"], ["95% CI", "False", "True"], ["expert.json"]),
     "launcher_speed": (
         ["--out", "launcher"],

@@ -117,7 +117,7 @@ def test_expert_succeeds_and_outputs_are_written(tmp_path):
     assert res.summary().startswith("eval: 3/3 success (100.0%, 95% CI 43.8\u2013100.0%) on random")
 
 
-def _tiny_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None):
+def _tiny_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None, **policy_kwargs):
     from envs.cube_pick import CubePickEnv
     from policies import create_policy
     from robo_s2.encoders import create_encoder
@@ -127,7 +127,7 @@ def _tiny_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None):
     encoder = create_encoder("vit_t", image_size=64)
     policy = create_policy(
         "chunk_transformer", feature_dim=encoder.feature_dim, proprio_dim=11,
-        action_dim=action_dim, d_model=32, n_layers=1, n_heads=2, dropout=0.0,
+        action_dim=action_dim, d_model=32, n_layers=1, n_heads=2, dropout=0.0, **policy_kwargs,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     policy.fit_normalizer(
@@ -189,9 +189,13 @@ class _LoggingActor:
     def __init__(self, inner, log):
         self.inner, self.log, self.seed_of = inner, log, {}
         self.obs_keys = inner.obs_keys
+        self.frames = []  # whether each observation the actor got came with its image
+        self.every_frame = False  # True: ask the envs for every frame (the reference)
 
     def fork(self):
-        return _LoggingActor(self.inner.fork(), self.log)
+        forked = _LoggingActor(self.inner.fork(), self.log)
+        forked.frames, forked.every_frame = self.frames, self.every_frame
+        return forked
 
     def begin(self, n_slots):
         self.inner.begin(n_slots)
@@ -204,7 +208,32 @@ class _LoggingActor:
         actions = self.inner.act(slots, obs)
         for s, o, a in zip(slots, obs, actions, strict=True):
             self.log.setdefault(self.seed_of[s], []).append((o["proprio"].copy(), a.copy()))
+            self.frames.append("image" in o)
         return actions
+
+    def frames_needed(self, slots):
+        return [True] * len(slots) if self.every_frame else self.inner.frames_needed(slots)
+
+
+def _rollout_log(target, episodes, every_frame=False, **plan):
+    """Per-episode (proprio, action) steps of ``target`` on ``episodes`` run under ``plan``, and
+    whether each observation came with its image."""
+    from robo_s2.evaluation.runner import run_episodes
+
+    log = {}
+    actor = _LoggingActor(target.actor, log)
+    actor.frames, actor.every_frame = [], every_frame
+    run_episodes(actor, target.env_kwargs, episodes, **plan)
+    return log, actor.frames
+
+
+def _assert_same_steps(a, b, n_steps):
+    assert sorted(a) == sorted(b)
+    for seed, steps in a.items():
+        assert len(b[seed]) == len(steps) == n_steps
+        for (p0, a0), (p1, a1) in zip(steps, b[seed], strict=True):
+            np.testing.assert_array_equal(p0, p1)
+            np.testing.assert_array_equal(a0, a1)
 
 
 def _cpu_has_amx() -> bool:
@@ -251,6 +280,71 @@ def test_trajectories_are_bit_identical_across_worker_counts(tiny_checkpoint, pr
     # the untrained policy does act: its actions differ from episode to episode
     first = [steps[-1][1] for steps in logs[0].values()]
     assert not np.allclose(first[0], first[1])
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=_AMX_BF16)])
+def test_trajectories_are_bit_identical_whatever_the_cpu_plan(tiny_checkpoint, precision):
+    """Envs per process change the inference batch (1 to 5 frames here), lanes and slots change
+    which envs share a batch: no episode may notice."""
+    from robo_s2.evaluation.runner import episode_specs, load_target
+
+    target = load_target(
+        tiny_checkpoint, torch.device("cpu"), env_overrides={"max_episode_steps": 5},
+        precision=precision,
+    )  # fmt: skip
+    episodes = episode_specs(position_set("random", 5, seed=4, region=REGION), seed=4)
+    reference, _ = _rollout_log(target, episodes, workers=0, pipeline=False)
+    for plan in (
+        {"workers": 0, "envs_per_worker": 5, "pipeline": False},  # one batch of 5
+        {"workers": 2, "envs_per_worker": 3, "pipeline": True},  # lanes of 3, one slot idle
+        {"workers": 2, "envs_per_worker": 2, "pipeline": False},  # batches of 4, then 1
+    ):
+        log, _ = _rollout_log(target, episodes, **plan)
+        _assert_same_steps(reference, log, 5)
+
+
+def test_frames_are_rendered_only_when_the_policy_reads_them(tmp_path):
+    """Receding horizon (re-plan every 4 steps) with a 2-step history reads the frames of steps
+    3, 4, 7, 8, ... and of step 0: the others are neither rendered nor encoded, and every action
+    is bit-identical to rendering every step. Temporal ensembling reads every frame."""
+    from robo_s2.evaluation.actors import frame_read
+    from robo_s2.evaluation.runner import episode_specs, load_target
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", history=2, chunk=8)
+    receding = {"mode": "receding", "n_action_steps": 4, "k": 0.0}
+    target = load_target(
+        ckpt, torch.device("cpu"), env_overrides={"max_episode_steps": 10}, execution=receding
+    )
+    episodes = episode_specs(position_set("random", 3, seed=5, region=REGION), seed=5)
+    for plan in ({"workers": 0}, {"workers": 2, "envs_per_worker": 2}):
+        # (compared within a plan: this policy's first linear layer rounds differently at
+        # different batch sizes, by ~1e-6, so its actions are batch-invariant only to that)
+        every, every_frames = _rollout_log(target, episodes, every_frame=True, **plan)
+        needed, frames = _rollout_log(target, episodes, **plan)
+        _assert_same_steps(every, needed, 10)
+        assert all(every_frames) and sum(frames) == 3 * 5  # steps 0, 3, 4, 7, 8 of 3 episodes
+    assert [t for t in range(10) if frame_read(t, receding, 2)] == [0, 3, 4, 7, 8]
+    assert all(frame_read(t, {"mode": "ensemble"}, 2) for t in range(10))
+    assert all(frame_read(t, {"mode": "receding", "n_action_steps": 4}, 4) for t in range(10))
+
+
+def test_the_cpu_plan_fills_the_cores_without_oversubscribing_them():
+    from robo_s2.evaluation.cpu_plan import plan_cpu
+
+    two = plan_cpu(200, cores=2)
+    assert (two.workers, two.envs_per_worker, two.lanes, two.torch_threads) == (2, 8, 2, 1)
+    assert two.batch == 8 and two.raster_threads == 0  # each renderer in its own thread
+    many = plan_cpu(200, cores=16)
+    assert (many.workers, many.envs_per_worker, many.torch_threads) == (16, 1, 8)
+    assert plan_cpu(3, cores=2).n_envs == 2  # no env without an episode
+    assert plan_cpu(200, cores=2, pipeline=False).torch_threads == 1  # lockstep: one lane
+    assert plan_cpu(200, cores=4, device_type="cuda").torch_threads == 1
+    serial = plan_cpu(200, cores=2, workers=0)
+    assert (serial.workers, serial.torch_threads, serial.raster_threads) == (0, 2, None)
+    mine = plan_cpu(200, cores=2, workers=3, envs_per_worker=2, torch_threads=2)
+    assert (mine.workers, mine.envs_per_worker, mine.torch_threads) == (3, 2, 2)  # kept
+    with pytest.raises(UserError, match="envs_per_worker=0 must be an integer >= 1 or auto"):
+        plan_cpu(10, envs_per_worker=0)
 
 
 def test_checkpoint_for_another_env_is_refused(tmp_path):

@@ -90,6 +90,8 @@ def run(cfg: DictConfig) -> EvalResult | dict:
             positions=str(cfg.positions),
             seed=cfg.seed,
             workers=cfg.workers,
+            envs_per_worker=cfg.envs_per_worker,
+            threads=cfg.threads,
             pipeline=bool(cfg.pipeline),
             device=str(cfg.device),
             n_videos=cfg.n_videos,

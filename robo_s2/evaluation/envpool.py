@@ -1,4 +1,6 @@
-"""Env pools for evaluation rollouts: one in-process env, or env worker processes.
+"""Env pools for evaluation rollouts: envs in this process, or env worker processes holding a
+group of envs each (vectorized: one message carries a whole group's actions, so the policy sees
+batches the encoder is fast at while the workers simulate).
 
 Both pools have the same interface: ``n_slots`` envs, :meth:`reset` some slots with a forced cube
 placement and an episode seed, :meth:`step` some slots with one action each (or start the steps
@@ -11,7 +13,8 @@ with the next placement or left idle).
 Worker processes are spawned (never forked: MuJoCo's GL context and torch's threads do not survive a
 fork), each builds its own env and renderer, ignores Ctrl-C (the parent handles it and closes the
 pool) and exits by itself when its parent dies. Workers import numpy, gymnasium and mujoco, never
-torch. Only the observation keys the caller asks for travel back through the pipe.
+torch. Only the observation keys the caller asks for travel back through the pipe, and a step
+can skip rendering its images when the caller will not read them.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class EnvRunner:
             frame = obs.get(self._video_key)
             if frame is None:
                 frame = self.env.render_camera(self.video_camera)
-        return Transition(obs={k: obs[k] for k in self.obs_keys}, frame=frame, **kw)
+        # a step without a frame (the policy will not read it) has no image entries
+        return Transition(obs={k: obs[k] for k in self.obs_keys if k in obs}, frame=frame, **kw)
 
     def reset(self, req: ResetRequest) -> Transition:
         self.record = bool(req.record)
@@ -101,8 +105,15 @@ class EnvRunner:
             obs, success=bool(info.get("is_success", False)), lift=float(info["cube_lift"])
         )
 
-    def step(self, action: np.ndarray) -> Transition:
-        obs, _, terminated, truncated, info = self.env.step(action)
+    def step(self, action: np.ndarray, frame: bool = True) -> Transition:
+        """One control step; ``frame=False`` skips rendering the observation's images (the
+        physics is the same: rendering only reads the state)."""
+        render = self.env.render_images
+        self.env.render_images = render and frame
+        try:
+            obs, _, terminated, truncated, info = self.env.step(action)
+        finally:
+            self.env.render_images = render
         return self._transition(
             obs,
             success=bool(info.get("is_success", False)),
@@ -115,8 +126,40 @@ class EnvRunner:
         self.env.close()
 
 
+class EnvGroup:
+    """``n`` envs driven together (one worker process holds one group): a batch of resets or
+    steps in, a list of transitions out, in the order asked."""
+
+    def __init__(
+        self,
+        n: int,
+        env_kwargs: dict[str, Any],
+        obs_keys: tuple[str, ...],
+        video_camera: str = "front",
+        videos: bool = False,
+    ) -> None:
+        self.runners: list[EnvRunner] = []
+        try:
+            for _ in range(int(n)):
+                self.runners.append(EnvRunner(env_kwargs, obs_keys, video_camera, videos))
+        except BaseException:
+            self.close()
+            raise
+
+    def reset(self, requests: list[tuple[int, ResetRequest]]) -> list[Transition]:
+        return [self.runners[i].reset(r) for i, r in requests]
+
+    def step(self, steps: list[tuple[int, np.ndarray, bool]]) -> list[Transition]:
+        return [self.runners[i].step(a, frame) for i, a, frame in steps]
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
+        self.runners = []
+
+
 class SerialEnvPool:
-    """One env in this process (``workers=0``)."""
+    """``envs`` envs in this process (``workers=0``), stepped one after the other."""
 
     def __init__(
         self,
@@ -124,32 +167,39 @@ class SerialEnvPool:
         obs_keys: tuple[str, ...],
         video_camera: str = "front",
         videos: bool = False,
+        envs: int = 1,
     ) -> None:
         try:
-            self.runner = EnvRunner(env_kwargs, obs_keys, video_camera, videos)
+            self.group = EnvGroup(envs, env_kwargs, obs_keys, video_camera, videos)
         except RuntimeError as exc:  # e.g. no usable OpenGL for the renderer
             from robo_s2.errors import UserError
 
             raise UserError(f"could not start the env: {exc}") from None
-        self.n_slots = 1
+        self.n_slots = int(envs)
+        self.groups = [list(range(self.n_slots))]
         self._results: list[Transition] = []
 
     def reset(self, requests: list[ResetRequest]) -> list[Transition]:
-        return [self.runner.reset(r) for r in requests]
+        return self.group.reset([(r.slot, r) for r in requests])
 
-    def step_send(self, slots: list[int], actions: np.ndarray) -> None:
-        self._results = [self.runner.step(a) for a in actions]
+    def step_send(
+        self, slots: list[int], actions: np.ndarray, frames: list[bool] | None = None
+    ) -> None:
+        frames = [True] * len(slots) if frames is None else frames
+        self._results = self.group.step(list(zip(slots, actions, frames, strict=True)))
 
     def step_recv(self, slots: list[int]) -> list[Transition]:
         out, self._results = self._results, []
         return out
 
-    def step(self, slots: list[int], actions: np.ndarray) -> list[Transition]:
-        self.step_send(slots, actions)
+    def step(
+        self, slots: list[int], actions: np.ndarray, frames: list[bool] | None = None
+    ) -> list[Transition]:
+        self.step_send(slots, actions, frames)
         return self.step_recv(slots)
 
     def close(self) -> None:
-        self.runner.close()
+        self.group.close()
 
     def __enter__(self) -> SerialEnvPool:
         return self
@@ -169,14 +219,16 @@ def _worker_main(
     parent_pid: int,
     raster_threads: int,
     videos: bool,
+    n_envs: int,
 ) -> None:
     # Mesa's software rasterizer (llvmpipe) starts one thread per CPU in every process; with
-    # several workers sharing the CPUs that oversubscribes them. A user's own setting wins.
+    # several workers sharing the CPUs that oversubscribes them (0 = rasterize in this thread).
+    # A user's own setting wins.
     os.environ.setdefault("LP_NUM_THREADS", str(raster_threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     start_orphan_watch(parent_pid)
     try:
-        runner = EnvRunner(env_kwargs, obs_keys, video_camera, videos)
+        group = EnvGroup(n_envs, env_kwargs, obs_keys, video_camera, videos)
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -190,17 +242,19 @@ def _worker_main(
             if cmd == "close":
                 break
             try:
-                out = runner.reset(payload) if cmd == "reset" else runner.step(payload)
+                out = group.reset(payload) if cmd == "reset" else group.step(payload)
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
                 continue
             conn.send(("ok", out))
     finally:
-        runner.close()
+        group.close()
 
 
 class ProcessEnvPool:
-    """``workers`` env processes stepped in lockstep (send to all, then receive from all)."""
+    """``workers`` env processes of ``envs_per_worker`` envs each, stepped in lockstep (send to
+    all, then receive from all). Slot ``s`` lives in worker ``s // envs_per_worker``; one message
+    per worker carries all its envs' actions, one reply all their transitions."""
 
     def __init__(
         self,
@@ -209,36 +263,34 @@ class ProcessEnvPool:
         workers: int,
         video_camera: str = "front",
         videos: bool = False,
+        envs_per_worker: int = 1,
+        raster_threads: int | None = None,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers={workers} must be >= 1")
+        if workers < 1 or envs_per_worker < 1:
+            raise ValueError(f"workers={workers}, envs_per_worker={envs_per_worker} must be >= 1")
         ctx = get_context("spawn")
-        self.n_slots = int(workers)
+        self.k = int(envs_per_worker)
+        self.n_slots = int(workers) * self.k
+        self.groups = [list(range(w * self.k, (w + 1) * self.k)) for w in range(int(workers))]
         self._conns: list[Connection] = []
         self._procs = []
-        raster_threads = max(1, (os.cpu_count() or 1) // self.n_slots)
+        if raster_threads is None:
+            raster_threads = max(1, (os.cpu_count() or 1) // int(workers))
         try:
-            for i in range(self.n_slots):
+            for i in range(int(workers)):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(
-                        child,
-                        env_kwargs,
-                        tuple(obs_keys),
-                        video_camera,
-                        os.getpid(),
-                        raster_threads,
-                        videos,
-                    ),
+                    args=(child, env_kwargs, tuple(obs_keys), video_camera, os.getpid(),
+                          int(raster_threads), videos, self.k),
                     name=f"robo_s2-eval-env-{i}",
                     daemon=True,
-                )
+                )  # fmt: skip
                 proc.start()
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-            for i in range(self.n_slots):
+            for i in range(int(workers)):
                 try:
                     self._receive(i, timeout=WORKER_START_TIMEOUT)
                 except RuntimeError as exc:
@@ -249,35 +301,55 @@ class ProcessEnvPool:
             self.close()
             raise
 
-    def _receive(self, slot: int, timeout: float | None = None) -> Any:
-        conn = self._conns[slot]
+    def _receive(self, worker: int, timeout: float | None = None) -> Any:
+        conn = self._conns[worker]
         try:
             if timeout is not None and not conn.poll(timeout):
-                raise RuntimeError(f"env worker {slot} did not answer within {timeout:.0f} s")
+                raise RuntimeError(f"env worker {worker} did not answer within {timeout:.0f} s")
             status, payload = conn.recv()
         except (EOFError, OSError):
-            code = self._procs[slot].exitcode
-            raise RuntimeError(f"env worker {slot} died (exit code {code})") from None
+            code = self._procs[worker].exitcode
+            raise RuntimeError(f"env worker {worker} died (exit code {code})") from None
         if status != "ok":
-            raise RuntimeError(f"env worker {slot} failed: {payload}")
+            raise RuntimeError(f"env worker {worker} failed: {payload}")
         return payload
 
-    def reset(self, requests: list[ResetRequest]) -> list[Transition]:
-        for r in requests:
-            self._conns[r.slot].send(("reset", r))
-        return [self._receive(r.slot) for r in requests]
+    def _by_worker(self, slots: list[int], items: list[Any]) -> dict[int, list[Any]]:
+        """``(local index, item)`` pairs per worker, in the order of ``slots``."""
+        out: dict[int, list[Any]] = {}
+        for slot, item in zip(slots, items, strict=True):
+            out.setdefault(slot // self.k, []).append((slot % self.k, item))
+        return out
 
-    def step_send(self, slots: list[int], actions: np.ndarray) -> None:
-        """Start one step in each of ``slots`` (they run while this process does other work)."""
-        for s, a in zip(slots, actions, strict=True):
-            self._conns[s].send(("step", np.asarray(a)))
+    def _gather(self, slots: list[int]) -> list[Transition]:
+        """Each involved worker's reply, put back in the order of ``slots``."""
+        replies = {w: iter(self._receive(w)) for w in dict.fromkeys(s // self.k for s in slots)}
+        return [next(replies[s // self.k]) for s in slots]
+
+    def reset(self, requests: list[ResetRequest]) -> list[Transition]:
+        slots = [r.slot for r in requests]
+        for w, pairs in self._by_worker(slots, list(requests)).items():
+            self._conns[w].send(("reset", pairs))
+        return self._gather(slots)
+
+    def step_send(
+        self, slots: list[int], actions: np.ndarray, frames: list[bool] | None = None
+    ) -> None:
+        """Start one step in each of ``slots`` (they run while this process does other work);
+        ``frames[i]`` False: slot ``i``'s next observation needs no image."""
+        frames = [True] * len(slots) if frames is None else frames
+        items = [(np.asarray(a), bool(f)) for a, f in zip(actions, frames, strict=True)]
+        for w, pairs in self._by_worker(slots, items).items():
+            self._conns[w].send(("step", [(i, a, f) for i, (a, f) in pairs]))
 
     def step_recv(self, slots: list[int]) -> list[Transition]:
         """Wait for the steps started by :meth:`step_send` in ``slots``."""
-        return [self._receive(s) for s in slots]
+        return self._gather(slots)
 
-    def step(self, slots: list[int], actions: np.ndarray) -> list[Transition]:
-        self.step_send(slots, actions)
+    def step(
+        self, slots: list[int], actions: np.ndarray, frames: list[bool] | None = None
+    ) -> list[Transition]:
+        self.step_send(slots, actions, frames)
         return self.step_recv(slots)
 
     def close(self) -> None:
@@ -304,19 +376,25 @@ class ProcessEnvPool:
 
 class EnvPool(Protocol):
     """``n_slots`` envs driven by slot: reset some, step some (send then receive, so a caller can
-    compute other slots' actions while these simulate), close all."""
+    compute other slots' actions while these simulate), close all. ``groups`` lists the slots
+    that simulate together (one worker process each): a pipeline lane is a set of groups."""
 
     n_slots: int
+    groups: list[list[int]]
 
     def reset(self, requests: list[ResetRequest]) -> list[Transition]: ...
 
-    def step_send(self, slots: list[int], actions: np.ndarray) -> None: ...
+    def step_send(
+        self, slots: list[int], actions: np.ndarray, frames: list[bool] | None = None
+    ) -> None: ...
 
     def step_recv(self, slots: list[int]) -> list[Transition]: ...
 
-    def step(self, slots: list[int], actions: np.ndarray) -> list[Transition]: ...
-
     def close(self) -> None: ...
+
+    def __enter__(self) -> EnvPool: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def make_env_pool(
@@ -325,9 +403,15 @@ def make_env_pool(
     workers: int,
     video_camera: str = "front",
     videos: bool = False,
-) -> SerialEnvPool | ProcessEnvPool:  # both are EnvPools (and context managers)
-    """``workers=0``: one env in this process; ``workers=n``: ``n`` env processes. ``videos``:
-    some episodes will be recorded (so the renderer is needed even without image observations)."""
+    envs_per_worker: int = 1,
+    raster_threads: int | None = None,
+) -> EnvPool:
+    """``workers=0``: ``envs_per_worker`` envs in this process; ``workers=n``: ``n`` env processes
+    of ``envs_per_worker`` envs each (``raster_threads``: llvmpipe threads per process, None = the
+    CPUs split between them). ``videos``: some episodes will be recorded (so the renderer is
+    needed even without image observations)."""
     if workers <= 0:
-        return SerialEnvPool(env_kwargs, obs_keys, video_camera, videos)
-    return ProcessEnvPool(env_kwargs, obs_keys, workers, video_camera, videos)
+        return SerialEnvPool(env_kwargs, obs_keys, video_camera, videos, envs_per_worker)
+    return ProcessEnvPool(
+        env_kwargs, obs_keys, workers, video_camera, videos, envs_per_worker, raster_threads
+    )

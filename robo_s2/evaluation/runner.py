@@ -39,7 +39,8 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from robo_s2.core.io import atomic_file, write_json_atomic
 from robo_s2.data.interop import is_foreign
 from robo_s2.errors import UserError
 from robo_s2.evaluation.actors import Actor
+from robo_s2.evaluation.cpu_plan import plan_cpu
 from robo_s2.evaluation.envpool import ResetRequest, make_env_pool
 from robo_s2.evaluation.stats import SuccessRate
 
@@ -471,19 +473,25 @@ def run_episodes(
     video_camera: str = "front",
     pipeline: bool = True,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
+    envs_per_worker: int = 1,
+    raster_threads: int | None = None,
 ) -> Rollouts:
     """Roll ``actor`` out on ``episodes``: records in episode order, env steps, the written videos
     (of episodes with ``index < n_videos``) and timings.
 
-    Envs are stepped in lockstep; with ``pipeline`` and two or more workers they form two lanes
-    that alternate: lane A's envs simulate while lane B's actions are computed (batched over lane
-    B), then the other way round, so neither the workers nor this process sit idle. An episode's
-    result does not depend on its lane or slot.
+    Envs are stepped in lockstep; with ``pipeline`` and two or more workers the workers' env
+    groups form two lanes that alternate: lane A's envs simulate while lane B's actions are
+    computed (batched over lane B), then the other way round, so neither the workers nor this
+    process sit idle. A step renders only the frames the actor will read. An episode's result
+    does not depend on its lane or slot.
     """
     fps = float(env_kwargs.get("control_hz", 10.0))
     t0 = time.perf_counter()
     videos_wanted = video_dir is not None and n_videos > 0
-    with make_env_pool(env_kwargs, actor.obs_keys, workers, video_camera, videos_wanted) as pool:
+    with make_env_pool(
+        env_kwargs, actor.obs_keys, workers, video_camera, videos_wanted, envs_per_worker,
+        raster_threads,
+    ) as pool:  # fmt: skip
         t1 = time.perf_counter()
         rollout = _Rollout(pool, actor, episodes, pipeline, n_videos, video_dir, fps, on_episode)
         rollout.run()
@@ -520,9 +528,10 @@ class _Rollout:
         self.records: dict[int, EpisodeRecord] = {}
         self.videos: list[Path] = []
         self.env_steps = 0
-        n_lanes = 2 if pipeline and pool.n_slots >= 2 else 1
+        groups = pool.groups  # the slots of one worker process simulate together
+        n_lanes = 2 if pipeline and len(groups) >= 2 else 1
         self.lanes = [
-            _Lane(actor if i == 0 else actor.fork(), list(range(pool.n_slots))[i::n_lanes])
+            _Lane(actor if i == 0 else actor.fork(), [s for g in groups[i::n_lanes] for s in g])
             for i in range(n_lanes)
         ]
 
@@ -562,7 +571,8 @@ class _Rollout:
     def _send_actions(self, lane: _Lane) -> None:
         local = sorted(lane.active)
         actions = lane.actor.act(local, [lane.obs[i] for i in local])
-        self.pool.step_send([lane.slots[i] for i in local], actions)
+        frames = lane.actor.frames_needed(local)
+        self.pool.step_send([lane.slots[i] for i in local], actions, frames)
         lane.in_flight = local
 
     def _collect(self, lane: _Lane) -> None:
@@ -601,12 +611,25 @@ class _Rollout:
 # --- the whole evaluation ------------------------------------------------------------------------
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (the plan's), restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate(
     checkpoint: str | Path,
     n_episodes: int | None = None,
     positions: str = "paper16",
     seed: int = 0,
-    workers: int = 2,
+    workers: int | str = "auto",
     device: str = "auto",
     n_videos: int = 4,
     video_camera: str = "front",
@@ -620,6 +643,9 @@ def evaluate(
     on_start: Callable[[int], None] | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     shard: tuple[int, int] | None = None,
+    envs_per_worker: int | str = "auto",
+    threads: int | str = "auto",
+    cores: int | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` (a checkpoint directory or ``"expert"``) on a position set.
 
@@ -629,6 +655,8 @@ def evaluate(
     (auto | fp32 | bf16) is the encoder's (:func:`eval_precision`); ``allow_render_mismatch``
     evaluates under another render profile than the demos' (shadows, MSAA). ``shard`` ``(i, n)``
     evaluates only the i-th of n slices of the position set (:mod:`robo_s2.evaluation.shards`).
+    ``workers``, ``envs_per_worker``, ``threads`` (this process's torch threads): "auto" = planned
+    for ``cores`` CPUs (None: this process's) by :func:`robo_s2.evaluation.cpu_plan.plan_cpu`.
     """
     from robo_s2.device import resolve_device
     from robo_s2.evaluation.shards import shard_range
@@ -650,27 +678,27 @@ def evaluate(
         episodes = [episodes[i] for i in shard_range(len(episodes), shard)]
     if on_start is not None:
         on_start(len(episodes))
-    workers = min(workers, len(episodes))
+    plan = plan_cpu(
+        len(episodes), cores, workers, envs_per_worker, threads, pipeline, torch_device.type
+    )
 
     start = time.perf_counter()
-    rollouts = run_episodes(
-        target.actor,
-        target.env_kwargs,
-        episodes,
-        workers=workers,
-        n_videos=n_videos if want_videos else 0,
-        video_dir=out / "videos" if out is not None and want_videos else None,
-        video_camera=video_camera,
-        pipeline=pipeline,
-        on_episode=on_episode,
-    )
+    with torch_threads(plan.torch_threads):
+        rollouts = run_episodes(
+            target.actor, target.env_kwargs, episodes, workers=plan.workers,
+            n_videos=n_videos if want_videos else 0,
+            video_dir=out / "videos" if out is not None and want_videos else None,
+            video_camera=video_camera, pipeline=pipeline, on_episode=on_episode,
+            envs_per_worker=plan.envs_per_worker, raster_threads=plan.raster_threads,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     records, env_steps, videos = rollouts.records, rollouts.env_steps, rollouts.videos
     result = EvalResult(records, positions, int(seed), seconds, env_steps, video_paths=videos)
     result.info = _eval_info(
-        result, rollouts, target, torch_device, workers, pipeline, env_overrides
+        result, rollouts, target, torch_device, plan.workers, pipeline, env_overrides
     )
     result.info["positions"]["n"] = len(placements)  # the set's size, also for one shard of it
+    result.info["cpu_plan"] = plan.to_dict()
     if shard is not None:
         result.info["shard"] = {"index": shard[0], "count": shard[1], "n": len(records)}
     if out is not None:
@@ -683,7 +711,7 @@ def _check_eval_args(
     n_episodes: int | None,
     positions: str,
     seed: int,
-    workers: int,
+    workers: int | str,
     n_videos: int,
     video_camera: str,
 ) -> None:
@@ -699,8 +727,12 @@ def _check_eval_args(
         isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes <= 0
     ):
         raise UserError(f"n_episodes={n_episodes!r} must be an integer > 0 (or unset)")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UserError(f"workers={workers!r} must be an integer >= 0 (0 = env in this process)")
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+    ):
+        raise UserError(
+            f"workers={workers!r} must be an integer >= 0 (0 = envs in this process) or auto"
+        )
     if isinstance(n_videos, bool) or not isinstance(n_videos, int) or n_videos < 0:
         raise UserError(f"n_videos={n_videos!r} must be an integer >= 0")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

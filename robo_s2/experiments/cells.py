@@ -62,7 +62,7 @@ def demos_render_profile(store: str | Path) -> dict[str, Any]:
 
     from envs.cube_pick import render_profile
 
-    env = dict(zarr.open_group(str(store), mode="r").attrs.get("env") or {})
+    env: Any = zarr.open_group(str(store), mode="r").attrs.get("env") or {}
     return render_profile(env.get("kwargs") or env)
 
 

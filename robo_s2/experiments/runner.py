@@ -252,6 +252,17 @@ def ensure_demos(demos: Mapping[str, Any], workers: int, progress: bool) -> Path
     return store
 
 
+def _cores_of_this_job() -> int:
+    """The cores an evaluation inside this process may plan for: an experiment job's share is
+    its torch thread count (``run_rows_in_parallel`` splits the cores that way), never more
+    than the CPUs present."""
+    import torch
+
+    from robo_s2.evaluation.cpu_plan import available_cores
+
+    return max(1, min(torch.get_num_threads(), available_cores()))
+
+
 def run_one(
     exp: Mapping[str, Any],
     row: Row,
@@ -302,6 +313,7 @@ def run_one(
             n_videos=int(protocol["n_videos"]),
             env_overrides=dict(protocol["env_overrides"]),
             out_dir=eval_dir,
+            cores=_cores_of_this_job(),
         )
         n_success, n_episodes, eval_s = res.n_success, res.n_episodes, time.perf_counter() - t1
         per_episode = [r.to_dict() for r in res.records]
