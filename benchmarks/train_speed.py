@@ -1,7 +1,14 @@
-"""Training throughput from cached features: samples/s of ``robo-s2 train``'s optimizer step.
+"""Training throughput: samples/s of ``robo-s2 train``'s optimizer step, from cached features or
+(``--e2e``) of the end-to-end ResNet-18 arm from images.
 
     python benchmarks/train_speed.py [--device auto] [--threads 1] [--batch-size 64]
                                      [--steps 20] [--warmup 3] [--frames 4800] [--ema 0.995]
+    python benchmarks/train_speed.py --e2e [--e2e-demos 24] [--steps 60] [--repeats 2]
+
+``--e2e``: the whole ``train()`` of table8_cpu_resnet_lr's recipe (ResNet-18 at 64² from 128²
+demos, history 2, batch 32, encoder lr 1e-4) on freshly collected scripted demos, for ``--steps``
+steps, under each variant of :data:`E2E_VARIANTS` (train overrides), rounds interleaved; prints
+samples/s (the trainer's own, validation excluded) and the ratio to the first variant.
 
 Measures the trainer's own step (:func:`robo_s2.training.trainer.train_step`: batch gather from in-memory
 tensors, forward under autocast — bf16 on CUDA —, backward, gradient clipping, AdamW, LR schedule,
@@ -29,6 +36,17 @@ from robo_s2.training import EMA, BatchSampler, SequenceData, make_optimizer, wa
 from robo_s2.training.trainer import BCModel, train_step
 
 FEATURES = {"vector": (1, 384), "grid 4x4": (16, 384)}
+# table8_cpu_resnet_lr's recipe (configs/experiment/table8_cpu_resnet_lr.yaml)
+E2E_RECIPE = [
+    "encoder=resnet18_e2e", "encoder.image_size=64", "policy.d_model=64", "policy.n_layers=2",
+    "policy.dropout=0.0", "policy.history=2", "train.batch_size=32", "train.lr=1e-3",
+    "train.encoder_lr=1e-4", "train.warmup_steps=10",
+]  # fmt: skip
+# name -> train overrides; the first is the baseline of the ratios
+E2E_VARIANTS = {
+    "before": ["train.optimizer=loop"],
+    "now": [],
+}
 POLICIES = ("chunk_transformer", "mlp")
 
 
@@ -98,6 +116,40 @@ def bench(
     }
 
 
+def e2e(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from robo_s2.core.config import load_config
+    from robo_s2.data.collection import collect
+    from robo_s2.training.trainer import train
+
+    names = args.e2e_variants.split(",")
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "demos.zarr"
+        collect(store, args.e2e_demos, {"image_size": 128}, {"noise_std": 0.05}, seed=0, workers=2)
+        for r in range(args.repeats):
+            for name in names:
+                cfg = load_config("train", [
+                    *E2E_RECIPE, f"data.store={store}", f"train.steps={args.steps}",
+                    f"train.eval_every={args.steps}", f"train.save_every={args.steps}",
+                    "device=cpu", *E2E_VARIANTS[name],
+                ])  # fmt: skip
+                res = train(cfg, Path(tmp) / f"{name}-{r}")
+                rates[name].append(res.samples_per_s)
+    base = statistics.median(rates[names[0]])
+    print(
+        f"end-to-end ResNet-18 training (table8_cpu_resnet_lr's recipe, {args.e2e_demos} demos, "
+        f"{args.steps} steps, {torch.get_num_threads()} threads), median of {args.repeats}"
+    )
+    print(f"{'variant':<10} {'overrides':<60} {'samples/s':>10} {'vs ' + names[0]:>10}")
+    for name in names:
+        sps = statistics.median(rates[name])
+        over = " ".join(E2E_VARIANTS[name]) or "(defaults)"
+        print(f"{name:<10} {over:<60} {sps:>10.1f} {sps / base:>9.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (bf16 autocast on CUDA)")
@@ -108,6 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=4800, help="frames of synthetic data")
     ap.add_argument("--ema", type=float, default=0.995, help="EMA decay (0 = off)")
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--e2e", action="store_true", help="the end-to-end ResNet-18 arm instead")
+    ap.add_argument("--e2e-demos", type=int, default=24, help="--e2e: demos collected")
+    ap.add_argument("--e2e-variants", default=",".join(E2E_VARIANTS), help="--e2e: first = base")
+    ap.add_argument("--repeats", type=int, default=2, help="--e2e: rounds (median reported)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE), in seconds")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -115,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.e2e:
+        e2e(args)
+        return
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(

@@ -564,3 +564,44 @@ def test_saved_training_state_leaves_out_non_persistent_buffers():
     ema = EMA(model, 0.9)
     assert "mean" not in ema.trainable_state()
     ema.load_state_dict(ema.state_dict())
+
+
+@pytest.mark.parametrize("impl", ["loop", "foreach", "fused"])
+def test_adamw_resumes_exactly_through_a_state_file_with_channels_last_weights(tmp_path, impl):
+    """A state file stores Adam's moments contiguous; a channels_last conv weight must get them
+    back in its own layout, or the fused kernel pairs each weight with another element's moments."""
+    import copy
+
+    from robo_s2.safe_io import load_state, save_state
+    from robo_s2.training.optim import make_optimizer, match_state_layout
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    net(torch.zeros(1, 3, 6, 6))
+    net = net.to(memory_format=torch.channels_last)
+
+    def run(split: bool) -> list[torch.Tensor]:
+        model = copy.deepcopy(net)
+        opt = make_optimizer(model, lr=1e-2, weight_decay=0.01, impl=impl)
+        gen = torch.Generator().manual_seed(1)
+        for i in range(4):
+            if split and i == 2:
+                save_state(
+                    tmp_path / "s.safetensors", {"o": opt.state_dict(), "m": model.state_dict()}
+                )
+                state = load_state(tmp_path / "s.safetensors")
+                model = copy.deepcopy(net)
+                opt = make_optimizer(model, lr=1e-2, weight_decay=0.01, impl=impl)
+                model.load_state_dict(state["m"])
+                opt.load_state_dict(state["o"])
+                match_state_layout(opt)
+            x = torch.randn(2, 3, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last)
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="train.optimizer='adam'"):
+        make_optimizer(net, lr=1e-3, weight_decay=0.0, impl="adam")

@@ -53,7 +53,12 @@ from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
 from robo_s2.pretraining.mae import MaskedAutoencoder, save_mvp_checkpoint
 from robo_s2.safe_io import save_state
-from robo_s2.training.optim import BatchSampler, make_optimizer, warmup_cosine
+from robo_s2.training.optim import (
+    BatchSampler,
+    make_optimizer,
+    match_state_layout,
+    warmup_cosine,
+)
 from robo_s2.training.trainer import (
     LAST,
     TRAINING_STATE,
@@ -300,6 +305,7 @@ class Pretrainer:
             with state_must_fit(self.resume_from):
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
+                match_state_layout(self.optimizer)
                 self.scheduler.load_state_dict(state["scheduler"])
                 self.sampler.load_state_dict(state["sampler"])
             self.step = int(state["step"])

@@ -76,6 +76,7 @@ from robo_s2.training.optim import (
     BatchSampler,
     load_partial_state,
     make_optimizer,
+    match_state_layout,
     trainable_state,
     warmup_cosine,
 )
@@ -502,6 +503,7 @@ class Trainer:
             weight_decay=float(tcfg["weight_decay"]),
             betas=tuple(tcfg["betas"]),
             lr_by_prefix={"encoder.": tcfg["encoder_lr"]},
+            impl=str(tcfg["optimizer"]),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -754,6 +756,7 @@ class Trainer:
         elif self.ema is not None:  # EMA switched on at resume: start it from the current weights
             load_partial_state(self.ema.shadow, trainable_state(self.model))
         self.optimizer.load_state_dict(state["optimizer"])
+        match_state_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
