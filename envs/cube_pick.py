@@ -143,7 +143,9 @@ class CubePickEnv(gym.Env):
         msaa_samples: anti-aliasing samples of the offscreen buffer (0 = off).
         numslices, numstacks: how finely curved primitives (the arm's capsules and cylinders) are
             tessellated for rendering (MuJoCo's ``<quality>``; physics is unaffected). The frame
-            cost is geometry-bound, so coarser meshes render faster at any image size.
+            cost is geometry-bound: 8 x 4 renders a 64² frame ~3.5x faster than MuJoCo's default
+            28 x 16, and policies on it succeeded exactly as often (535/600 both, paired 95 %
+            interval -1.8 to +1.8 points; docs/results/render_tessellation).
     """
 
     task_id: str = ENV_ID  # the registered task it was built as (envs.make_env sets it)
@@ -177,8 +179,8 @@ class CubePickEnv(gym.Env):
         shadows: bool = True,
         shadow_size: int = 256,
         msaa_samples: int = 0,
-        numslices: int = 28,
-        numstacks: int = 16,
+        numslices: int = 8,
+        numstacks: int = 4,
     ) -> None:
         super().__init__()
         cameras = tuple(str(c) for c in ([cameras] if isinstance(cameras, str) else cameras))

@@ -97,13 +97,13 @@ def test_changed_cells_rerun_and_other_demos_are_refused(tmp_path):
     assert not again.rows[0].runs[0].reused
     assert json.loads(cell.read_text())["key"]["row"]["overrides"] == {"yaw": False}
 
-    assert saved["render_profile"]["numslices"] == 28  # the env's default when it ran
+    assert saved["render_profile"]["numslices"] == 8  # the env's default when it ran
     cell.write_text(json.dumps({**saved, "demos_sha256": "0" * 64}))
     with pytest.raises(UserError, match="demos differ from those of the committed cell"):
         run(first, ROWS[1:])
     # same trajectories, frames rendered another way (a changed render default): refused too
-    coarse = {**saved["render_profile"], "numslices": 8, "numstacks": 4}
-    cell.write_text(json.dumps({**saved, "render_profile": coarse}))
+    fine = {**saved["render_profile"], "numslices": 28, "numstacks": 16}
+    cell.write_text(json.dumps({**saved, "render_profile": fine}))
     with pytest.raises(UserError, match="render default changed"):
         run(first, ROWS[1:])
     del saved["render_profile"]  # cells committed before the profile was recorded still load

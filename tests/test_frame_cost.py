@@ -182,7 +182,7 @@ def test_render_profile_is_recorded_and_changes_the_frames():
         desc = env.describe()
         assert desc["render_profile"] == {
             "shadows": shadows, "shadow_size": 256, "msaa_samples": 0,
-            "numslices": 28, "numstacks": 16,
+            "numslices": 8, "numstacks": 4,
         }  # fmt: skip
         rebuilt = CubePickEnv(**{**desc["kwargs"], "render_images": False})
         assert rebuilt.describe()["render_profile"] == desc["render_profile"]
@@ -253,13 +253,13 @@ def test_eval_under_another_render_profile_is_refused_unless_allowed(tmp_path):
     with pytest.raises(UserError) as err:
         evaluate(ckpt, env_overrides={**short, "shadows": True}, **kw)
     msg = str(err.value)
-    assert "shadows=False, shadow_size=256, msaa_samples=0, numslices=28" in msg
-    assert "shadows=True, shadow_size=256, msaa_samples=0, numslices=28" in msg
+    assert "shadows=False, shadow_size=256, msaa_samples=0, numslices=8" in msg
+    assert "shadows=True, shadow_size=256, msaa_samples=0, numslices=8" in msg
     assert "allow_render_mismatch=true" in msg and "\n" not in msg
     res = evaluate(ckpt, env_overrides={**short, "shadows": True}, allow_render_mismatch=True, **kw)
     assert res.info["env"]["kwargs"]["shadows"] is True
-    with pytest.raises(UserError, match="numslices=8, numstacks=4"):  # a coarser mesh too
-        evaluate(ckpt, env_overrides={**short, "numslices": 8, "numstacks": 4}, **kw)
+    with pytest.raises(UserError, match="numslices=28, numstacks=16"):  # another mesh too
+        evaluate(ckpt, env_overrides={**short, "numslices": 28, "numstacks": 16}, **kw)
     same = evaluate(ckpt, env_overrides=short, **kw)  # the demos' profile: no flag needed
     assert same.info["render_profile"]["shadows"] is False
     assert same.info["encoder"]["precision"] == same.info["encoder"]["trained_precision"] == "fp32"
