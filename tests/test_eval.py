@@ -332,10 +332,10 @@ def test_the_cpu_plan_fills_the_cores_without_oversubscribing_them():
     from robo_s2.evaluation.cpu_plan import plan_cpu
 
     two = plan_cpu(200, cores=2)
-    assert (two.workers, two.envs_per_worker, two.lanes, two.torch_threads) == (2, 8, 2, 1)
-    assert two.batch == 8 and two.raster_threads == 0  # each renderer in its own thread
+    assert (two.workers, two.envs_per_worker, two.lanes, two.torch_threads) == (2, 16, 2, 1)
+    assert two.batch == 16 and two.raster_threads == 0  # each renderer in its own thread
     many = plan_cpu(200, cores=16)
-    assert (many.workers, many.envs_per_worker, many.torch_threads) == (16, 1, 8)
+    assert (many.workers, many.envs_per_worker, many.torch_threads) == (16, 2, 8)
     assert plan_cpu(3, cores=2).n_envs == 2  # no env without an episode
     assert plan_cpu(200, cores=2, pipeline=False).torch_threads == 1  # lockstep: one lane
     assert plan_cpu(200, cores=4, device_type="cuda").torch_threads == 1

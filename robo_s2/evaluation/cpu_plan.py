@@ -25,8 +25,9 @@ from typing import Any
 
 from robo_s2.errors import UserError
 
-# frames per inference call the automatic plan aims at (benchmarks/eval_speed.py --plan-sweep)
-TARGET_BATCH = 8
+# frames per inference call the automatic plan aims at: 16 was the fastest of 1-16 envs per worker
+# (benchmarks/eval_speed.py --plan-sweep, docs/results/eval_speed)
+TARGET_BATCH = 16
 AUTO = "auto"
 
 
