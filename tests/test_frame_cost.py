@@ -5,6 +5,7 @@ same), so the equivalence tests run everywhere on small inputs.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -293,3 +294,27 @@ def test_a_bf16_fast_profile_eval_is_bit_identical_when_rerun(tmp_path):
     records = [[rec.to_dict() for rec in r.records] for r in runs]
     assert records[0] == records[1] == records[2]
     assert len({json.dumps(r["cube_pos"]) for r in records[0]}) == 3
+
+
+def test_the_rasterizer_thread_count_changes_no_pixel(tmp_path):
+    """The CPU plan sets LP_NUM_THREADS per env process (0 = rasterize in the calling thread): a
+    speed setting, so it is not part of the render profile, because it changes no pixel."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from envs.cube_pick import CubePickEnv\n"
+        "env = CubePickEnv(image_size=64)\n"
+        "obs, _ = env.reset(seed=3, options={'cube_pos': (0.5, 0.02)})\n"
+        "for _ in range(3):\n"
+        "    obs, *_ = env.step(np.array([0.2, 0.1, -0.4, 1.0], np.float32))\n"
+        "np.save(__import__('sys').argv[1], obs['image'])\n"
+    )
+    frames = []
+    for threads in ("0", "2"):
+        out = tmp_path / f"lp{threads}.npy"
+        env = {**os.environ, "LP_NUM_THREADS": threads, "MUJOCO_GL": "egl"}
+        subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, timeout=120)
+        frames.append(np.load(out))
+    np.testing.assert_array_equal(frames[0], frames[1])
