@@ -36,8 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the whole loop on a CPU: collect, encode, train, evaluate, table",
     ),
     "collect": ("collect", "scripted expert demonstrations into a zarr demo store"),
-    "import": ("import_", "robomimic HDF5 or diffusion_policy zarr demos into a robo_s2 store"),
-    "export": ("export", "a robo_s2 store to robomimic HDF5 or diffusion_policy zarr"),
+    "import": (
+        "import_",
+        "robomimic HDF5, diffusion_policy zarr or LeRobot dataset demos into a robo_s2 store",
+    ),
+    "export": (
+        "export",
+        "a robo_s2 store to robomimic HDF5, diffusion_policy zarr or a LeRobot dataset",
+    ),
     "encode": ("encode", "run a frozen encoder over a store's frames and cache the features"),
     "pretrain": ("pretrain", "MAE pre-training of a ViT encoder on store frames and image folders"),
     "train": ("train", "behaviour cloning of a policy on a store's (cached) encoder features"),

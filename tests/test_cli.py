@@ -21,6 +21,10 @@ def test_help_lists_commands():
     out = robo_s2("--help")
     assert out.returncode == 0
     assert "collect" in out.stdout
+    # every format import and export speak, named where a user looks first
+    for line in ("import ", "export "):
+        entry = next(x for x in out.stdout.splitlines() if x.strip().startswith(line))
+        assert all(f in entry for f in ("robomimic", "diffusion_policy", "LeRobot")), entry
 
 
 def test_unknown_command_is_one_line_error():
