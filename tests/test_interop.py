@@ -723,6 +723,12 @@ def test_cli_import_export_and_one_line_errors(tmp_path):
     assert lines[1].startswith("import: not taken from the source: dones (scalar) int64, ")
     assert "obs/object (10,) float64" in lines[1] and "(take them with extra_keys=all" in lines[1]
     assert lines[2].startswith("import: changed on the way in: actions float64 -> float32")
+    out = robo_s2("import", "src=lift.hdf5", "out=all.zarr", "extra_keys=all", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    left = [x for x in out.stdout.splitlines() if x.startswith("import: not taken")]
+    # every dataset is taken; what is left has no store key, and no option is suggested for it
+    assert all("extra_keys=all" not in x and "dones" not in x for x in left), left
+    assert left and all(x.endswith("(no store key holds them)") for x in left), left
     assert DemoStore.open(tmp_path / "s.zarr").keys() == [
         "action",
         "image",

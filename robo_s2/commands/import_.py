@@ -93,10 +93,8 @@ def not_taken_lines(res: ImportResult) -> list[str]:
     """What the import left behind or changed, one line each, with how to take the rest."""
     lines = []
     if res.not_taken:
-        lines.append(
-            f"import: not taken from the source: {', '.join(res.not_taken)} "
-            f"(take them with {res.take_with})"
-        )
+        how = f"take them with {res.take_with}" if res.take_with else "no store key holds them"
+        lines.append(f"import: not taken from the source: {', '.join(res.not_taken)} ({how})")
     if res.changed:
         lines.append(f"import: changed on the way in: {', '.join(res.changed)}")
     return lines

@@ -138,7 +138,7 @@ class ImportResult:
     # ("obs/robot0_eef_pos float64 -> float32"): the import's last line states both
     not_taken: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
-    take_with: str = "keys=all"  # the option that takes what was not taken
+    take_with: str = "keys=all"  # the option that takes what was not taken ("" = none does)
 
 
 @dataclass

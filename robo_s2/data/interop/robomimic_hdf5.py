@@ -337,7 +337,7 @@ def _import(
     config = _import_config(src, len(all_names), resolved, action_key, filter_key)
     result = ImportResult(
         src=str(src), out=str(out), format="robomimic", n_source=len(names),
-        take_with="extra_keys=all, or extra_keys={<dataset path>: <store key>}",
+        take_with="" if take_all else "extra_keys=all, or extra_keys={<dataset path>: <store key>}",
     )  # fmt: skip
     result.not_taken, result.changed = _what_changes(first, keys)
     return ingest(
