@@ -21,12 +21,14 @@ Rollouts. Episode ``i`` resets an env with ``options={"cube_pos", "cube_yaw"}`` 
 :func:`robo_s2.encoders.feature_cache.encode_frames` (the training cache's exact preprocessing), batched over
 the envs, on the best device (CUDA with bf16 autocast when present), and ``policy.act`` returns one
 action per env from its per-env history (reset when an env starts an episode). ``workers=0`` runs
-one env in this process; ``workers=n`` runs ``n`` env processes, each starting the next pending
-episode as soon as it finishes one; with ``pipeline`` (the default) they form two lanes so that one
-half simulates while the other half's actions are computed, else all step in lockstep. An episode's
-result does not depend on which env ran it, so serial and parallel evaluation give identical
-per-episode records whenever inference is batch-invariant (verified bit-for-bit for fp32 on CPU;
-CUDA kernels may round differently at other batch sizes).
+the envs in this process; ``workers=n`` runs ``n`` env processes of ``envs_per_worker`` envs each,
+every env starting the next pending episode as soon as it finishes one (how many of each, and the
+torch threads, :mod:`robo_s2.evaluation.cpu_plan` decides for the cores); with ``pipeline`` (the
+default) the processes form two lanes so that one half simulates while the other half's actions
+are computed, else all step in lockstep. An episode's result does not depend on which env ran it,
+so every plan gives identical per-episode records whenever inference is batch-invariant (verified
+bit-for-bit for fp32 on CPU for the checkpoints tested; a kernel may round differently at other
+batch sizes, e.g. one 192-wide linear layer here by ~1e-6, and CUDA's may too).
 
 Outputs (``out_dir``): ``eval_info.json`` (LeRobot-style ``pc_success`` and friends, a Wilson 95 %
 interval, per-episode records, what was evaluated and how fast), ``videos/episode_XXX.mp4`` of the
