@@ -5,8 +5,8 @@ The rollout is a two-lane pipeline (:func:`robo_s2.evaluation.runner.run_episode
 lane's env processes simulate and render, this process computes the other lane's actions. So at
 any moment about ``workers / 2`` env processes and this process's torch threads are busy, and the
 plan keeps their sum at the cores given: no process oversubscribes them (a torch thread that has to
-share its core with a renderer stalls the whole batch; measured 15-20x slower per forward on a
-2-core machine with the other core busy). Each env process holds several envs so that every
+share its core with a renderer stalls the whole batch: the issue that asked for this plan
+measured ViT-T forwards 15-20x slower on 2 threads than on 1 with the other core busy). Each env process holds several envs so that every
 inference call sees a batch of about :data:`TARGET_BATCH` frames: a small ViT costs several times
 less per frame at batch 8-16 than at batch 1-2, where op overhead, not FLOPs, sets the cost.
 Each env process rasterizes in its own thread (``LP_NUM_THREADS=0``): its parallelism is the other
