@@ -33,7 +33,8 @@ from policies import create_policy
 from robo_s2.device import resolve_device
 from robo_s2.paths import config_dir
 from robo_s2.training import EMA, BatchSampler, SequenceData, make_optimizer, warmup_cosine
-from robo_s2.training.trainer import BCModel, train_step
+from robo_s2.training.setup import BCModel
+from robo_s2.training.trainer import train_step
 
 FEATURES = {"vector": (1, 384), "grid 4x4": (16, 384)}
 # table8_cpu_resnet_lr's recipe (configs/experiment/table8_cpu_resnet_lr.yaml)

@@ -536,7 +536,7 @@ def test_torchrun_cli_two_processes(tmp_path):
 
 
 def test_a_state_that_does_not_fit_is_one_line(tmp_path):
-    from robo_s2.training.trainer import state_must_fit
+    from robo_s2.training.resume import state_must_fit
 
     for exc in (KeyError("optimizer"), RuntimeError("size mismatch for policy.head.weight")):
         with pytest.raises(UserError) as err, state_must_fit(tmp_path):

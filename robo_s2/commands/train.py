@@ -19,7 +19,9 @@ from robo_s2.commands.encode import encoder_choice
 from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.safe_io import strip_trust
-from robo_s2.training.trainer import TrainResult, find_resume_checkpoint, train
+from robo_s2.training.loop_state import TrainResult
+from robo_s2.training.resume import find_resume_checkpoint
+from robo_s2.training.trainer import train
 
 # keys that describe this invocation rather than the run: a resumed run takes them from the command
 PER_INVOCATION = ("resume", "resume_from", "device", "train.stop_at", "train.stop_at_epoch")

@@ -150,11 +150,13 @@ def encode_store(
     device: str = "auto",
     on_batch: Callable[[CacheStatus], None] | None = None,
     precision: str | None = None,
+    status: CacheStatus | None = None,
 ) -> CacheStatus:
     """Encode every frame not yet in the cache; a no-op when the cache is complete.
 
     ``precision`` (default: the encoder's own, usually ``auto``) is resolved once for the run
-    (:func:`feature_precision`) and names the cache entry written."""
+    (:func:`feature_precision`) and names the cache entry written. ``status``: the caller's
+    :func:`cache_status` of this store, encoder and precision (then neither is looked up again)."""
     import time
 
     if encoder.trainable:
@@ -167,8 +169,10 @@ def encode_store(
     if getattr(encoder, "input_key", None) is None:
         check_store_frames(store, encoder, image_key)
     torch_device = resolve_device(device)
-    precision = feature_precision(encoder, torch_device, batch_size, precision)
-    status = cache_status(store, encoder, image_key, precision)
+    if status is None:
+        precision = feature_precision(encoder, torch_device, batch_size, precision)
+        status = cache_status(store, encoder, image_key, precision)
+    precision = status.precision
     if status.complete:
         return status
     encoder = encoder.to(torch_device).eval()
@@ -217,15 +221,20 @@ def load_features(
     """All cached features ``(n_frames, D)`` computed in ``precision`` (None: as
     :func:`cache_status` resolves it); an error says how to compute them when incomplete."""
     status = cache_status(store, encoder, image_key, precision)
-    precision = status.precision
-    if not status.complete:
+    return read_features(store, status.key, status.precision)
+
+
+def read_features(store: DemoStore, key: str, precision: str) -> np.ndarray:
+    """The features ``(n_frames, D)`` of cache entry ``key`` (a :class:`CacheStatus`'s), read
+    after checking that every frame is written."""
+    entry = _cache_entry(store, key)
+    n_done = 0 if entry is None else int(cast(int, entry.attrs.get("n_done", 0)))
+    if entry is None or n_done < store.n_frames:
         raise UserError(
-            f"{store.path} has features for {status.n_done}/{status.n_frames} frames of encoder "
-            f"{status.key}; run: robo-s2 encode store={store.path} encoder=<that encoder config> "
-            f"encoder.precision={precision}"
+            f"{store.path} has features for {min(n_done, store.n_frames)}/{store.n_frames} frames "
+            f"of encoder {key}; run: robo-s2 encode store={store.path} encoder=<that encoder "
+            f"config> encoder.precision={precision}"
         )
-    entry = _cache_entry(store, status.key)
-    assert entry is not None  # complete, so present
     features = entry["feature"]
     assert isinstance(features, zarr.Array)
     return np.asarray(features[: store.n_frames])

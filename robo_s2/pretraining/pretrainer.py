@@ -53,15 +53,15 @@ from robo_s2.device import resolve_precision
 from robo_s2.errors import UserError
 from robo_s2.pretraining.mae import MaskedAutoencoder, save_mvp_checkpoint
 from robo_s2.safe_io import save_state
+from robo_s2.training.checkpoint import TRAINING_STATE
 from robo_s2.training.optim import (
     BatchSampler,
     make_optimizer,
     match_state_layout,
     warmup_cosine,
 )
-from robo_s2.training.trainer import (
+from robo_s2.training.resume import (
     LAST,
-    TRAINING_STATE,
     find_resume_checkpoint,
     read_training_state,
     state_must_fit,

@@ -1,4 +1,7 @@
-"""Pieces of the behaviour-cloning trainer (:mod:`robo_s2.training.trainer`).
+"""The behaviour-cloning trainer (:mod:`robo_s2.training.trainer`, the loop) and its rooms:
+:mod:`.setup` (the run's parts, in the order the seeded RNGs need), :mod:`.features` (cached
+features or frames), :mod:`.validation`, :mod:`.resume` and :mod:`.state` (resuming, shared with
+the pretrainer), :mod:`.run_log`, :mod:`.loop_state`, :mod:`.stop_signal`, and:
 
 * :mod:`robo_s2.training.data` — a demo store's per-frame arrays in memory, finite-value checks,
   the episode-level train/validation split and window batches in the policy batch layout;

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,3 +185,13 @@ def load_checkpoint(
             f"policy in {path} takes {policy.feature_dim}; the checkpoint is inconsistent, retrain"
         )
     return Checkpoint(path=path, policy=policy, encoder=encoder.to(device).eval(), meta=meta)
+
+
+def copy_without_state(source: Path, target: Path) -> None:
+    """Replace checkpoint ``target`` by a copy of ``source`` without its training state (the
+    best checkpoint of a run without validation: its final weights)."""
+    tmp = target.parent / f".{target.name}.copy"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    (tmp / TRAINING_STATE).unlink(missing_ok=True)
+    replace_path(tmp, target)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from robo_s2.device import resolve_device
 from robo_s2.errors import UserError
@@ -90,3 +91,19 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def wrap_model(
+    model: nn.Module, info: DistInfo, device: torch.device, find_unused: bool
+) -> nn.Module:
+    """The model a training loop steps: a DistributedDataParallel wrapper under torchrun
+    (``find_unused``: some parameters may get no gradient, e.g. a partly frozen encoder)."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused,
+    )
