@@ -45,6 +45,7 @@ from gymnasium import spaces
 
 from envs import ENV_ID
 from envs import panda_mjcf as P
+from envs.appearance import randomize_appearance, read_appearance, restore_appearance
 from envs.headless_gl import ensure_gl_backend, load_triton_before_mesa
 from envs.ik import DifferentialIK, yaw_down_matrix, yaw_of_matrix
 
@@ -185,7 +186,7 @@ class CubePickEnv(gym.Env):
         super().__init__()
         cameras = tuple(str(c) for c in ([cameras] if isinstance(cameras, str) else cameras))
         image_size = int(image_size)
-        region = self._check_args(
+        region = check_env_args(
             image_size, cameras, cube_region, control_hz, max_episode_steps, render_mode,
             distractors, shadow_size, msaa_samples, numslices, numstacks,
         )  # fmt: skip
@@ -215,11 +216,11 @@ class CubePickEnv(gym.Env):
 
         self._build_model()
         self._look_up_ids()
-        self._appearance0 = self._appearance()
+        self._appearance0 = read_appearance(self.model)
         self._solve_start_posture()
         self.action_dim = 5 if self.randomize_yaw else 4  # dx dy dz [dyaw] gripper
         self.action_space = spaces.Box(-1.0, 1.0, shape=(self.action_dim,), dtype=np.float32)
-        self.observation_space = self._build_observation_space()
+        self.observation_space = observation_space_of(image_size, cameras, self.render_images)
 
         self._renderer: mujoco.Renderer | None = None
         self._target_pos = np.zeros(3)
@@ -228,46 +229,6 @@ class CubePickEnv(gym.Env):
         self._placement = (0.0, 0.0, 0.0)
 
     # --- construction -----------------------------------------------------------------------------
-
-    def _check_args(
-        self,
-        image_size: int,
-        cameras: tuple[str, ...],
-        cube_region: tuple[tuple[float, float], tuple[float, float]],
-        control_hz: float,
-        max_episode_steps: int,
-        render_mode: str | None,
-        distractors: int,
-        shadow_size: int,
-        msaa_samples: int,
-        numslices: int,
-        numstacks: int,
-    ) -> tuple[tuple[float, float], tuple[float, float]]:
-        """Raise ValueError for bad constructor arguments; returns the cube region as floats."""
-        if image_size <= 0:
-            raise ValueError(f"image_size={image_size} must be a positive number of pixels")
-        if not cameras or len(set(cameras)) != len(cameras):
-            raise ValueError(f"cameras={cameras} must name at least one camera, each once")
-        unknown = [c for c in cameras if c not in P.CAMERAS]
-        if unknown:
-            raise ValueError(f"unknown camera(s) {unknown}; available: {list(P.CAMERAS)}")
-        (x0, x1), (y0, y1) = ((float(a), float(b)) for a, b in cube_region)
-        if not (x0 <= x1 and y0 <= y1):
-            raise ValueError(f"cube_region={cube_region} must be ((x_min, x_max), (y_min, y_max))")
-        if control_hz <= 0 or max_episode_steps <= 0:
-            raise ValueError("control_hz and max_episode_steps must be > 0")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}; supported: None, 'rgb_array'")
-        if int(distractors) != distractors or not 0 <= int(distractors) <= 32:
-            raise ValueError(f"distractors={distractors} must be a whole number in 0..32")
-        if int(shadow_size) != shadow_size or not 16 <= int(shadow_size) <= 16384:
-            raise ValueError(f"shadow_size={shadow_size} must be a whole number in 16..16384")
-        if int(msaa_samples) != msaa_samples or not 0 <= int(msaa_samples) <= 16:
-            raise ValueError(f"msaa_samples={msaa_samples} must be a whole number in 0..16")
-        for name, value, low in (("numslices", numslices, 3), ("numstacks", numstacks, 1)):
-            if int(value) != value or not low <= int(value) <= 256:
-                raise ValueError(f"{name}={value} must be a whole number in {low}..256")
-        return (x0, x1), (y0, y1)
 
     def _constructor_kwargs(self, profile: Mapping[str, Any]) -> dict[str, Any]:
         """The kwargs that rebuild this env (JSON types), from the stored settings."""
@@ -340,31 +301,6 @@ class CubePickEnv(gym.Env):
             self.ik.rest_qpos = q[self._arm_qpos].copy()
         self._start_arm_q = q[self._arm_qpos].copy()
 
-    def _build_observation_space(self) -> spaces.Dict:
-        obs_spaces: dict[str, spaces.Space] = {}
-        if self.render_images:
-            for cam in self.cameras:
-                obs_spaces[image_key(cam)] = spaces.Box(
-                    0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8
-                )
-        # Generous finite bounds: joint limits are soft constraints, the cube may fall off the table
-        big = 5.0
-        obs_spaces["proprio"] = spaces.Box(
-            low=np.array([*(P.JOINT_RANGES[:, 0] - 0.1), -0.01, -big, -big, -big], np.float32),
-            high=np.array(
-                [*(P.JOINT_RANGES[:, 1] + 0.1), MAX_OPENING + 0.01, big, big, big], np.float32
-            ),
-            dtype=np.float32,
-        )
-        obs_spaces["state"] = spaces.Box(
-            low=np.array([*[-big] * 3, *[-1.01] * 4, *[-big] * 3, -3.15, -0.01], np.float32),
-            high=np.array(
-                [*[big] * 3, *[1.01] * 4, *[big] * 3, 3.15, MAX_OPENING + 0.01], np.float32
-            ),
-            dtype=np.float32,
-        )
-        return spaces.Dict(obs_spaces)
-
     # --- public helpers ---------------------------------------------------------------------------
 
     @property
@@ -374,16 +310,8 @@ class CubePickEnv(gym.Env):
 
     @property
     def action_semantics(self) -> list[str]:
-        return (
-            ["dx", "dy", "dz", "dyaw", "gripper"]
-            if self.randomize_yaw
-            else [
-                "dx",
-                "dy",
-                "dz",
-                "gripper",
-            ]
-        )
+        motion = ["dx", "dy", "dz", "dyaw"] if self.randomize_yaw else ["dx", "dy", "dz"]
+        return [*motion, "gripper"]
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description of the env, for demo-store attributes.
@@ -500,22 +428,8 @@ class CubePickEnv(gym.Env):
 
     def project(self, points: np.ndarray, camera: str = "front") -> np.ndarray:
         """World points ``(N, 3)`` -> ``(N, 2)`` pixel coordinates ``(column, row)`` in this
-        env's ``camera`` images (continuous: pixel ``(c, r)`` covers ``[c, c+1) x [r, r+1)``).
-
-        MuJoCo's pinhole camera: it looks along its frame's -z with +y up, its vertical field of
-        view ``fovy``; the pose is the current one (the wrist camera moves with the arm)."""
-        mujoco.mj_kinematics(self.model, self.data)
-        mujoco.mj_camlight(self.model, self.data)
-        cid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-        if cid < 0:
-            raise ValueError(f"unknown camera {camera!r}; available: {list(P.CAMERAS)}")
-        rot = self.data.cam_xmat[cid].reshape(3, 3)  # columns: the camera's axes in the world
-        rel = (np.asarray(points, np.float64).reshape(-1, 3) - self.data.cam_xpos[cid]) @ rot
-        depth = -rel[:, 2]
-        f = 0.5 * self.image_size / math.tan(math.radians(float(self.model.cam_fovy[cid])) / 2)
-        col = 0.5 * self.image_size + f * rel[:, 0] / depth
-        row = 0.5 * self.image_size - f * rel[:, 1] / depth
-        return np.stack([col, row], axis=1)
+        env's ``camera`` images, at the current pose (:func:`project_points`)."""
+        return project_points(self.model, self.data, points, camera, self.image_size)
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -553,45 +467,14 @@ class CubePickEnv(gym.Env):
             self.data.mocap_pos[mocap] = (px, py, 0.02)
             self.data.mocap_quat[mocap] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
 
-    def _appearance(self) -> dict[str, np.ndarray]:
-        m = self.model
-        return {
-            "light_diffuse": m.light_diffuse.copy(),
-            "light_ambient": m.light_ambient.copy(),
-            "light_dir": m.light_dir.copy(),
-            "headlight_ambient": np.array(m.vis.headlight.ambient),
-            "headlight_diffuse": np.array(m.vis.headlight.diffuse),
-            "mat_rgba": m.mat_rgba.copy(),
-            "geom_rgba": m.geom_rgba.copy(),
-        }
-
     def reset_appearance(self) -> None:
         """Undo :meth:`randomize_appearance`: the scene's own lights and colours."""
-        m, a = self.model, self._appearance0
-        m.light_diffuse[:] = a["light_diffuse"]
-        m.light_ambient[:] = a["light_ambient"]
-        m.light_dir[:] = a["light_dir"]
-        m.vis.headlight.ambient[:] = a["headlight_ambient"]
-        m.vis.headlight.diffuse[:] = a["headlight_diffuse"]
-        m.mat_rgba[:] = a["mat_rgba"]
-        m.geom_rgba[:] = a["geom_rgba"]
+        restore_appearance(self.model, self._appearance0)
 
     def randomize_appearance(self, rng: np.random.Generator) -> None:
-        """Re-draw lighting (brightness, tint, key-light direction) and the colours of the cube,
-        table, floor and distractors, in place; physics and the observation layout are untouched.
-        Call :meth:`reset_appearance` to go back to the defaults."""
-        self.reset_appearance()
-        m, a = self.model, self._appearance0
-        tint = rng.uniform(0.8, 1.2, size=3)
-        m.light_diffuse[:] = np.clip(a["light_diffuse"] * rng.uniform(0.4, 1.5) * tint, 0, 1)
-        d = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), -1.0])
-        m.light_dir[:] = d / np.linalg.norm(d)
-        m.vis.headlight.ambient[:] = np.clip(a["headlight_ambient"] * rng.uniform(0.5, 1.5), 0, 1)
-        m.vis.headlight.diffuse[:] = np.clip(a["headlight_diffuse"] * rng.uniform(0.5, 1.5), 0, 1)
-        for name, lo in (("cube", 0.05), ("table", 0.5), ("floor", 0.05)):
-            m.mat_rgba[m.material(name).id, :3] = rng.uniform(lo, 1.0, size=3)
-        for i in range(self.distractors):
-            m.geom_rgba[m.geom(f"distractor{i}").id, :3] = rng.uniform(0.05, 1.0, size=3)
+        """Re-draw lighting and the colours of the cube, table, floor and distractors in place
+        (:func:`envs.appearance.randomize_appearance`); :meth:`reset_appearance` undoes it."""
+        randomize_appearance(self.model, self._appearance0, rng, self.distractors)
 
     def ee_pose(self) -> tuple[np.ndarray, float]:
         """End-effector position (3,) and yaw (rad)."""
@@ -632,3 +515,92 @@ class CubePickEnv(gym.Env):
             "cube_placement": self._placement,
             "steps": self._steps,
         }
+
+
+def check_env_args(
+    image_size: int,
+    cameras: tuple[str, ...],
+    cube_region: tuple[tuple[float, float], tuple[float, float]],
+    control_hz: float,
+    max_episode_steps: int,
+    render_mode: str | None,
+    distractors: int,
+    shadow_size: int,
+    msaa_samples: int,
+    numslices: int,
+    numstacks: int,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Raise ValueError for bad constructor arguments; returns the cube region as floats."""
+    if image_size <= 0:
+        raise ValueError(f"image_size={image_size} must be a positive number of pixels")
+    if not cameras or len(set(cameras)) != len(cameras):
+        raise ValueError(f"cameras={cameras} must name at least one camera, each once")
+    unknown = [c for c in cameras if c not in P.CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown camera(s) {unknown}; available: {list(P.CAMERAS)}")
+    (x0, x1), (y0, y1) = ((float(a), float(b)) for a, b in cube_region)
+    if not (x0 <= x1 and y0 <= y1):
+        raise ValueError(f"cube_region={cube_region} must be ((x_min, x_max), (y_min, y_max))")
+    if control_hz <= 0 or max_episode_steps <= 0:
+        raise ValueError("control_hz and max_episode_steps must be > 0")
+    if render_mode is not None and render_mode not in CubePickEnv.metadata["render_modes"]:
+        raise ValueError(f"render_mode={render_mode!r}; supported: None, 'rgb_array'")
+    if int(distractors) != distractors or not 0 <= int(distractors) <= 32:
+        raise ValueError(f"distractors={distractors} must be a whole number in 0..32")
+    if int(shadow_size) != shadow_size or not 16 <= int(shadow_size) <= 16384:
+        raise ValueError(f"shadow_size={shadow_size} must be a whole number in 16..16384")
+    if int(msaa_samples) != msaa_samples or not 0 <= int(msaa_samples) <= 16:
+        raise ValueError(f"msaa_samples={msaa_samples} must be a whole number in 0..16")
+    for name, value, low in (("numslices", numslices, 3), ("numstacks", numstacks, 1)):
+        if int(value) != value or not low <= int(value) <= 256:
+            raise ValueError(f"{name}={value} must be a whole number in {low}..256")
+    return (x0, x1), (y0, y1)
+
+
+def observation_space_of(
+    image_size: int, cameras: tuple[str, ...], render_images: bool
+) -> spaces.Dict:
+    """The observation space (module docstring) of an env with these settings."""
+    obs_spaces: dict[str, spaces.Space] = {}
+    if render_images:
+        for cam in cameras:
+            obs_spaces[image_key(cam)] = spaces.Box(
+                0, 255, shape=(image_size, image_size, 3), dtype=np.uint8
+            )
+    # Generous finite bounds: joint limits are soft constraints, the cube may fall off the table
+    big = 5.0
+    obs_spaces["proprio"] = spaces.Box(
+        low=np.array([*(P.JOINT_RANGES[:, 0] - 0.1), -0.01, -big, -big, -big], np.float32),
+        high=np.array(
+            [*(P.JOINT_RANGES[:, 1] + 0.1), MAX_OPENING + 0.01, big, big, big], np.float32
+        ),
+        dtype=np.float32,
+    )
+    obs_spaces["state"] = spaces.Box(
+        low=np.array([*[-big] * 3, *[-1.01] * 4, *[-big] * 3, -3.15, -0.01], np.float32),
+        high=np.array([*[big] * 3, *[1.01] * 4, *[big] * 3, 3.15, MAX_OPENING + 0.01], np.float32),
+        dtype=np.float32,
+    )
+    return spaces.Dict(obs_spaces)
+
+
+def project_points(
+    model: mujoco.MjModel, data: mujoco.MjData, points: np.ndarray, camera: str, image_size: int
+) -> np.ndarray:
+    """World points ``(N, 3)`` -> ``(N, 2)`` pixel coordinates ``(column, row)`` in ``camera``'s
+    ``image_size``² images (continuous: pixel ``(c, r)`` covers ``[c, c+1) x [r, r+1)``).
+
+    MuJoCo's pinhole camera: it looks along its frame's -z with +y up, its vertical field of
+    view ``fovy``; the pose is the current one (the wrist camera moves with the arm)."""
+    mujoco.mj_kinematics(model, data)
+    mujoco.mj_camlight(model, data)
+    cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cid < 0:
+        raise ValueError(f"unknown camera {camera!r}; available: {list(P.CAMERAS)}")
+    rot = data.cam_xmat[cid].reshape(3, 3)  # columns: the camera's axes in the world
+    rel = (np.asarray(points, np.float64).reshape(-1, 3) - data.cam_xpos[cid]) @ rot
+    depth = -rel[:, 2]
+    f = 0.5 * image_size / math.tan(math.radians(float(model.cam_fovy[cid])) / 2)
+    col = 0.5 * image_size + f * rel[:, 0] / depth
+    row = 0.5 * image_size - f * rel[:, 1] / depth
+    return np.stack([col, row], axis=1)

@@ -688,119 +688,6 @@ class DemoStore:
         if self.mode != "a":
             raise UserError(f"{self.path} was opened read-only; open it with mode='a' to {what}")
 
-    def _validate_episode(self, episode: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if not isinstance(episode, Mapping) or not episode:
-            raise UserError(
-                "an episode must be a non-empty dict {key: (T, ...) array}, got "
-                f"{type(episode).__name__ if not isinstance(episode, Mapping) else 'an empty dict'}"
-            )
-        for key in episode:
-            if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-                raise UserError(
-                    f"episode key {key!r} is not a valid data key; use letters, digits, '_', '.', "
-                    "'-' (starting with a letter or digit)"
-                )
-        out: dict[str, np.ndarray] = {}
-        fixed = self.n_episodes > 0 and bool(self._arrays)
-        if fixed:
-            missing = sorted(set(self._arrays) - set(episode))
-            extra = sorted(set(episode) - set(self._arrays))
-            if missing or extra:
-                raise UserError(
-                    f"episode keys do not match {self.path}: missing {missing}, unexpected "
-                    f"{extra}; every episode needs exactly the keys {self.keys()}"
-                )
-        lengths: dict[str, int] = {}
-        for key, value in episode.items():
-            x = np.asarray(value)
-            if x.ndim < 1:
-                raise UserError(
-                    f"episode[{key!r}] is a scalar; give a (T, ...) array over time steps"
-                )
-            if x.dtype.kind not in "biuf":
-                raise UserError(
-                    f"episode[{key!r}] has dtype {x.dtype}; store numbers only (bool, int, float)"
-                )
-            if is_image_key(key) and (x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3):
-                raise UserError(
-                    f"episode[{key!r}] is {x.dtype} {x.shape}; images must be uint8 (T,H,W,3) in "
-                    "0..255 (convert float [0,1] images with (x * 255).round().astype(np.uint8))"
-                )
-            lengths[key] = x.shape[0]
-            target = self._arrays.get(key) if fixed else None
-            if target is not None:
-                if tuple(x.shape[1:]) != tuple(target.shape[1:]):
-                    raise UserError(
-                        f"episode[{key!r}] has per-step shape {tuple(x.shape[1:])} but data/{key} "
-                        f"holds {tuple(target.shape[1:])}; give the same shape as earlier episodes"
-                    )
-                x = self._cast(key, x, np.dtype(target.dtype))
-            if x.dtype.kind == "f":
-                finite = np.isfinite(x)
-                if not finite.all():
-                    bad = np.argwhere(~finite)[0]
-                    raise UserError(
-                        f"episode[{key!r}] has a non-finite value ({x[tuple(bad)]}) at step "
-                        f"{int(bad[0])} (index {tuple(int(b) for b in bad)}); fix or drop the "
-                        "episode before storing it"
-                    )
-            out[key] = x
-        if len(set(lengths.values())) > 1:
-            raise UserError(
-                f"episode arrays differ in length: {lengths}; every key needs the same number "
-                "of steps"
-            )
-        if next(iter(lengths.values())) < 1:
-            raise UserError("the episode has 0 steps; store episodes with at least one step")
-        return out
-
-    @staticmethod
-    def _cast(key: str, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        if x.dtype == dtype:
-            return x
-        ints = x.dtype.kind in "biu" and dtype.kind in "iu"  # checked against the range below
-        if not (ints or np.can_cast(x.dtype, dtype, casting="same_kind")):
-            raise UserError(
-                f"episode[{key!r}] has dtype {x.dtype}, which does not convert to data/{key}'s "
-                f"{dtype}; give {dtype} values"
-            )
-        if dtype.kind in "iu" and x.size:
-            info = np.iinfo(dtype)
-            lo, hi = x.min(), x.max()
-            if lo < info.min or hi > info.max:
-                raise UserError(
-                    f"episode[{key!r}] has values in [{lo}, {hi}], outside data/{key}'s {dtype} "
-                    f"range [{info.min}, {info.max}]; rescale them"
-                )
-        with np.errstate(over="ignore"):
-            return x.astype(dtype)  # float overflow shows up as inf, caught by the finite check
-
-    def _prepare_arrays(self, episode: dict[str, np.ndarray]) -> None:
-        """Before the first episode: (re)create the data arrays to match it (each at length 0)."""
-        fmt = self.format
-        data_dir = self.path / "data"
-        for key in list(self._arrays):
-            arr, x = self._arrays[key], episode.get(key)
-            if x is None or tuple(arr.shape[1:]) != x.shape[1:] or np.dtype(arr.dtype) != x.dtype:
-                _delete_array_dir(data_dir / key)  # only empty arrays from an aborted first append
-                del self._arrays[key]
-        data = self._root["data"]
-        assert isinstance(data, zarr.Group)  # checked when the store was opened
-        for key, x in episode.items():
-            if key in self._arrays:
-                continue
-            if (data_dir / key).exists():
-                _delete_array_dir(data_dir / key)  # junk of an interrupted delete
-            rows = _chunk_rows(key, x.shape[1:], x.dtype)
-            self._arrays[key] = data.create_array(
-                key,
-                shape=(0, *x.shape[1:]),
-                chunks=(rows, *x.shape[1:]),
-                dtype=x.dtype,
-                compressors=_compressor(fmt, x.dtype),
-                fill_value=0,
-            )
-
     def append_episode(
         self, episode: dict[str, np.ndarray], attrs: dict[str, Any] | None = None
     ) -> int:
@@ -810,10 +697,11 @@ class DemoStore:
         write that commits the episode, so they can never disagree with the episodes after a crash.
         """
         self._require_writable("append episodes")
-        ep = self._validate_episode(episode)
+        fixed = self._arrays if self.n_episodes > 0 and self._arrays else None
+        ep = validate_episode(episode, fixed, self.path)
         n_frames, n_eps = self.n_frames, self.n_episodes
         if n_eps == 0:
-            self._prepare_arrays(ep)
+            prepare_arrays(self._arrays, self._root, self.path, self.format, ep)
         T = len(next(iter(ep.values())))
         try:
             self._root.update_attributes({PENDING: {"n_frames": n_frames, "n_episodes": n_eps}})
@@ -890,3 +778,126 @@ def _rollback(path: Path, state: _State, n_frames: int, n_episodes: int) -> None
     attrs = root.attrs.asdict()
     attrs.pop(PENDING, None)
     root.attrs.put(attrs)
+
+
+def validate_episode(
+    episode: Mapping[str, Any], arrays: Mapping[str, zarr.Array] | None, path: Path
+) -> dict[str, np.ndarray]:
+    """An episode as arrays to append, checked: valid keys, numbers, uint8 (T, H, W, 3)
+    images, finite floats, one length; with ``arrays`` (a store that has episodes) the same
+    keys and per-step shapes, cast to their dtypes. Every fault is a one-line UserError."""
+    if not isinstance(episode, Mapping) or not episode:
+        raise UserError(
+            "an episode must be a non-empty dict {key: (T, ...) array}, got "
+            f"{type(episode).__name__ if not isinstance(episode, Mapping) else 'an empty dict'}"
+        )
+    for key in episode:
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise UserError(
+                f"episode key {key!r} is not a valid data key; use letters, digits, '_', '.', "
+                "'-' (starting with a letter or digit)"
+            )
+    out: dict[str, np.ndarray] = {}
+    if arrays is not None:
+        missing = sorted(set(arrays) - set(episode))
+        extra = sorted(set(episode) - set(arrays))
+        if missing or extra:
+            raise UserError(
+                f"episode keys do not match {path}: missing {missing}, unexpected "
+                f"{extra}; every episode needs exactly the keys {sorted(arrays)}"
+            )
+    lengths: dict[str, int] = {}
+    for key, value in episode.items():
+        x = np.asarray(value)
+        if x.ndim < 1:
+            raise UserError(f"episode[{key!r}] is a scalar; give a (T, ...) array over time steps")
+        if x.dtype.kind not in "biuf":
+            raise UserError(
+                f"episode[{key!r}] has dtype {x.dtype}; store numbers only (bool, int, float)"
+            )
+        if is_image_key(key) and (x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3):
+            raise UserError(
+                f"episode[{key!r}] is {x.dtype} {x.shape}; images must be uint8 (T,H,W,3) in "
+                "0..255 (convert float [0,1] images with (x * 255).round().astype(np.uint8))"
+            )
+        lengths[key] = x.shape[0]
+        target = arrays.get(key) if arrays is not None else None
+        if target is not None:
+            if tuple(x.shape[1:]) != tuple(target.shape[1:]):
+                raise UserError(
+                    f"episode[{key!r}] has per-step shape {tuple(x.shape[1:])} but data/{key} "
+                    f"holds {tuple(target.shape[1:])}; give the same shape as earlier episodes"
+                )
+            x = cast_episode_array(key, x, np.dtype(target.dtype))
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x)
+            if not finite.all():
+                bad = np.argwhere(~finite)[0]
+                raise UserError(
+                    f"episode[{key!r}] has a non-finite value ({x[tuple(bad)]}) at step "
+                    f"{int(bad[0])} (index {tuple(int(b) for b in bad)}); fix or drop the "
+                    "episode before storing it"
+                )
+        out[key] = x
+    if len(set(lengths.values())) > 1:
+        raise UserError(
+            f"episode arrays differ in length: {lengths}; every key needs the same number of steps"
+        )
+    if next(iter(lengths.values())) < 1:
+        raise UserError("the episode has 0 steps; store episodes with at least one step")
+    return out
+
+
+def cast_episode_array(key: str, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``episode[key]`` as the store array's ``dtype``, refused where values would change."""
+    if x.dtype == dtype:
+        return x
+    ints = x.dtype.kind in "biu" and dtype.kind in "iu"  # checked against the range below
+    if not (ints or np.can_cast(x.dtype, dtype, casting="same_kind")):
+        raise UserError(
+            f"episode[{key!r}] has dtype {x.dtype}, which does not convert to data/{key}'s "
+            f"{dtype}; give {dtype} values"
+        )
+    if dtype.kind in "iu" and x.size:
+        info = np.iinfo(dtype)
+        lo, hi = x.min(), x.max()
+        if lo < info.min or hi > info.max:
+            raise UserError(
+                f"episode[{key!r}] has values in [{lo}, {hi}], outside data/{key}'s {dtype} "
+                f"range [{info.min}, {info.max}]; rescale them"
+            )
+    with np.errstate(over="ignore"):
+        return x.astype(dtype)  # float overflow shows up as inf, caught by the finite check
+
+
+def prepare_arrays(
+    arrays: dict[str, zarr.Array],
+    root: zarr.Group,
+    path: Path,
+    fmt: int,
+    episode: dict[str, np.ndarray],
+) -> None:
+    """Before a store's first episode: (re)create its data arrays (``arrays``, updated in
+    place) to match ``episode``, each at length 0."""
+    data_dir = path / "data"
+    for key in list(arrays):
+        arr, x = arrays[key], episode.get(key)
+        if x is None or tuple(arr.shape[1:]) != x.shape[1:] or np.dtype(arr.dtype) != x.dtype:
+            _delete_array_dir(data_dir / key)  # only empty arrays from an aborted first append
+            del arrays[key]
+    data = root["data"]
+    assert isinstance(data, zarr.Group)  # checked when the store was opened
+    for key, x in episode.items():
+        if key in arrays:
+            continue
+        if (data_dir / key).exists():
+            _delete_array_dir(data_dir / key)  # junk of an interrupted delete
+        rows = _chunk_rows(key, x.shape[1:], x.dtype)
+        arrays[key] = data.create_array(
+            key,
+            shape=(0, *x.shape[1:]),
+            chunks=(rows, *x.shape[1:]),
+            dtype=x.dtype,
+            compressors=_compressor(fmt, x.dtype),
+            fill_value=0,
+        )

@@ -313,6 +313,64 @@ def _check_indexes(indexes: Any, depth: int, n: int, what: str) -> list[list[int
     return ranges
 
 
+def branch_specs(
+    branches: Any, resolutions: Sequence[int] | None, pretrained: bool
+) -> list[dict[str, Any]]:
+    """The branch configs (a list of mappings or timm names), each with an integer
+    ``resolution``, strictly decreasing; ``resolutions`` overrides theirs, one per branch."""
+    if isinstance(branches, Mapping) or not isinstance(branches, Sequence):
+        raise UserError(
+            "PIIP branches must be a list of branch configs, e.g. "
+            "[{model: vit_tiny_patch16_224, resolution: 448}, "
+            "{model: vit_small_patch16_224, resolution: 224}]"
+        )
+    specs = []
+    for j, b in enumerate(branches):
+        if isinstance(b, str):
+            b = {"model": b}
+        if not isinstance(b, Mapping):
+            raise UserError(f"PIIP branch {j} must be a mapping or a timm model name, got {b!r}")
+        specs.append(dict(b))
+    if len(specs) < 2:
+        raise UserError(
+            f"PIIP needs at least 2 branches (got {len(specs)}); for one ViT use name=timm"
+        )
+    if resolutions is not None:
+        resolutions = list(resolutions)
+        if len(resolutions) != len(specs):
+            raise UserError(
+                f"PIIP branch count mismatch: {len(resolutions)} resolutions {resolutions} for "
+                f"{len(specs)} branches; give one resolution per branch (largest first)"
+            )
+        for s, r in zip(specs, resolutions, strict=True):
+            s["resolution"] = r
+    for j, s in enumerate(specs):
+        if "image_size" in s and "resolution" not in s:
+            s["resolution"] = s.pop("image_size")
+        s.pop("image_size", None)
+        if s.get("resolution") is None:
+            raise UserError(f"PIIP branch {j} has no resolution; set resolution (or resolutions)")
+        try:
+            s["resolution"] = int(s["resolution"])
+        except (TypeError, ValueError) as exc:
+            raise UserError(
+                f"PIIP branch {j} resolution must be an integer, got {s['resolution']!r}"
+            ) from exc
+        if s["resolution"] < 1:
+            raise UserError(f"PIIP branch {j} resolution must be positive, got {s['resolution']}")
+        if s.get("name", "timm") == "timm" and "model" not in s:
+            raise UserError(f"PIIP branch {j} needs a timm model name (model: vit_...)")
+        if s.get("name", "timm") == "timm":  # other factories (mvp) take weights only
+            s.setdefault("pretrained", bool(pretrained) or s.get("weights") is not None)
+    res = [s["resolution"] for s in specs]
+    if any(a <= b for a, b in zip(res[:-1], res[1:], strict=True)):
+        raise UserError(
+            f"PIIP branches must be listed from the largest resolution to the smallest "
+            f"(strictly decreasing), got resolutions {res}"
+        )
+    return specs
+
+
 class PIIPEncoder(TokenEncoder):
     """Parameter-inverted image pyramid over frozen timm ViT branches (see the module doc).
 
@@ -346,7 +404,7 @@ class PIIPEncoder(TokenEncoder):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        specs = self._branch_specs(branches, resolutions, pretrained)
+        specs = branch_specs(branches, resolutions, pretrained)
         attn_key, pool = self._check_options(
             attn, resize, pooling, num_heads, num_points, ffn_ratio, value_ratio
         )
@@ -532,68 +590,6 @@ class PIIPEncoder(TokenEncoder):
         )
 
     # --- configuration helpers ------------------------------------------------------------------
-    @staticmethod
-    def _branch_specs(
-        branches: Any, resolutions: Sequence[int] | None, pretrained: bool
-    ) -> list[dict[str, Any]]:
-        if isinstance(branches, Mapping) or not isinstance(branches, Sequence):
-            raise UserError(
-                "PIIP branches must be a list of branch configs, e.g. "
-                "[{model: vit_tiny_patch16_224, resolution: 448}, "
-                "{model: vit_small_patch16_224, resolution: 224}]"
-            )
-        specs = []
-        for j, b in enumerate(branches):
-            if isinstance(b, str):
-                b = {"model": b}
-            if not isinstance(b, Mapping):
-                raise UserError(
-                    f"PIIP branch {j} must be a mapping or a timm model name, got {b!r}"
-                )
-            specs.append(dict(b))
-        if len(specs) < 2:
-            raise UserError(
-                f"PIIP needs at least 2 branches (got {len(specs)}); for one ViT use name=timm"
-            )
-        if resolutions is not None:
-            resolutions = list(resolutions)
-            if len(resolutions) != len(specs):
-                raise UserError(
-                    f"PIIP branch count mismatch: {len(resolutions)} resolutions {resolutions} for "
-                    f"{len(specs)} branches; give one resolution per branch (largest first)"
-                )
-            for s, r in zip(specs, resolutions, strict=True):
-                s["resolution"] = r
-        for j, s in enumerate(specs):
-            if "image_size" in s and "resolution" not in s:
-                s["resolution"] = s.pop("image_size")
-            s.pop("image_size", None)
-            if s.get("resolution") is None:
-                raise UserError(
-                    f"PIIP branch {j} has no resolution; set resolution (or resolutions)"
-                )
-            try:
-                s["resolution"] = int(s["resolution"])
-            except (TypeError, ValueError) as exc:
-                raise UserError(
-                    f"PIIP branch {j} resolution must be an integer, got {s['resolution']!r}"
-                ) from exc
-            if s["resolution"] < 1:
-                raise UserError(
-                    f"PIIP branch {j} resolution must be positive, got {s['resolution']}"
-                )
-            if s.get("name", "timm") == "timm" and "model" not in s:
-                raise UserError(f"PIIP branch {j} needs a timm model name (model: vit_...)")
-            if s.get("name", "timm") == "timm":  # other factories (mvp) take weights only
-                s.setdefault("pretrained", bool(pretrained) or s.get("weights") is not None)
-        res = [s["resolution"] for s in specs]
-        if any(a <= b for a, b in zip(res[:-1], res[1:], strict=True)):
-            raise UserError(
-                f"PIIP branches must be listed from the largest resolution to the smallest "
-                f"(strictly decreasing), got resolutions {res}"
-            )
-        return specs
-
     # --- the pyramid ----------------------------------------------------------------------------
     def branch_inputs(self, x: Tensor) -> list[Tensor]:
         """Float ``(B,3,S,S)`` in [0,1] -> every branch's resized, normalised input."""
