@@ -137,26 +137,119 @@ CONFIG_NAMES = {"cfg", "tcfg", "dcfg", "pcfg", "scfg", "exp", "protocol", "demos
 STRICT_PACKAGES = ("training", "pretraining", "experiments", "evaluation", "commands")
 
 
+def _config_name(node: ast.AST) -> str:
+    return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
+
+def _is_literal_default(node: ast.AST) -> bool:
+    """A literal that would stand in for a config value (None and empty containers say "none")."""
+    if isinstance(node, ast.Constant):
+        return node.value is not None and node.value != ""
+    if isinstance(node, ast.List | ast.Tuple | ast.Set | ast.Dict):
+        return bool(node.keys if isinstance(node, ast.Dict) else node.elts)
+    return False
+
+
+def _fallback_reads(tree: ast.AST) -> list[int]:
+    """Lines of ``cfg.get(k, literal)``, ``cfg.get(k) or literal`` and ``getattr(cfg, k, literal)``
+    over a config mapping (:data:`CONFIG_NAMES`)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "get" and _config_name(node.func.value) in CONFIG_NAMES:
+                if len(node.args) == 2 and not (
+                    isinstance(node.args[1], ast.Constant) and node.args[1].value is None
+                ):
+                    lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr":
+            if len(node.args) == 3 and _config_name(node.args[0]) in CONFIG_NAMES:
+                if _is_literal_default(node.args[2]):
+                    lines.append(node.lineno)
+        elif isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            first = node.values[0]
+            if (
+                isinstance(first, ast.Call)
+                and isinstance(first.func, ast.Attribute)
+                and first.func.attr == "get"
+                and _config_name(first.func.value) in CONFIG_NAMES
+                and any(_is_literal_default(v) for v in node.values[1:])
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
 def test_no_config_read_falls_back_to_a_literal_default():
-    offenders = []
-    for package in STRICT_PACKAGES:
-        for path in sorted((ROOT / "robo_s2" / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if not (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "get"
-                    and len(node.args) == 2
-                ):
-                    continue
-                owner = node.func.value
-                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
-                default = node.args[1]
-                if name in CONFIG_NAMES and not (
-                    isinstance(default, ast.Constant) and default.value is None
-                ):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for package in STRICT_PACKAGES
+        for path in sorted((ROOT / "robo_s2" / package).rglob("*.py"))
+        for line in _fallback_reads(ast.parse(path.read_text()))
+    ]
     assert offenders == [], f"config reads with a fallback default: {offenders}"
+
+
+def test_the_fallback_guard_sees_every_form():
+    code = """
+cfg.get("a", 3)
+cfg.get("b") or "image"
+tcfg.get("c") or 32
+getattr(cfg, "d", 6)
+cfg.get("e", None)
+cfg.get("f") or {}
+getattr(cfg, "g", None)
+other.get("h") or 5
+"""
+    assert _fallback_reads(ast.parse(code)) == [2, 3, 4, 5]
+
+
+def test_env_yaml_is_the_env_constructor():
+    from envs.cube_pick import CubePickEnv
+
+    params = inspect.signature(CubePickEnv.__init__).parameters
+    cfg = yaml.safe_load((ROOT / "configs" / "env" / "cube_pick.yaml").read_text())
+    del cfg["id"]
+    for key, value in cfg.items():
+        default = params[key].default
+        default = list(default) if isinstance(default, tuple) else default
+        assert default == value, f"CubePickEnv({key}={default!r}) but cube_pick.yaml {value!r}"
+
+
+def test_scorer_yaml_is_fit_tile_scorer():
+    from robo_s2.pretraining.tile_scorer import fit_tile_scorer
+
+    params = inspect.signature(fit_tile_scorer).parameters
+    cli = to_plain(load_config("analyze", ["analysis=scorer"]))
+    names = {"hidden": "hidden", "steps": "steps", "lr": "lr", "fit_batch_size": "batch_size"}
+    for yaml_key, param in names.items():
+        assert params[param].default == cli[yaml_key], (yaml_key, params[param].default)
+    assert params["seed"].default == cli["seed"]
+
+
+def test_eval_episode_counts_are_what_eval_yaml_says():
+    import re
+
+    from robo_s2.evaluation.runner import DEFAULT_N
+
+    line = next(
+        ln for ln in (ROOT / "configs" / "eval.yaml").read_text().splitlines()
+        if ln.startswith("n_episodes:")
+    )  # fmt: skip
+    stated = {}
+    for names, n in re.findall(r"([a-z0-9/]+): (\d+)", line.split("#", 1)[1]):
+        stated |= dict.fromkeys(names.split("/"), int(n))
+    assert stated == DEFAULT_N
+
+
+def test_every_encoder_config_inherits_the_one_precision_default():
+    from robo_s2.encoders.base import runtime_defaults
+    from robo_s2.encoders.registry import list_encoder_configs, load_encoder_config
+
+    for name in list_encoder_configs():
+        text = (ROOT / "configs" / "encoder" / f"{name}.yaml").read_text()
+        assert "\nprecision:" not in text, f"{name}.yaml restates the precision default"
+        assert load_encoder_config(name)["precision"] == runtime_defaults()["precision"], name
+        hydra = to_plain(load_config("train", ["data.store=x", f"encoder={name}"]))
+        assert hydra["encoder"]["precision"] == runtime_defaults()["precision"], name
 
 
 def test_reconstruct_settings_defaults_are_its_yaml():

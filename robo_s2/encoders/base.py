@@ -15,6 +15,7 @@ is False for fully frozen encoders, whose features may be cached by fingerprint.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from typing import Any
@@ -28,6 +29,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _FROZEN_ATTR = "_robo_s2_frozen"
+
+
+@functools.cache
+def runtime_defaults() -> dict[str, Any]:
+    """How every encoder runs unless its config says otherwise (``configs/encoder_runtime.yaml``,
+    which every encoder config includes): the one statement of those defaults."""
+    import yaml
+
+    from robo_s2.paths import config_dir
+
+    return dict(yaml.safe_load((config_dir() / "encoder_runtime.yaml").read_text()))
 
 
 class VisionEncoder(nn.Module):
@@ -53,7 +65,7 @@ class VisionEncoder(nn.Module):
         self.label: str | None = None
         # requested compute precision (auto | fp32 | bf16; robo_s2.device.resolve_precision): how
         # the weights are run, not what they are, so it is not part of the fingerprint
-        self.precision: str = "auto"
+        self.precision: str = runtime_defaults()["precision"]
 
     # --- configuration -------------------------------------------------------------------------
     def set_config(self, name: str, **config: Any) -> None:

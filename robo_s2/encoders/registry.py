@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from robo_s2.core.config import to_plain
 from robo_s2.device import check_precision
-from robo_s2.encoders.base import VisionEncoder
+from robo_s2.encoders.base import VisionEncoder, runtime_defaults
 from robo_s2.errors import UserError
 
 EncoderFactory = Callable[..., VisionEncoder]
@@ -105,8 +105,30 @@ def load_encoder_config(name: str) -> dict[str, Any]:
     cfg = OmegaConf.load(path)
     if not isinstance(cfg, DictConfig):
         raise UserError(f"{path} is not a mapping of encoder options; restore it")
-    cfg.pop("defaults", None)
-    return dict(cast(dict, OmegaConf.to_container(cfg, resolve=False)))
+    included = _included_configs(path, cfg.pop("defaults", None))
+    own = cast(dict, OmegaConf.to_container(cfg, resolve=False))
+    return {**included, **own}
+
+
+def _included_configs(path: Path, defaults: Any) -> dict[str, Any]:
+    """The top-level configs an encoder config's Hydra defaults list merges into it
+    (``- /<name>@_here_``, before ``_self_``), read as Hydra composes them."""
+    import yaml
+
+    from robo_s2.paths import config_dir
+
+    merged: dict[str, Any] = {}
+    for entry in list(defaults or []):
+        if entry == "_self_":
+            continue
+        name = entry[1 : -len("@_here_")] if isinstance(entry, str) else ""
+        if not (entry.startswith("/") and entry.endswith("@_here_") and name):
+            raise UserError(
+                f"{path}: defaults entry {entry!r} is not of the form /<config>@_here_ "
+                "(the only form encoder configs use); restore the file"
+            )
+        merged.update(yaml.safe_load((config_dir() / f"{name}.yaml").read_text()))
+    return merged
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,7 +242,7 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
     name = cfg.pop("name")
     # how to run the weights (robo_s2.device), not what they are: kept out of the encoder's config
     # and fingerprint; feature caches are keyed by the precision a run resolves it to
-    precision = check_precision(cfg.pop(RUNTIME_OPTIONS[0], "auto"))
+    precision = check_precision(cfg.pop(RUNTIME_OPTIONS[0], runtime_defaults()["precision"]))
     for key in REPORT_OPTIONS:
         cfg.pop(key, None)
     factory = _REGISTRY[name]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robo_s2.core.config import require_complete
 from robo_s2.errors import UserError
 from robo_s2.pretraining.tile_scorer import ScorerData
 
@@ -117,13 +118,13 @@ def _source(cfg: dict[str, Any]) -> tuple[Any, str, Any, dict[str, Any]]:
     from robo_s2.data.store import DemoStore
     from robo_s2.encoders import create_encoder
 
-    if str(cfg.get("target") or "change") not in TARGETS:
-        raise UserError(f"unknown scorer target {cfg.get('target')!r}; choose change or objects")
+    if str(cfg["target"]) not in TARGETS:
+        raise UserError(f"unknown scorer target {cfg['target']!r}; choose change or objects")
     store = DemoStore.open(cfg["store"])
-    key = str(cfg.get("image_key") or "image")
+    key = str(cfg["image_key"])
     if key not in store.keys():
         raise UserError(f"{store.path} has no data/{key}; its arrays: {store.keys()}")
-    overrides = {**(cfg.get("overrides") or {}), "rule": "salient", "scorer": None}
+    overrides = {**(cfg["overrides"] or {}), "rule": "salient", "scorer": None}
     encoder: Any = create_encoder(cfg["source"], **overrides)
     if not hasattr(encoder, "scale_pass"):
         raise UserError(f"source {cfg['source']} is not an s2_select encoder (e.g. vit_t_s2sel)")
@@ -154,17 +155,18 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         scorer_data,
     )
 
+    require_complete(cfg, "analyze", overrides=["analysis=scorer"])
     t0 = time.perf_counter()
     store, key, encoder, overrides = _source(cfg)
-    dev = resolve_device(str(cfg.get("device") or "auto"))
+    dev = resolve_device(str(cfg["device"]))
     encoder = encoder.to(dev).eval()
-    batch = int(cfg.get("batch_size") or 32)
-    precision = feature_precision(encoder, dev, batch, cfg.get("precision"))
+    batch = int(cfg["batch_size"])
+    precision = feature_precision(encoder, dev, batch, cfg["precision"])
     train, test = _split(store, cfg)
     data_train = scorer_data(encoder, store.array(key), train, batch, precision)
     data_test = scorer_data(encoder, store.array(key), test, batch, precision)
     data_s = time.perf_counter() - t0
-    target = str(cfg.get("target") or "change")
+    target = str(cfg["target"])
     if target == "objects":
         data_train = with_object_targets(data_train, store, key, train, encoder.splits)
     scorer, losses = fit_tile_scorer(
@@ -199,11 +201,8 @@ def run_scorer_fit(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     record["seconds"] = round(time.perf_counter() - t0, 1)
     (out_dir / "scorer.json").write_text(json.dumps(record, indent=2) + "\n")
     with torch.no_grad():  # the pictures: held-out episodes only
-        run_selection(
-            {**cfg, "overrides": {**overrides, "rule": "learned", "scorer": str(path.resolve())},
-             "frames": int(cfg.get("frames") or 6), "episodes": held_out},
-            out_dir,
-        )  # fmt: skip
+        learned = {**overrides, "rule": "learned", "scorer": str(path.resolve())}
+        run_selection({**cfg, "overrides": learned}, out_dir, episodes=held_out)
     record["markdown"] = rule_table(table, encoder.splits, list(encoder.keep), hits)
     record["path"] = str(path.resolve())
     return record

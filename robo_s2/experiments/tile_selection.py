@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robo_s2.core.config import require_complete
 from robo_s2.errors import UserError
 
 SCALE_COLOURS = ("#ff7f0e", "#17becf", "#e377c2", "#bcbd22")
@@ -78,17 +79,21 @@ def draw_selection(
     return out
 
 
-def run_selection(cfg: dict[str, Any], out_dir: Path) -> Path:
-    """The ``analyze selection`` analysis (see the module docstring); returns the PNG's path."""
+def run_selection(
+    cfg: dict[str, Any], out_dir: Path, episodes: list[int] | None = None
+) -> Path:
+    """The ``analyze selection`` analysis (see the module docstring) on ``episodes`` (None: all
+    of the store's); returns the PNG's path."""
     from robo_s2.data.store import DemoStore
     from robo_s2.encoders import create_encoder
 
+    require_complete(cfg, "analyze", overrides=["analysis=selection"])
     store = DemoStore.open(cfg["store"])
-    key = str(cfg.get("image_key") or "image")
+    key = str(cfg["image_key"])
     if key not in store.keys():
         raise UserError(f"{store.path} has no data/{key}; its arrays: {store.keys()}")
-    encoder: Any = create_encoder(cfg["source"], **(cfg.get("overrides") or {}))
-    rows = pick_frames(store.episode_ends, int(cfg.get("frames") or 6), cfg.get("episodes"))
+    encoder: Any = create_encoder(cfg["source"], **(cfg["overrides"] or {}))
+    rows = pick_frames(store.episode_ends, int(cfg["frames"]), episodes)
     frames = np.stack([np.asarray(store.array(key)[r]) for r in rows])
     tiles = selected_tiles(encoder, frames)
     splits = [p.num_split for p in encoder.plans[1:]]
