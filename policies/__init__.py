@@ -3,11 +3,10 @@
     from policies import create_policy
     policy = create_policy("chunk_transformer", feature_dim=768, proprio_dim=10, action_dim=4)
 
-Importing this package registers the built-in policies (``chunk_transformer``, ``mlp``).
+Importing this package registers the built-in policies (``chunk_transformer``, ``mlp``);
+``register_policy(name, cls)`` adds one.
 """
 
-from policies import chunk_transformer as _chunk_transformer  # noqa: F401 - registers it
-from policies import mlp as _mlp  # noqa: F401 - registers it
 from policies.base import (
     CONFIG_NAME,
     LOSSES,
@@ -18,6 +17,11 @@ from policies.base import (
     load_policy,
     register_policy,
 )
+from policies.chunk_transformer import ChunkTransformerPolicy
+from policies.mlp import MLPPolicy
+
+register_policy("chunk_transformer", ChunkTransformerPolicy)
+register_policy("mlp", MLPPolicy)
 
 __all__ = [
     "CONFIG_NAME",

@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,22 +55,17 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LOSSES = ("l1", "smooth_l1", "mse")
 
+# name -> policy class; the built-in ones are registered by policies/__init__.py
 _REGISTRY: dict[str, type[BasePolicy]] = {}
-P = TypeVar("P", bound="type[BasePolicy]")
 
 
-def register_policy(name: str) -> Callable[[P], P]:
-    """Class decorator registering a :class:`BasePolicy` subclass under ``name``."""
-
-    def decorator(cls: P) -> P:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"policy '{name}' is already registered by {existing.__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+def register_policy(name: str, cls: type[BasePolicy]) -> None:
+    """Make ``create_policy(name, ...)`` build ``cls`` (a :class:`BasePolicy` subclass)."""
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"policy '{name}' is already registered by {existing.__qualname__}")
+    cls.name = name
+    _REGISTRY[name] = cls
 
 
 def available_policies() -> list[str]:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.base import BasePolicy, _check_dim, register_policy
+from policies.base import BasePolicy, _check_dim
 from robo_s2.errors import UserError
 
 VISUAL, PROPRIO, ACTION = 0, 1, 2
@@ -106,7 +106,6 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-@register_policy("chunk_transformer")
 class ChunkTransformerPolicy(BasePolicy):
     """Step-causal transformer over (visual, proprio, previous action) tokens of the last
     ``history`` steps; ``chunk`` learned queries decode the next ``chunk`` actions. See the module

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from policies.base import BasePolicy, _check_dim, register_policy
+from policies.base import BasePolicy, _check_dim
 from robo_s2.errors import UserError
 
 
-@register_policy("mlp")
 class MLPPolicy(BasePolicy):
     """``[feature, proprio]`` of the current step (normalized) -> MLP (GELU, dropout) ->
     ``chunk * Da`` numbers."""

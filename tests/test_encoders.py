@@ -111,12 +111,12 @@ def test_register_encoder_timm_style(monkeypatch):
         def forward(self, images):
             return self.forward_tokens(images)[:, 0, :1].expand(-1, self.feature_dim)
 
-    register_encoder("test_const_encoder")(Const)
-    register_encoder("test_const_encoder")(Const)  # re-registering the same factory is fine
+    register_encoder("test_const_encoder", Const)
+    register_encoder("test_const_encoder", Const)  # re-registering the same factory is fine
     enc = create_encoder("test_const_encoder", width=3)
     assert enc(torch.rand(2, 32, 32, 3).mul(255).to(torch.uint8)).shape == (2, 3)
     with pytest.raises(ValueError, match="already registered"):
-        register_encoder("test_const_encoder")(lambda: None)
+        register_encoder("test_const_encoder", lambda: None)
 
 
 # --- timm backbones ------------------------------------------------------------------------------

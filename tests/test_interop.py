@@ -7,6 +7,7 @@ JPEG2000 images via imagecodecs when it is installed).
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import subprocess
@@ -35,6 +36,9 @@ ENV_ARGS = {
     "type": 1,
     "env_kwargs": {"control_freq": 20, "controller_configs": {"type": "OSC_POSE"}},
 }
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -850,3 +854,19 @@ def test_robomimic_extra_keys_all_takes_every_dataset(tmp_path):
         ep["image_robot0_eye_in_hand"], written[first]["obs/robot0_eye_in_hand_image"]
     )
     assert "dones int64 -> float32" in res.changed
+
+
+def test_every_format_is_one_registry_entry_the_commands_dispatch_through():
+    from robo_s2.core.config import load_config, to_plain
+    from robo_s2.data.interop.base import FORMATS
+
+    import_cfg = to_plain(load_config("import"))
+    export_cfg = to_plain(load_config("export"))
+    for name, form in FORMATS.items():
+        for verb, cfg in (("import", import_cfg), ("export", export_cfg)):
+            fn = form.function(f"{verb}_{name}")
+            options = form.function(f"{verb}_options")(cfg)
+            assert set(options) <= set(inspect.signature(fn).parameters), (name, verb)
+    for command in ("import_", "export"):
+        source = (ROOT / "robo_s2" / "commands" / f"{command}.py").read_text()
+        assert not any(f'"{name}"' in source for name in FORMATS), command

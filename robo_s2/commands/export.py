@@ -33,51 +33,13 @@ def run(cfg: DictConfig) -> ExportResult:
         bar.set_postfix(frames=res.n_frames, refresh=False)
         bar.update(res.n_episodes - bar.n)  # displays only after the delay
 
+    form = FORMATS[fmt]
+    options = form.function("export_options")(to_plain(cfg))
     try:
-        if fmt == "robomimic":
-            from robo_s2.data.interop.robomimic_hdf5 import export_robomimic
-
-            res = export_robomimic(
-                cfg.store,
-                out,
-                image_key=str(cfg.image_key) if cfg.image_key else "auto",
-                proprio_key=str(cfg.proprio_key),
-                split_proprio=bool(cfg.split_proprio),
-                next_obs=bool(cfg.next_obs),
-                compression=cfg.compression,
-                overwrite=bool(cfg.overwrite),
-                val_fraction=float(cfg.val_fraction),
-                split_seed=int(cfg.split_seed),
-                on_episode=on_episode,
-            )
-        elif fmt == "lerobot":
-            from robo_s2.data.interop.lerobot import export_lerobot
-
-            res = export_lerobot(
-                cfg.store,
-                out,
-                video=bool(cfg.video),
-                codec=str(cfg.codec),
-                crf=int(cfg.crf),
-                fps=None if cfg.fps is None else float(cfg.fps),
-                task=None if cfg.task is None else str(cfg.task),
-                overwrite=bool(cfg.overwrite),
-                on_episode=on_episode,
-            )
-        else:
-            from robo_s2.data.interop.dp_zarr import export_dp
-
-            keys = cfg["keys"]
-            res = export_dp(
-                cfg.store,
-                out,
-                keys=to_plain(keys),
-                overwrite=bool(cfg.overwrite),
-                on_episode=on_episode,
-            )
+        res = form.function(f"export_{fmt}")(cfg.store, out, **options, on_episode=on_episode)
     finally:
         bar.close()
-    what = FORMATS[fmt]
+    what = form.title
     print(
         f"export: {res.n_episodes} episodes ({res.n_frames} frames) of {cfg.store} -> {out} "
         f"({what}, {res.bytes / 1e6:.1f} MB), {res.seconds:.1f} s"

@@ -37,38 +37,10 @@ def run(cfg: DictConfig) -> ImportResult:
     common: dict[str, Any] = dict(
         skip_bad=bool(cfg.skip_bad), zarr_format=int(cfg.zarr_format), on_episode=on_episode
     )
+    form = FORMATS[fmt]
+    options = form.function("import_options")(to_plain(cfg))
     try:
-        if fmt == "robomimic":
-            from robo_s2.data.interop.robomimic_hdf5 import import_robomimic
-
-            res = import_robomimic(
-                src,
-                cfg.out,
-                image_key=to_plain(cfg.image_key),
-                extra_image_keys=to_plain(cfg.extra_image_keys),
-                proprio_keys=to_plain(cfg.proprio_keys),
-                action_key=str(cfg.action_key),
-                extra_keys=to_plain(cfg.extra_keys),
-                filter_key=cfg.filter_key,
-                env_id=cfg.env_id,
-                **common,
-            )
-        elif fmt == "lerobot":
-            from robo_s2.data.interop.lerobot import import_lerobot
-
-            cameras = to_plain(cfg.cameras)
-            res = import_lerobot(
-                src,
-                cfg.out,
-                cameras=None if cameras in (None, "auto") else list(cameras),
-                keys=to_plain(cfg["keys"]),
-                env_id=cfg.env_id,
-                **common,
-            )
-        else:
-            from robo_s2.data.interop.dp_zarr import import_dp
-
-            res = import_dp(src, cfg.out, keys=to_plain(cfg["keys"]), env_id=cfg.env_id, **common)
+        res = form.function(f"import_{fmt}")(src, cfg.out, **options, **common)
     finally:
         bar.close()
     n_handled = res.n_total + len(res.skipped) - res.done_before
@@ -76,13 +48,13 @@ def run(cfg: DictConfig) -> ImportResult:
     if n_handled == 0:
         print(
             f"import: {cfg.out} already holds all {res.n_total} episodes ({res.n_frames} frames) "
-            f"of {FORMATS[fmt]} {src}{skipped}; nothing to do"
+            f"of {form.title} {src}{skipped}; nothing to do"
         )
     else:
         resumed = f" (resumed after {res.done_before})" if res.done_before else ""
         print(
             f"import: {res.n_total} episodes ({res.n_frames} frames) in {cfg.out} from "
-            f"{FORMATS[fmt]} {src}; +{res.n_new} new{resumed}{skipped}, {res.seconds:.1f} s"
+            f"{form.title} {src}; +{res.n_new} new{resumed}{skipped}, {res.seconds:.1f} s"
         )
     for line in not_taken_lines(res):
         print(line)

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder
 from robo_s2.encoders.pooling import Pooling
-from robo_s2.encoders.registry import register_encoder
 from robo_s2.errors import ModelArgsRejected, UserError
 
 NORMALIZE_CHOICES = ("imagenet", "model", "none")
@@ -381,6 +380,3 @@ class TimmEncoder(TokenEncoder):
         if out.dim() == 4:  # CNN feature map (B,C,H,W) -> channels-last tokens, no prefix
             out = out.flatten(2).transpose(1, 2)
         return out
-
-
-register_encoder("timm")(TimmEncoder)

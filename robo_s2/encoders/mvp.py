@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from robo_s2.encoders.backbone import TokenEncoder, seeded
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD
-from robo_s2.encoders.registry import register_encoder
 from robo_s2.errors import UserError
 from robo_s2.safe_io import name_list, read_weights, strip_known_prefixes, unused_ok
 
@@ -235,6 +234,3 @@ class MVPEncoder(TokenEncoder):
         d = super().describe()
         d.update(arch=self._config["arch"], native_size=self.native_size)
         return d
-
-
-register_encoder("mvp")(MVPEncoder)

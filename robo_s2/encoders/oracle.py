@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from robo_s2.encoders.base import VisionEncoder
-from robo_s2.encoders.registry import register_encoder
 from robo_s2.errors import UserError
 
 STATE_KEY = "state"
@@ -82,6 +81,3 @@ class OracleEncoder(VisionEncoder):
             features=["cube_x", "cube_y", "cube_z", *(["sin4yaw", "cos4yaw"] if self.yaw else [])],
         )
         return d
-
-
-register_encoder("oracle")(OracleEncoder)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from robo_s2.encoders.backbone import TokenEncoder, seeded
 from robo_s2.encoders.deformable_attention import CrossAttention, DeformableCrossAttention
 from robo_s2.encoders.pooling import Pooling
-from robo_s2.encoders.registry import create_encoder, register_encoder
+from robo_s2.encoders.registry import create_encoder
 from robo_s2.errors import UserError
 
 ATTN_CHOICES = ("deformable", "regular")
@@ -724,6 +724,3 @@ class PIIPEncoder(TokenEncoder):
             ],
         )
         return d
-
-
-register_encoder("piip")(PIIPEncoder)

@@ -1,4 +1,4 @@
-"""timm-style encoder registry: ``register_encoder(name)(factory)``, ``create_encoder(...)``.
+"""timm-style encoder registry: ``register_encoder(name, factory)``, ``create_encoder(...)``.
 
 ``create_encoder`` accepts
 
@@ -15,14 +15,13 @@ unknown options and unfilled mandatory values (``???``) are :class:`UserError` s
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 from robo_s2.core.config import to_plain
+from robo_s2.core.entry_points import load_entry_point
 from robo_s2.device import check_precision
 from robo_s2.encoders.base import VisionEncoder, runtime_defaults
 from robo_s2.errors import UserError
@@ -34,38 +33,40 @@ RUNTIME_OPTIONS = ("precision",)
 # compute_matched_to names the encoder config whose GFLOPs this one matches (`robo-s2 encoders`)
 REPORT_OPTIONS = ("compute_matched_to",)
 
-_REGISTRY: dict[str, EncoderFactory] = {}
-_BUILTINS_LOADED = False
+# the built-in encoders: name -> "module:factory" (a VisionEncoder class, imported when first
+# built, so that listing them loads neither timm nor torchvision); register_encoder adds more
+_REGISTRY: dict[str, str | EncoderFactory] = {
+    "timm": "robo_s2.encoders.backbone:TimmEncoder",
+    "mvp": "robo_s2.encoders.mvp:MVPEncoder",
+    "s2": "robo_s2.encoders.s2:S2Encoder",
+    "s2_select": "robo_s2.encoders.s2_select:S2SelectEncoder",
+    "piip": "robo_s2.encoders.piip:PIIPEncoder",
+    "resnet_e2e": "robo_s2.encoders.resnet:ResNetE2EEncoder",
+    "oracle": "robo_s2.encoders.oracle:OracleEncoder",
+}
 _RANDOM_WEIGHTS = False
 
 
-def register_encoder(name: str | None = None) -> Callable[[EncoderFactory], EncoderFactory]:
-    """Decorator registering ``factory(**kwargs) -> VisionEncoder`` under ``name`` (or its name)."""
-
-    def decorator(factory: EncoderFactory) -> EncoderFactory:
-        key = name or factory.__name__
-        existing = _REGISTRY.get(key)
-        if existing is not None and _qualname(existing) != _qualname(factory):
-            raise ValueError(f"encoder '{key}' is already registered by {_qualname(existing)}")
-        _REGISTRY[key] = factory
-        return factory
-
-    return decorator
+def register_encoder(name: str, factory: str | EncoderFactory) -> None:
+    """Make ``create_encoder(name, **options)`` build ``factory(**options)`` (a VisionEncoder
+    class or function, or its ``"module:attr"`` path, imported on first use)."""
+    existing = _REGISTRY.get(name)
+    if existing is not None and _qualname(existing) != _qualname(factory):
+        raise ValueError(f"encoder '{name}' is already registered by {_qualname(existing)}")
+    _REGISTRY[name] = factory
 
 
-def _qualname(fn: Callable) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+def _qualname(entry: str | Callable) -> str:
+    if isinstance(entry, str):
+        return entry
+    return f"{getattr(entry, '__module__', '?')}:{getattr(entry, '__qualname__', repr(entry))}"
 
 
-def _load_builtins() -> None:
-    """Import every module of ``robo_s2.encoders`` so their ``@register_encoder`` calls have run."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    package = importlib.import_module("robo_s2.encoders")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"robo_s2.encoders.{info.name}")
-    _BUILTINS_LOADED = True
+def _factory(name: str) -> EncoderFactory:
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        entry = _REGISTRY[name] = load_entry_point(entry)
+    return entry
 
 
 def encoder_config_dir() -> Path:
@@ -85,7 +86,6 @@ def list_encoder_configs() -> list[str]:
 
 def list_encoders(include_configs: bool = False) -> list[str]:
     """Registered factory names (and, with ``include_configs``, the encoder config names)."""
-    _load_builtins()
     names = set(_REGISTRY)
     if include_configs:
         names |= set(list_encoder_configs())
@@ -187,7 +187,6 @@ def resolve_encoder_config(
 def _resolve(
     name_or_cfg: str | Mapping[str, Any], overrides: Mapping[str, Any], seen: tuple[str, ...]
 ) -> dict[str, Any]:
-    _load_builtins()
     label: str | None = None
     if isinstance(name_or_cfg, str):
         name = name_or_cfg
@@ -245,7 +244,7 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
     precision = check_precision(cfg.pop(RUNTIME_OPTIONS[0], runtime_defaults()["precision"]))
     for key in REPORT_OPTIONS:
         cfg.pop(key, None)
-    factory = _REGISTRY[name]
+    factory = _factory(name)
     _check_kwargs(name, factory, cfg)
     encoder = factory(**cfg)
     if not isinstance(encoder, VisionEncoder):
@@ -259,13 +258,30 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
     return encoder
 
 
+def _options(factory: EncoderFactory) -> list[inspect.Parameter] | None:
+    """The keyword options of ``factory``; a class whose ``__init__`` passes ``**kwargs`` on to
+    its base class takes the base's too; None: unknown (anything goes)."""
+    params: list[inspect.Parameter] = []
+    classes = [c for c in getattr(factory, "__mro__", ()) if "__init__" in vars(c)]
+    for fn in classes or [factory]:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+            return None
+        own = [p for p in sig.parameters.values() if p.name != "self"]
+        params += [p for p in own if p.kind is not p.VAR_KEYWORD and p.name not in _names(params)]
+        if not any(p.kind is p.VAR_KEYWORD for p in own):
+            return params
+    return None
+
+
+def _names(params: list[inspect.Parameter]) -> set[str]:
+    return {p.name for p in params}
+
+
 def _check_kwargs(name: str, factory: EncoderFactory, kwargs: Mapping[str, Any]) -> None:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
-        return
-    params = sig.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    params = _options(factory)
+    if params is None:
         return
     accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [k for k in kwargs if k not in accepted]

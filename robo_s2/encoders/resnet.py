@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from robo_s2.encoders.backbone import check_weights_need_pretrained
 from robo_s2.encoders.base import IMAGENET_MEAN, IMAGENET_STD, VisionEncoder
-from robo_s2.encoders.registry import register_encoder
 from robo_s2.errors import UserError
 
 log = logging.getLogger("robo_s2.weights")
@@ -311,4 +310,3 @@ class ResNetE2EEncoder(VisionEncoder):
 
 
 # the class is its own factory: its constructor is the option list the registry checks
-register_encoder("resnet_e2e")(ResNetE2EEncoder)

@@ -36,7 +36,7 @@ from torch import Tensor
 from robo_s2.encoders.backbone import TokenEncoder
 from robo_s2.encoders.base import VisionEncoder
 from robo_s2.encoders.pooling import Pooling
-from robo_s2.encoders.registry import create_encoder, register_encoder
+from robo_s2.encoders.registry import create_encoder
 from robo_s2.errors import UserError
 
 SOURCES = ("upsample", "native")
@@ -231,7 +231,21 @@ def s2_forward(
 
 
 class S2Encoder(VisionEncoder):
-    """A frozen backbone over several scales; token map and pooled per-time-step vector."""
+    """A frozen backbone over several scales; token map and pooled per-time-step vector.
+
+    ``backbone``: an encoder config name or mapping (e.g. ``{name: timm, model: ...}``), or a
+    built token encoder; ``weights``, when given, goes to the backbone (``encoder.weights=
+    /path/mvp.pth`` works the same for ``mvp_b`` and ``mvp_b_s2``). ``img_sizes``, when given,
+    replace ``scales``.
+
+    ``source: upsample`` takes the base-size render and makes the larger scales by bicubic
+    upsampling (the paper's protocol); ``source: native`` takes the render at the largest scale's
+    size (e.g. 448²) and makes the smaller scales by ``downsample`` (area by default).
+
+    ``tiles_per_pass``: all tiles of all scales form one batch; ``auto`` runs it in one pass on
+    CUDA and in passes of 4 tiles on CPU (faster there: cache-sized GEMMs), an int caps every
+    pass, ``null`` forces one pass. It changes speed only, never the result.
+    """
 
     backbone: Any  # a token encoder (TimmEncoder, MVPEncoder): duck-typed, nn.Module attributes
     num_prefix_tokens: int
@@ -239,7 +253,7 @@ class S2Encoder(VisionEncoder):
 
     def __init__(
         self,
-        backbone: VisionEncoder,
+        backbone: VisionEncoder | str | Mapping[str, Any] = "vit_t",
         scales: Sequence[float] | None = (1, 2),
         img_sizes: Sequence[int] | None = None,
         source: str = "upsample",
@@ -247,16 +261,19 @@ class S2Encoder(VisionEncoder):
         max_split_size: int | None = None,
         resize_output_to_idx: int = 0,
         downsample: str = "area",
+        weights: str | None = None,
         tiles_per_pass: int | str | None = "auto",
-        config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._check_args(backbone, source, downsample, scales, img_sizes, tiles_per_pass)
+        built = _backbone(backbone, weights)
+        if img_sizes is not None:  # explicit sizes replace the (default) scales
+            scales = None
+        self._check_args(built, source, downsample, scales, img_sizes, tiles_per_pass)
         self.tiles_per_pass = tiles_per_pass
-        self.backbone = backbone
+        self.backbone = built
         self.source = source
         self.downsample = downsample
-        self.base_size = int(backbone.image_size)
+        self.base_size = int(built.image_size)
         self.max_split_size = int(max_split_size or self.base_size)
         self.plans = self._plan_scales(scales, img_sizes, resize_output_to_idx)
         self.img_sizes = [pl.size for pl in self.plans]
@@ -265,12 +282,11 @@ class S2Encoder(VisionEncoder):
         self.image_size = self.base_size if source == "upsample" else max(self.img_sizes)
         self.num_prefix_tokens = self.backbone.num_prefix_tokens
         self.width = self.backbone.width * len(self.plans)
-        self.patch_size = backbone.patch_size
+        self.patch_size = built.patch_size
         self._set_pooling(pooling)
-        self.trainable = bool(backbone.trainable)
-        cfg = dict(config or {})
-        cfg.update(
-            backbone=backbone.config,
+        self.trainable = bool(built.trainable)
+        cfg: dict[str, Any] = dict(
+            backbone=built.config,
             scales=list(scales) if scales is not None else None,
             img_sizes=list(img_sizes) if img_sizes is not None else None,
             source=source,
@@ -303,8 +319,6 @@ class S2Encoder(VisionEncoder):
             raise UserError(
                 f"downsample must be one of {', '.join(DOWNSAMPLE_MODES)}, got {downsample!r}"
             )
-        if scales is not None and img_sizes is not None:
-            raise UserError("give S² either scales or img_sizes, not both")
         if not (
             tiles_per_pass in (None, "auto")
             or (isinstance(tiles_per_pass, int) and tiles_per_pass > 0)
@@ -404,43 +418,12 @@ class S2Encoder(VisionEncoder):
         return d
 
 
-@register_encoder("s2")
-def s2_encoder(
-    backbone: str | Mapping[str, Any] = "vit_t",
-    scales: Sequence[float] | None = (1, 2),
-    img_sizes: Sequence[int] | None = None,
-    source: str = "upsample",
-    pooling: str = "cls",
-    max_split_size: int | None = None,
-    resize_output_to_idx: int = 0,
-    downsample: str = "area",
-    weights: str | None = None,
-    tiles_per_pass: int | str | None = "auto",
-) -> S2Encoder:
-    """S² over ``backbone`` (an encoder config name or mapping, e.g. ``{name: timm, model: ...}``).
-
-    ``tiles_per_pass``: all tiles of all scales form one batch; ``auto`` runs it in one pass on
-    CUDA and in passes of 4 tiles on CPU (faster there: cache-sized GEMMs), an int caps every
-    pass, ``null`` forces one pass. It changes speed only, never the result.
-
-    ``weights``, when given, is passed on to the backbone (``backbone.weights``), so that
-    ``encoder.weights=/path/mvp.pth`` works the same for ``mvp_b`` and ``mvp_b_s2``.
-
-    ``source: upsample`` takes the base-size render and makes the larger scales by bicubic
-    upsampling (the paper's protocol); ``source: native`` takes the render at the largest scale's
-    size (e.g. 448²) and makes the smaller scales by ``downsample`` (area by default).
-    """
-    if img_sizes is not None:
-        scales = None
-    overrides = {} if weights is None else {"weights": weights}
-    return S2Encoder(
-        create_encoder(backbone, **overrides),
-        scales=scales,
-        img_sizes=img_sizes,
-        source=source,
-        pooling=pooling,
-        max_split_size=max_split_size,
-        resize_output_to_idx=resize_output_to_idx,
-        downsample=downsample,
-        tiles_per_pass=tiles_per_pass,
-    )
+def _backbone(backbone: VisionEncoder | str | Mapping[str, Any], weights: str | None) -> Any:
+    """The backbone encoder: built from a config name or mapping (``weights``, when given, passed
+    on to it, so that ``encoder.weights=/path/mvp.pth`` works the same for ``mvp_b`` and
+    ``mvp_b_s2``), or an encoder already built."""
+    if isinstance(backbone, VisionEncoder):
+        if weights is not None:
+            raise UserError("weights= goes with a backbone config, not with a built backbone")
+        return backbone
+    return create_encoder(backbone, **({} if weights is None else {"weights": weights}))

@@ -20,7 +20,7 @@ are fingerprinted too).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robo_s2.encoders.cls_attention import ClsAttentionCapture, last_attention
-from robo_s2.encoders.registry import create_encoder, register_encoder
 from robo_s2.encoders.s2 import (
     S2Encoder,
     ScalePlan,
@@ -181,11 +180,16 @@ def s2_select_forward(
 
 
 class S2SelectEncoder(S2Encoder):
-    """:class:`S2Encoder` that runs only ``keep[i]`` tiles of each larger scale (see module)."""
+    """:class:`S2Encoder` that runs only ``keep[i]`` tiles of each larger scale (see module); every
+    other option (``s2_kwargs``) means what it means for :class:`S2Encoder`. ``keep``: the tiles
+    per larger scale as the encoder's config records them, checked against k/budget (so a
+    checkpoint's config rebuilds the encoder it was trained with). Three scales by default: the
+    selection has a top scale to choose from and a middle one to run whole."""
 
     def __init__(
         self,
-        backbone: Any,
+        backbone: Any = "vit_t",
+        scales: Sequence[float] | None = (1, 2, 4),
         rule: str = "salient",
         k: int | Sequence[int | None] | None = None,
         budget: int | None = None,
@@ -193,7 +197,7 @@ class S2SelectEncoder(S2Encoder):
         keep: Sequence[int] | None = None,
         **s2_kwargs: Any,
     ) -> None:
-        super().__init__(backbone, **s2_kwargs)
+        super().__init__(backbone, scales=scales, **s2_kwargs)
         if self.resize_output_to_idx != 0:
             raise UserError(
                 "s2_select merges onto the first scale's grid; set resize_output_to_idx=0"
@@ -305,46 +309,3 @@ class S2SelectEncoder(S2Encoder):
         d = super().describe()
         d.update(rule=self.rule_name, keep=list(self.keep))
         return d
-
-
-@register_encoder("s2_select")
-def s2_select_encoder(
-    backbone: str | Mapping[str, Any] = "vit_t",
-    scales: Sequence[float] | None = (1, 2, 4),
-    img_sizes: Sequence[int] | None = None,
-    rule: str = "salient",
-    k: int | Sequence[int | None] | None = None,
-    budget: int | None = None,
-    scorer: str | None = None,
-    keep: Sequence[int] | None = None,
-    source: str = "upsample",
-    pooling: str = "cls",
-    max_split_size: int | None = None,
-    downsample: str = "area",
-    weights: str | None = None,
-    tiles_per_pass: int | str | None = "auto",
-    resize_output_to_idx: int = 0,
-) -> S2SelectEncoder:
-    """S² over ``backbone`` running only the tiles ``rule`` picks (``k`` or ``budget``, see the
-    module docstring); every other option means what it means for ``name: s2``. ``keep``: the
-    tiles per larger scale as the encoder's config records them, checked against k/budget (so a
-    checkpoint's config rebuilds the encoder it was trained with)."""
-    if img_sizes is not None:
-        scales = None
-    overrides = {} if weights is None else {"weights": weights}
-    return S2SelectEncoder(
-        create_encoder(backbone, **overrides),
-        rule=rule,
-        k=k,
-        budget=budget,
-        scorer=scorer,
-        keep=keep,
-        scales=scales,
-        img_sizes=img_sizes,
-        source=source,
-        pooling=pooling,
-        max_split_size=max_split_size,
-        downsample=downsample,
-        tiles_per_pass=tiles_per_pass,
-        resize_output_to_idx=resize_output_to_idx,
-    )

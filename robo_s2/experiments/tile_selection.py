@@ -79,9 +79,7 @@ def draw_selection(
     return out
 
 
-def run_selection(
-    cfg: dict[str, Any], out_dir: Path, episodes: list[int] | None = None
-) -> Path:
+def run_selection(cfg: dict[str, Any], out_dir: Path, episodes: list[int] | None = None) -> Path:
     """The ``analyze selection`` analysis (see the module docstring) on ``episodes`` (None: all
     of the store's); returns the PNG's path."""
     from robo_s2.data.store import DemoStore

@@ -44,14 +44,11 @@ __all__ = [
 ]
 
 
-_MODULES = {"robomimic": "robomimic_hdf5", "dp": "dp_zarr", "lerobot": "lerobot"}
-
-
 # the format modules load lazily (h5py, zarr, imagecodecs; pyarrow and av for lerobot)
 def __getattr__(name: str) -> Any:
-    fmt = name.partition("_")[2]
-    if name.partition("_")[0] in ("import", "export") and fmt in _MODULES:
-        import importlib
+    from robo_s2.data.interop.base import FORMATS
 
-        return getattr(importlib.import_module(f"robo_s2.data.interop.{_MODULES[fmt]}"), name)
+    verb, _, fmt = name.partition("_")
+    if verb in ("import", "export") and fmt in FORMATS:
+        return FORMATS[fmt].function(name)
     raise AttributeError(f"module 'robo_s2.data.interop' has no attribute {name!r}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from robo_s2.core.entry_points import load_entry_point
 from robo_s2.errors import ImportFailure, UserError
 
 if TYPE_CHECKING:
@@ -33,11 +34,24 @@ BOOKKEEPING_ATTRS = ("import", "import_progress", "created", "robo_s2_version")
 # foreign stores
 
 
-# the foreign formats, their names, and the file names that say which one a path is
-FORMATS = {
-    "robomimic": "robomimic HDF5",
-    "dp": "diffusion_policy zarr",
-    "lerobot": "LeRobotDataset",
+@dataclass(frozen=True)
+class Format:
+    """A foreign format: its module holds ``import_<name>`` / ``export_<name>`` and
+    ``import_options`` / ``export_options`` (their keywords from the command's config); loaded on
+    first use (h5py, zarr, imagecodecs; pyarrow and av for lerobot)."""
+
+    title: str
+    module: str
+
+    def function(self, name: str) -> Any:
+        return load_entry_point(f"{self.module}:{name}")
+
+
+# the foreign formats, by the name format= takes; the file names that say which one a path is below
+FORMATS: dict[str, Format] = {
+    "robomimic": Format("robomimic HDF5", "robo_s2.data.interop.robomimic_hdf5"),
+    "dp": Format("diffusion_policy zarr", "robo_s2.data.interop.dp_zarr"),
+    "lerobot": Format("LeRobotDataset", "robo_s2.data.interop.lerobot"),
 }
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
 

@@ -655,3 +655,13 @@ def _zip_dir(directory: Path, zip_path: Path) -> None:
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             zf.write(path, path.relative_to(directory).as_posix())
+
+
+def import_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`import_dp`'s options from ``robo-s2 import``'s config (``configs/import.yaml``)."""
+    return {"keys": cfg["keys"], "env_id": cfg["env_id"]}
+
+
+def export_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`export_dp`'s options from ``robo-s2 export``'s config (``configs/export.yaml``)."""
+    return {"keys": cfg["keys"], "overwrite": bool(cfg["overwrite"])}

@@ -1266,3 +1266,25 @@ def _write_info(
         "store": str(s.path),
     }
     (root / ROBO_S2_META).write_text(json.dumps(ours, indent=2))
+
+
+def import_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`import_lerobot`'s options from ``robo-s2 import``'s config (``configs/import.yaml``)."""
+    cameras = cfg["cameras"]
+    return {
+        "cameras": None if cameras in (None, "auto") else list(cameras),
+        "keys": cfg["keys"],
+        "env_id": cfg["env_id"],
+    }
+
+
+def export_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`export_lerobot`'s options from ``robo-s2 export``'s config (``configs/export.yaml``)."""
+    return {
+        "video": bool(cfg["video"]),
+        "codec": str(cfg["codec"]),
+        "crf": int(cfg["crf"]),
+        "fps": None if cfg["fps"] is None else float(cfg["fps"]),
+        "task": None if cfg["task"] is None else str(cfg["task"]),
+        "overwrite": bool(cfg["overwrite"]),
+    }

@@ -947,3 +947,30 @@ def _write_demo(
     g.create_dataset("dones", data=dones)
     if "state" in ep:
         g.create_dataset("states", data=ep["state"])
+
+
+def import_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`import_robomimic`'s options from ``robo-s2 import``'s config (``configs/import.yaml``)."""
+    return {
+        "image_key": cfg["image_key"],
+        "extra_image_keys": cfg["extra_image_keys"],
+        "proprio_keys": cfg["proprio_keys"],
+        "action_key": str(cfg["action_key"]),
+        "extra_keys": cfg["extra_keys"],
+        "filter_key": cfg["filter_key"],
+        "env_id": cfg["env_id"],
+    }
+
+
+def export_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`export_robomimic`'s options from ``robo-s2 export``'s config (``configs/export.yaml``)."""
+    return {
+        "image_key": str(cfg["image_key"]) if cfg["image_key"] else "auto",
+        "proprio_key": str(cfg["proprio_key"]),
+        "split_proprio": bool(cfg["split_proprio"]),
+        "next_obs": bool(cfg["next_obs"]),
+        "compression": cfg["compression"],
+        "overwrite": bool(cfg["overwrite"]),
+        "val_fraction": float(cfg["val_fraction"]),
+        "split_seed": int(cfg["split_seed"]),
+    }
