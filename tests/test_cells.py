@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import TINY_TRAIN
 from omegaconf import OmegaConf
 
 from robo_s2.core.config import load_config, to_plain
@@ -21,11 +22,7 @@ ROWS = [
     {"label": "ViT-T", "encoder": "vit_t", "overrides": {"image_size": IMG, "pooling": "grid:2"}},
     {"label": "Oracle", "encoder": "oracle", "overrides": {}},
 ]
-TINY_TRAIN = [
-    "policy.d_model=32", "policy.n_layers=1", "policy.n_heads=2", "policy.history=4",
-    "policy.chunk=4", "train.batch_size=8", "train.steps=6", "train.warmup_steps=2",
-    "train.eval_every=3", "train.save_every=3", "data.val_fraction=0.34",
-]  # fmt: skip
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

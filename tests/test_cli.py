@@ -5,7 +5,7 @@ import os
 
 import pytest
 import yaml
-from cli_helpers import robo_s2
+from helpers import robo_s2
 
 from robo_s2.cli import COMMANDS
 from robo_s2.paths import config_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import robo_s2
+from helpers import robo_s2
 
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import compare_rates, seed_interval, t_quantile_975

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import robo_s2
+from helpers import robo_s2
 
 from robo_s2.core.config import load_config, missing_keys, to_plain
 from robo_s2.errors import UserError

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import robo_s2
+from helpers import robo_s2
 
 from robo_s2.errors import UserError
 from robo_s2.evaluation.runner import episode_seed, evaluate, position_set

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -30,19 +31,6 @@ from robo_s2.experiments.runner import (
 )
 
 IMG = 64
-TINY_TRAIN = [
-    "policy.d_model=32",
-    "policy.n_layers=1",
-    "policy.n_heads=2",
-    "policy.history=4",
-    "policy.chunk=4",
-    "train.batch_size=8",
-    "train.steps=6",
-    "train.warmup_steps=2",
-    "train.eval_every=3",
-    "train.save_every=3",
-    "data.val_fraction=0.34",
-]
 
 
 def tiny_experiment(tmp_path: Path, **changes) -> dict:

@@ -10,8 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_interop import make_robomimic
-from test_train import make_cfg, make_store
+from helpers import make_robomimic, smooth_action_store, train_cfg
 
 from robo_s2.data.collection import collect
 from robo_s2.data.interop.robomimic_hdf5 import export_robomimic, import_robomimic
@@ -81,7 +80,9 @@ def test_robomimic_export_rewards_are_the_recorded_success(collected: Path, tmp_
 
 
 def test_export_says_when_it_cannot_know_the_rewards(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "syn.zarr", n_episodes=3)  # a foreign env, no success record
+    store = smooth_action_store(
+        tmp_path / "syn.zarr", n_episodes=3
+    )  # a foreign env, no success record
     res = export_robomimic(store, tmp_path / "syn.hdf5", compression=None)
     assert any("written as zeros" in n for n in res.notes)
     with h5py.File(tmp_path / "syn.hdf5") as f:
@@ -111,11 +112,11 @@ def test_store_split_reads_what_importers_record() -> None:
 
 
 def test_train_honours_the_store_split_unless_told_random(tmp_path: Path) -> None:
-    path = make_store(tmp_path / "s.zarr", n_episodes=6)
+    path = smooth_action_store(tmp_path / "s.zarr", n_episodes=6)
     store = DemoStore.open(path, mode="a")
     store.update_attrs({"split": {"train": [0, 1, 2, 3], "valid": [4, 5]}})
     store.close()
-    trainer = Trainer(make_cfg(path, "train.steps=1"), tmp_path / "run")
+    trainer = Trainer(train_cfg(path, "train.steps=1"), tmp_path / "run")
     try:
         trainer.setup()
         assert trainer.split.train.tolist() == [0, 1, 2, 3]
@@ -123,14 +124,14 @@ def test_train_honours_the_store_split_unless_told_random(tmp_path: Path) -> Non
         assert "by the store's own train/valid split" in trainer._describe()
     finally:
         trainer.close()
-    trainer = Trainer(make_cfg(path, "train.steps=1", "data.split=random"), tmp_path / "run2")
+    trainer = Trainer(train_cfg(path, "train.steps=1", "data.split=random"), tmp_path / "run2")
     try:
         trainer.setup()
         assert trainer.split.val.tolist() == split_episodes(6, 0.25, 0).val.tolist()
         assert "by a seeded random split" in trainer._describe()
     finally:
         trainer.close()
-    trainer = Trainer(make_cfg(path, "data.split=nope"), tmp_path / "run3")
+    trainer = Trainer(train_cfg(path, "data.split=nope"), tmp_path / "run3")
     try:
         with pytest.raises(UserError, match="data.split='nope'"):
             trainer.setup()

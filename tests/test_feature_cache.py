@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import random_store
 
-from robo_s2.data.store import DemoStore
 from robo_s2.encoders import create_encoder
 from robo_s2.encoders.feature_cache import cache_status, encode_store, load_features
 from robo_s2.errors import UserError
@@ -26,22 +26,8 @@ def tiny_encoder(**overrides):
     return create_encoder("timm", **{**kwargs, **overrides})
 
 
-def make_store(path, n_episodes=3, length=5, size=IMG):
-    rng = np.random.default_rng(0)
-    store = DemoStore.create(path, attrs={"env": {"id": "test"}})
-    for _ in range(n_episodes):
-        store.append_episode(
-            {
-                "image": rng.integers(0, 256, (length, size, size, 3), dtype=np.uint8),
-                "proprio": rng.normal(size=(length, 4)).astype(np.float32),
-                "action": rng.normal(size=(length, 3)).astype(np.float32),
-            }
-        )
-    return store
-
-
 def test_cached_features_equal_the_encoder_output(tmp_path):
-    store = make_store(tmp_path / "s.zarr")
+    store = random_store(tmp_path / "s.zarr")
     enc = tiny_encoder()
     status = encode_store(store, enc, batch_size=4)
     assert status.complete and status.n_encoded_now == store.n_frames
@@ -52,7 +38,7 @@ def test_cached_features_equal_the_encoder_output(tmp_path):
 
 
 def test_rerun_is_a_noop_and_a_changed_encoder_gets_a_new_entry(tmp_path):
-    store = make_store(tmp_path / "s.zarr")
+    store = random_store(tmp_path / "s.zarr")
     enc = tiny_encoder()
     encode_store(store, enc)
     assert encode_store(store, enc).n_encoded_now == 0
@@ -67,7 +53,7 @@ def test_rerun_is_a_noop_and_a_changed_encoder_gets_a_new_entry(tmp_path):
 
 
 def test_interrupted_encoding_resumes_and_growth_is_encoded(tmp_path):
-    store = make_store(tmp_path / "s.zarr")
+    store = random_store(tmp_path / "s.zarr")
     enc = tiny_encoder()
 
     class Stop(Exception):
@@ -95,7 +81,7 @@ def test_interrupted_encoding_resumes_and_growth_is_encoded(tmp_path):
 
 
 def test_bad_inputs(tmp_path):
-    store = make_store(tmp_path / "s.zarr", size=16)
+    store = random_store(tmp_path / "s.zarr", size=16)
     with pytest.raises(UserError, match="needs 32x32"):
         encode_store(store, tiny_encoder())  # frames smaller than the encoder input
     with pytest.raises(UserError, match="no data/image_wrist"):
@@ -103,7 +89,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_encode_cli(tmp_path):
-    make_store(tmp_path / "s.zarr", size=64).close()
+    random_store(tmp_path / "s.zarr", size=64).close()
     args = [
         sys.executable, "-m", "robo_s2", "encode", f"store={tmp_path}/s.zarr", "encoder=vit_t",
         "encoder.image_size=64", "batch_size=8",

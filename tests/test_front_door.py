@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import robo_s2
+from helpers import listed, robo_s2
 
 from robo_s2.cli import COMMANDS
 from robo_s2.core.config import load_config, to_plain
@@ -51,10 +51,6 @@ def tiny_train_overrides(shipped: list[str]) -> list[str]:
     """``shipped`` (an experiment's train_overrides) with the tiny sizes replacing its own."""
     kept = [o for o in shipped if o.split("=", 1)[0] not in TINY_TRAIN_KEYS]
     return kept + TINY_TRAIN
-
-
-def listed(items: list[str]) -> str:
-    return "[" + ",".join(f"'{i}'" for i in items) + "]"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,17 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-from cli_helpers import robo_s2
+from helpers import (
+    ROBOMIMIC_ENV_ARGS,
+    ROBOMIMIC_LENGTHS,
+    ROBOMIMIC_PROPRIO,
+    SMALL,
+    assert_same_store,
+    make_pusht,
+    make_robomimic,
+    native_store,
+    robo_s2,
+)
 
 from robo_s2.data.interop import NATIVE_ENV_ID, is_foreign, require_native_env
 from robo_s2.data.interop.dp_zarr import export_dp, import_dp
@@ -28,96 +38,11 @@ from robo_s2.data.interop.robomimic_hdf5 import export_robomimic, import_robomim
 from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
 
-H = W = 8
-LENGTHS = {"demo_0": 5, "demo_2": 3, "demo_10": 4}  # non-contiguous; demo_10 sorts last
-PROPRIO = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
-ENV_ARGS = {
-    "env_name": "Lift",
-    "type": 1,
-    "env_kwargs": {"control_freq": 20, "controller_configs": {"type": "OSC_POSE"}},
-}
+H = W = SMALL
+LENGTHS, PROPRIO, ENV_ARGS = ROBOMIMIC_LENGTHS, ROBOMIMIC_PROPRIO, ROBOMIMIC_ENV_ARGS
 
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """float64 values that float32 holds exactly (robomimic files store float64)."""
-    return rng.standard_normal(shape).astype(np.float32).astype(np.float64)
-
-
-def make_robomimic(
-    path: Path, lengths: dict[str, int] = LENGTHS, seed: int = 0, size: int = H
-) -> dict:
-    """A robomimic image dataset; returns {demo: {dataset path: array}} as written."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    with h5py.File(path, "w") as f:
-        data = f.create_group("data")
-        total = 0
-        for name in sorted(lengths, key=lambda n: -int(n[5:])):  # written out of order on purpose
-            n = lengths[name]
-            g = data.create_group(name)
-            g.attrs["num_samples"] = n
-            arrays = {
-                "actions": f32(rng, n, 7),
-                "rewards": np.arange(n, dtype=np.float64),
-                "dones": np.eye(1, n, n - 1, dtype=np.int64)[0],
-                "states": rng.standard_normal((n, 12)),  # float64 sim states, kept exactly
-                "obs/agentview_image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-                "obs/robot0_eye_in_hand_image": rng.integers(
-                    0, 256, (n, size, size, 3), dtype=np.uint8
-                ),
-                "obs/object": f32(rng, n, 10),
-                **{f"obs/{k}": f32(rng, n, d) for k, d in PROPRIO.items()},
-            }
-            for key, x in arrays.items():
-                g.create_dataset(key, data=x)
-                if key.startswith("obs/"):
-                    g.create_dataset("next_obs/" + key[4:], data=np.concatenate([x[1:], x[-1:]]))
-            written[name] = arrays
-            total += n
-        data.attrs["total"] = total
-        data.attrs["env_args"] = json.dumps(ENV_ARGS)
-        f.create_dataset("mask/train", data=np.array([b"demo_0", b"demo_10"]))
-        f.create_dataset("mask/valid", data=np.array([b"demo_2"]))
-    return written
-
-
-def make_native_store(path: Path, n_episodes: int = 3, seed: int = 1) -> DemoStore:
-    """A store as robo-s2 collect writes it (two cameras, proprio, action, state)."""
-    rng = np.random.default_rng(seed)
-    attrs = {
-        "env": {"id": NATIVE_ENV_ID, "image_size": H, "kwargs": {"image_size": H}},
-        "source": "robo_s2 collect (scripted expert)",
-        "action_semantics": ["dx", "dy", "dz", "gripper"],
-        "proprio_semantics": [f"p{i}" for i in range(11)],
-        "cameras": ["front", "wrist"],
-    }
-    store = DemoStore.create(path, attrs=attrs)
-    for i in range(n_episodes):
-        n = 4 + i
-        store.append_episode(
-            {
-                "image": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
-                "image_wrist": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
-                "proprio": rng.standard_normal((n, 11)).astype(np.float32),
-                "action": rng.standard_normal((n, 4)).astype(np.float32),
-                "state": rng.standard_normal((n, 20)).astype(np.float32),
-            }
-        )
-    store.close()
-    return DemoStore.open(path)
-
-
-def assert_same_store(a: DemoStore, b: DemoStore) -> None:
-    assert a.keys() == b.keys()
-    np.testing.assert_array_equal(a.episode_ends, b.episode_ends)
-    for i in range(a.n_episodes):
-        ea, eb = a.episode(i), b.episode(i)
-        for key in a.keys():
-            assert ea[key].dtype == eb[key].dtype, key
-            np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,7 +163,7 @@ def _robomimic_dataset(path: Path, low_dim: list[str], rgb: list[str], **kwargs)
 
 
 def test_robomimic_reads_an_export_of_a_collected_store(tmp_path):
-    store = make_native_store(tmp_path / "s.zarr")
+    store = native_store(tmp_path / "s.zarr")
     res = export_robomimic(tmp_path / "s.zarr", tmp_path / "out.hdf5")
     assert res.n_episodes == 3 and res.n_frames == 4 + 5 + 6
     ds, shapes, env_meta = _robomimic_dataset(
@@ -310,7 +235,7 @@ def test_robomimic_round_trip_keeps_names_masks_and_values(tmp_path):
 
 
 def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, monkeypatch):
-    make_native_store(tmp_path / "s.zarr")
+    native_store(tmp_path / "s.zarr")
     (tmp_path / "out.hdf5").write_bytes(b"precious")
     with pytest.raises(UserError, match="already exists"):
         export_robomimic(tmp_path / "s.zarr", tmp_path / "out.hdf5")
@@ -414,7 +339,7 @@ def test_a_different_src_for_an_existing_out_is_an_error(tmp_path):
         import_robomimic(tmp_path / "b.hdf5", tmp_path / "s.zarr")
     with pytest.raises(UserError, match="different import.*proprio_keys"):
         import_robomimic(tmp_path / "a.hdf5", tmp_path / "s.zarr", proprio_keys=["robot0_eef_pos"])
-    make_native_store(tmp_path / "native.zarr")
+    native_store(tmp_path / "native.zarr")
     with pytest.raises(UserError, match="not made by robo-s2 import"):
         import_robomimic(tmp_path / "a.hdf5", tmp_path / "native.zarr")
     assert DemoStore.open(tmp_path / "s.zarr").n_episodes == 3
@@ -514,38 +439,6 @@ def test_truncated_and_foreign_files_name_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # diffusion_policy zarr
-
-
-def make_pusht(path: Path, ends=(4, 7, 12), codec=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """pusht_cchi_v7_replay.zarr's layout: img float32 (0..255), state (N,5), action, keypoint."""
-    rng = np.random.default_rng(seed)
-    n = ends[-1]
-    arrays = {
-        "img": rng.integers(0, 256, (n, 16, 16, 3)).astype(np.float32),
-        "state": rng.standard_normal((n, 5)).astype(np.float32),
-        "action": rng.standard_normal((n, 2)).astype(np.float32),
-        "keypoint": rng.standard_normal((n, 9, 2)).astype(np.float32),
-    }
-    from numcodecs import Blosc
-
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    data = root.create_group("data")
-    for key, x in arrays.items():
-        is_img = key == "img"
-        if codec is not None and is_img:
-            x = arrays[key] = x.astype(np.uint8)
-        a = data.create_array(
-            key,
-            shape=x.shape,
-            chunks=(1, *x.shape[1:]) if is_img else x.shape,
-            dtype=x.dtype,
-            compressors=codec if (codec is not None and is_img) else Blosc(cname="lz4"),
-        )
-        a[:] = x
-    meta = root.create_group("meta")
-    e = meta.create_array("episode_ends", shape=(len(ends),), dtype="int64")
-    e[:] = np.array(ends)
-    return arrays
 
 
 def zip_dir(directory: Path, out: Path) -> None:
@@ -649,7 +542,7 @@ def test_dp_jpeg2000_without_imagecodecs_says_what_to_install(tmp_path, monkeypa
 
 
 def test_dp_round_trips_are_exact(tmp_path):
-    store = make_native_store(tmp_path / "s.zarr")
+    store = native_store(tmp_path / "s.zarr")
     for out in ("dp.zarr", "dp.zarr.zip"):
         res = export_dp(tmp_path / "s.zarr", tmp_path / out)
         assert res.n_episodes == 3

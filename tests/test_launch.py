@@ -11,16 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import robo_s2
+from helpers import TINY_TRAIN, listed, robo_s2
 from safetensors.torch import load_file
 
 from robo_s2.experiments import launch
 
-TINY_TRAIN = (
-    "['policy.d_model=32','policy.n_layers=1','policy.n_heads=2','policy.history=4',"
-    "'policy.chunk=4','train.batch_size=8','train.steps=6','train.warmup_steps=2',"
-    "'train.eval_every=3','train.save_every=3','data.val_fraction=0.34']"
-)
+TINY_TRAIN_LISTED = listed(TINY_TRAIN)
 
 
 def _tiny(store: Path) -> list[str]:
@@ -30,7 +26,7 @@ def _tiny(store: Path) -> list[str]:
         "experiment=table8_tiny", f"experiment.demos.store={store}",
         "experiment.demos.n_episodes=3", "experiment.demos.env.image_size=64",
         "experiment.rows=[{label:ViT-T,encoder:vit_t,overrides:{image_size:64,pooling:'grid:2'}}]",
-        "experiment.seeds=[0,1]", f"experiment.train_overrides={TINY_TRAIN}",
+        "experiment.seeds=[0,1]", f"experiment.train_overrides={TINY_TRAIN_LISTED}",
         "experiment.eval.positions=random", "experiment.eval.n_episodes=2",
         "experiment.eval.seed=3", "experiment.eval.n_videos=0",
         "+experiment.eval.env_overrides.max_episode_steps=8", "workers=1", "device=cpu",
@@ -200,7 +196,7 @@ def test_joblib_jobs_end_when_the_experiment_is_killed(tmp_path):
     import sys
     import time
 
-    long = TINY_TRAIN.replace("'train.steps=6'", "'train.steps=100000'")
+    long = TINY_TRAIN_LISTED.replace("'train.steps=6'", "'train.steps=100000'")
     args = [a if not a.startswith("experiment.train_overrides=") else
             f"experiment.train_overrides={long}" for a in _tiny(tmp_path / "demos.zarr")]  # fmt: skip
     out = tmp_path / "run"

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import robo_s2
-from test_interop import assert_same_store
+from helpers import assert_same_store, robo_s2
 
 import robo_s2.data.store as store_mod
 from robo_s2.data.interop.lerobot import export_lerobot, import_lerobot

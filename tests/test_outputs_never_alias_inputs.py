@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from cli_helpers import robo_s2
+from helpers import robo_s2
 
 from robo_s2.core.io import refuse_output_over_input
 from robo_s2.errors import UserError

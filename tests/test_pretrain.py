@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import robo_s2
+from helpers import robo_s2
 from hydra import compose, initialize_config_dir
 from PIL import Image
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import robo_s2
+from helpers import robo_s2, square_store
 
 from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
@@ -24,26 +24,6 @@ IMG = 32
 
 def episodes(n_episodes: int, length: int) -> np.ndarray:
     return np.arange(1, n_episodes + 1, dtype=np.int64) * length
-
-
-def make_store(path, n_episodes=6, length=4, size=IMG):
-    """Frames with structure (a bright square at an episode-dependent place) plus noise."""
-    rng = np.random.default_rng(0)
-    store = DemoStore.create(path, attrs={"env": {"id": "test"}})
-    for e in range(n_episodes):
-        img = rng.integers(0, 60, (length, size, size, 3), dtype=np.uint8)
-        for t in range(length):
-            r, c = (3 * e + t) % (size - 8), (5 * e + 2 * t) % (size - 8)
-            img[t, r : r + 8, c : c + 8] = 230
-        store.append_episode(
-            {
-                "image": img,
-                "proprio": rng.normal(size=(length, 4)).astype(np.float32),
-                "action": rng.normal(size=(length, 3)).astype(np.float32),
-            }
-        )
-    store.close()
-    return path
 
 
 # ------------------------------------------------------------------------------- the R² itself
@@ -154,7 +134,7 @@ def test_specs_and_config_validation():
 
 
 def test_in_memory_per_token_concat_and_reference(tmp_path, one_torch_thread):
-    store = make_store(tmp_path / "s.zarr")
+    store = square_store(tmp_path / "s.zarr")
     rc = ReconstructConfig.from_mapping(
         {
             "store": str(store),
@@ -191,7 +171,7 @@ def test_in_memory_per_token_concat_and_reference(tmp_path, one_torch_thread):
 
 
 def test_cli_writes_json_and_md_and_reruns_from_the_cache(tmp_path):
-    store = make_store(tmp_path / "s.zarr")
+    store = square_store(tmp_path / "s.zarr")
     args = ["analyze", "reconstruct", f"store={store}", f"image_size={IMG}", "device=cpu",
             "source=[vit_t,vit_t_s2]", "target=vit_s", "threads=1"]  # fmt: skip
     out = robo_s2(*args, cwd=tmp_path)
@@ -236,8 +216,8 @@ def test_cli_writes_json_and_md_and_reruns_from_the_cache(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line(tmp_path, args, message):
-    make_store(tmp_path / "s.zarr")
-    make_store(tmp_path / "short.zarr", n_episodes=5)
+    square_store(tmp_path / "s.zarr")
+    square_store(tmp_path / "short.zarr", n_episodes=5)
     sub = [] if not args or not args[0].startswith("store") else ["reconstruct"]
     out = robo_s2("analyze", *sub, f"image_size={IMG}",
                   *[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)  # fmt: skip

@@ -294,7 +294,7 @@ def test_cache_refuses_it_and_experiment_and_profile_report_its_cost(store):
 
 @pytest.mark.slow  # ~16 s, most of it starting the CLI; the path is the in-process one above
 def test_cli_trains_it(tmp_path, store):
-    from cli_helpers import robo_s2
+    from helpers import robo_s2
 
     out = robo_s2("train", f"data.store={store}", *TINY, "train.steps=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -109,12 +109,11 @@ def test_analyze_selection_draws_the_chosen_tiles(tmp_path):
     import json
 
     import numpy as np
-    from cli_helpers import robo_s2
-    from test_reconstruct import make_store
+    from helpers import robo_s2, square_store
 
     from robo_s2.experiments.tile_selection import pick_frames
 
-    store = make_store(tmp_path / "s.zarr", n_episodes=6, length=4, size=64)
+    store = square_store(tmp_path / "s.zarr", n_episodes=6, length=4, size=64)
     assert pick_frames(np.array([4, 8, 12]), 2) == [1, 9]
     src = ("source={name: s2_select, backbone: {name: timm, model: vit_tiny_patch16_224, "
            "image_size: 32, model_kwargs: {depth: 1, embed_dim: 48, num_heads: 3}}, "

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from cli_helpers import robo_s2
+from helpers import robo_s2
 from safetensors.torch import save_file
 
 from robo_s2.data.store import DemoStore

@@ -141,10 +141,9 @@ def test_bad_scorer_is_one_user_error(tmp_path):
 
 
 def test_analyze_scorer_fits_compares_and_draws(tmp_path):
-    from cli_helpers import robo_s2
-    from test_reconstruct import make_store
+    from helpers import robo_s2, square_store
 
-    store = make_store(tmp_path / "s.zarr", n_episodes=6, length=4, size=32)
+    store = square_store(tmp_path / "s.zarr", n_episodes=6, length=4, size=32)
     src = ("source={name: s2_select, backbone: {name: timm, model: vit_tiny_patch16_224, "
            "image_size: 32, model_kwargs: {depth: 1, embed_dim: 48, num_heads: 3}}, "
            "scales: [1, 2, 4], k: 2}")  # fmt: skip
@@ -239,7 +238,7 @@ def test_object_tiles_are_where_the_cube_is_rendered(collected):
 
 
 def test_analyze_scorer_fits_the_simulators_object_tiles(collected, tmp_path):
-    from cli_helpers import robo_s2
+    from helpers import robo_s2
 
     src = ("source={name: s2_select, backbone: {name: timm, model: vit_tiny_patch16_224, "
            "image_size: 32, model_kwargs: {depth: 1, embed_dim: 48, num_heads: 3}}, "

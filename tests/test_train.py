@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import robo_s2
+from helpers import IMG, TINY_TRAIN_CFG, robo_s2, smooth_action_store, train_cfg
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from robo_s2.data.store import DemoStore
 from robo_s2.data.windows import split_episodes
 from robo_s2.errors import UserError
 from robo_s2.paths import config_dir
@@ -33,60 +32,12 @@ from robo_s2.training.optim import (
 )
 from robo_s2.training.trainer import Trainer, train
 
-IMG = 64
-# a tiny encoder (random-init ViT-Ti/16 at 64 px, 2x2 grid of tokens) and a tiny transformer
-TINY = [
-    "encoder=vit_t",
-    f"encoder.image_size={IMG}",
-    "encoder.pooling=grid:2",
-    "policy.d_model=32",
-    "policy.n_layers=1",
-    "policy.n_heads=2",
-    "policy.history=4",
-    "policy.chunk=4",
-    "train.batch_size=8",
-    "train.warmup_steps=2",
-    "train.eval_every=5",
-    "train.save_every=5",
-    "train.log_every=5",
-    "data.val_fraction=0.25",
-]
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_cfg(store, *overrides: str, base=TINY):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose("train", overrides=[f"data.store={store}", *base, *overrides])
-
-
-def make_store(path: Path, n_episodes: int = 6, length: int = 10, seed: int = 0) -> Path:
-    """A small synthetic store: random frames, actions a smooth function of proprio and time."""
-    rng = np.random.default_rng(seed)
-    attrs = {"env": {"id": "synthetic", "image_size": IMG}, "action_semantics": ["a", "b", "g"]}
-    store = DemoStore.create(path, attrs=attrs)
-    for _ in range(n_episodes):
-        t = np.arange(length, dtype=np.float32)
-        goal = rng.uniform(-1, 1, size=2).astype(np.float32)
-        proprio = np.stack([t / length, np.full(length, goal[0]), np.full(length, goal[1])], 1)
-        action = np.stack(
-            [np.sin(t / 3) + goal[0], np.cos(t / 3) + goal[1], (t > length / 2) * 2.0 - 1], 1
-        )
-        store.append_episode(
-            {
-                "image": rng.integers(0, 256, (length, IMG, IMG, 3), dtype=np.uint8),
-                "proprio": proprio.astype(np.float32),
-                "action": action.astype(np.float32),
-            }
-        )
-    store.close()
-    return path
 
 
 @pytest.fixture(scope="module")
 def synthetic_store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("synthetic") / "s.zarr")
+    return smooth_action_store(tmp_path_factory.mktemp("synthetic") / "s.zarr")
 
 
 @pytest.fixture(scope="module")
@@ -159,40 +110,40 @@ def test_schedule_and_sampler():
 
 def test_bad_input_is_a_clear_error(tmp_path, synthetic_store):
     with pytest.raises(UserError, match="no demo store at"):
-        train(make_cfg(tmp_path / "missing.zarr"), tmp_path / "r0")
-    one = make_store(tmp_path / "one.zarr", n_episodes=1)
+        train(train_cfg(tmp_path / "missing.zarr"), tmp_path / "r0")
+    one = smooth_action_store(tmp_path / "one.zarr", n_episodes=1)
     with pytest.raises(UserError, match="too few episodes for a split: need ≥2, store has 1"):
-        train(make_cfg(one, "train.steps=1"), tmp_path / "r1")
+        train(train_cfg(one, "train.steps=1"), tmp_path / "r1")
     with pytest.raises(UserError, match="unknown policy 'nope'"):
-        train(make_cfg(synthetic_store, "policy.name=nope"), tmp_path / "r2")
+        train(train_cfg(synthetic_store, "policy.name=nope"), tmp_path / "r2")
     # a store without the encoder's features, with encoding switched off
     with pytest.raises(UserError, match="robo-s2 encode store=.* encoder=timm") as e:
-        train(make_cfg(one, "data.encode=false", "data.val_fraction=0"), tmp_path / "r3")
+        train(train_cfg(one, "data.encode=false", "data.val_fraction=0"), tmp_path / "r3")
     assert "data.encode=false" in str(e.value)
 
 
 def test_nan_in_actions_or_proprio_names_episode_and_step(tmp_path):
     import zarr
 
-    path = make_store(tmp_path / "nan.zarr", n_episodes=3, length=10)
+    path = smooth_action_store(tmp_path / "nan.zarr", n_episodes=3, length=10)
     zarr.open_array(str(path / "data" / "action"), mode="r+")[13, 1] = np.nan  # episode 1 step 3
     with pytest.raises(UserError, match=r"data/action has NaN/inf at episode 1 step 3"):
-        train(make_cfg(path), tmp_path / "r")
-    path = make_store(tmp_path / "inf.zarr", n_episodes=3, length=10)
+        train(train_cfg(path), tmp_path / "r")
+    path = smooth_action_store(tmp_path / "inf.zarr", n_episodes=3, length=10)
     zarr.open_array(str(path / "data" / "proprio"), mode="r+")[29, 0] = np.inf  # episode 2 step 9
     with pytest.raises(UserError, match=r"data/proprio has NaN/inf at episode 2 step 9"):
-        train(make_cfg(path), tmp_path / "r")
+        train(train_cfg(path), tmp_path / "r")
 
 
 def test_features_cached_by_encode_are_used(tmp_path):
     """robo-s2 encode and train agree on the cache key: data.encode=false finds the features."""
     from robo_s2.commands import encode
 
-    path = make_store(tmp_path / "s.zarr", n_episodes=3, length=6)
+    path = smooth_action_store(tmp_path / "s.zarr", n_episodes=3, length=6)
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        enc_cfg = compose("encode", overrides=[f"store={path}", *TINY[:3]])
+        enc_cfg = compose("encode", overrides=[f"store={path}", *TINY_TRAIN_CFG[:3]])
     assert encode.run(enc_cfg).n_encoded_now == 18
-    res = train(make_cfg(path, "data.encode=false", "train.steps=2"), tmp_path / "run")
+    res = train(train_cfg(path, "data.encode=false", "train.steps=2"), tmp_path / "run")
     assert res.step == 2 and res.feature_source.startswith("cached features")
     meta = json.loads((tmp_path / "run" / "checkpoints" / "last" / "robo_s2.json").read_text())
     from robo_s2.device import cpu_bf16_supported
@@ -203,10 +154,10 @@ def test_features_cached_by_encode_are_used(tmp_path):
     other = "fp32" if meta["feature_precision"] == "bf16" else "bf16"
     with pytest.raises(UserError, match=rf"no cached features .*-{other}-"):
         train(
-            make_cfg(path, "data.encode=false", "train.steps=2", f"encoder.precision={other}"),
+            train_cfg(path, "data.encode=false", "train.steps=2", f"encoder.precision={other}"),
             tmp_path / "run_other",
         )
-    res = train(make_cfg(path, "train.steps=2", f"encoder.precision={other}"), tmp_path / "run_b")
+    res = train(train_cfg(path, "train.steps=2", f"encoder.precision={other}"), tmp_path / "run_b")
     assert f"-{other}-" in res.feature_source
     meta = json.loads((tmp_path / "run_b" / "checkpoints" / "last" / "robo_s2.json").read_text())
     assert meta["feature_precision"] == other
@@ -219,7 +170,7 @@ def test_features_cached_by_encode_are_used(tmp_path):
 def test_policy_beats_the_mean_action_on_real_demos(tmp_path, demo_store):
     from robo_s2.training.checkpoint import load_checkpoint
 
-    cfg = make_cfg(
+    cfg = train_cfg(
         demo_store,
         "policy.history=16",
         "policy.chunk=16",
@@ -289,9 +240,9 @@ def test_resume_is_bit_identical(tmp_path, synthetic_store, monkeypatch):
     import robo_s2.training.trainer as train_module
 
     common = ["train.steps=20", "policy.dropout=0.2", "train.eval_every=4", "train.save_every=3"]
-    straight = train(make_cfg(synthetic_store, *common), tmp_path / "a")
+    straight = train(train_cfg(synthetic_store, *common), tmp_path / "a")
     assert straight.step == 20
-    half = train(make_cfg(synthetic_store, *common, "train.stop_at=10"), tmp_path / "b")
+    half = train(train_cfg(synthetic_store, *common, "train.stop_at=10"), tmp_path / "b")
     assert half.step == 10 and [h["step"] for h in half.history] == [4, 8]  # none at the stop
     # resume, then Ctrl-C during step 14: the step completes, is saved, and training stops
     calls = []
@@ -305,11 +256,11 @@ def test_resume_is_bit_identical(tmp_path, synthetic_store, monkeypatch):
     real_step = train_module.train_step
     monkeypatch.setattr(train_module, "train_step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
+        train(train_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
     monkeypatch.setattr(train_module, "train_step", real_step)
     state = load_state(tmp_path / "b/checkpoints/last/training_state.safetensors")
     assert state["step"] == 14
-    resumed = train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
+    resumed = train(train_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
     assert resumed.start_step == 14 and resumed.step == 20
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys()
@@ -317,10 +268,10 @@ def test_resume_is_bit_identical(tmp_path, synthetic_store, monkeypatch):
         assert torch.equal(a[k], b[k]), k
     assert straight.best == resumed.best and straight.history == resumed.history
     # resuming a finished run does nothing; resume_from continues into another directory
-    again = train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
+    again = train(train_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
     assert again.steps_run == 0
     more = train(
-        make_cfg(synthetic_store, *common, "train.steps=24", f"resume_from={tmp_path / 'b'}"),
+        train_cfg(synthetic_store, *common, "train.steps=24", f"resume_from={tmp_path / 'b'}"),
         tmp_path / "c",
     )
     assert more.start_step == 20 and more.step == 24
@@ -345,25 +296,25 @@ def test_sigterm_saves_last_and_resumes_exactly(tmp_path, synthetic_store, monke
 
     monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
     with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(synthetic_store, *common), tmp_path / "b")
+        train(train_cfg(synthetic_store, *common), tmp_path / "b")
     monkeypatch.setattr(train_module, "train_step", real_step)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     assert load_state(tmp_path / "b/checkpoints/last/training_state.safetensors")["step"] == 3
-    resumed = train(make_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
-    train(make_cfg(synthetic_store, *common), tmp_path / "a")  # straight
+    resumed = train(train_cfg(synthetic_store, *common, "resume=true"), tmp_path / "b")
+    train(train_cfg(synthetic_store, *common), tmp_path / "a")  # straight
     assert resumed.start_step == 3
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_another_feature_width_or_a_missing_checkpoint(tmp_path, synthetic_store):
-    train(make_cfg(synthetic_store, "train.steps=2"), tmp_path / "a")
+    train(train_cfg(synthetic_store, "train.steps=2"), tmp_path / "a")
     with pytest.raises(UserError, match="feature width 192 .* does not match the 768-wide"):
-        train(make_cfg(synthetic_store, "resume=true", "encoder.pooling=cls"), tmp_path / "a")
+        train(train_cfg(synthetic_store, "resume=true", "encoder.pooling=cls"), tmp_path / "a")
     with pytest.raises(UserError, match="nothing to resume in"):
-        train(make_cfg(synthetic_store, "resume=true"), tmp_path / "empty")
+        train(train_cfg(synthetic_store, "resume=true"), tmp_path / "empty")
     with pytest.raises(UserError, match="policy differs"):
-        train(make_cfg(synthetic_store, "resume=true", "policy.d_model=64"), tmp_path / "a")
+        train(train_cfg(synthetic_store, "resume=true", "policy.d_model=64"), tmp_path / "a")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -383,10 +334,10 @@ def test_trainable_encoder_trains_from_images(tmp_path, synthetic_store):
     from robo_s2.encoders.preprocess import frames_to_input
     from robo_s2.training.checkpoint import load_checkpoint
 
-    base = [x for x in TINY if not x.startswith("encoder")] + TINY_PIIP
+    base = [x for x in TINY_TRAIN_CFG if not x.startswith("encoder")] + TINY_PIIP
     # fp32: with auto, a CPU with native bf16 would run the deduplicated pass (fewer tokens) and
     # the naive one in different precisions; what is compared here is the deduplication
-    cfg = make_cfg(synthetic_store, "train.steps=6", "encoder.precision=fp32", base=base)
+    cfg = train_cfg(synthetic_store, "train.steps=6", "encoder.precision=fp32", base=base)
     trainer = Trainer(cfg, tmp_path / "run")
     try:
         trainer.setup()
@@ -422,9 +373,9 @@ def test_trainable_encoder_trains_from_images(tmp_path, synthetic_store):
 
 
 def test_cli_trains_resumes_and_reports(tmp_path):
-    store = make_store(tmp_path / "tiny.zarr", n_episodes=4, length=8)
+    store = smooth_action_store(tmp_path / "tiny.zarr", n_episodes=4, length=8)
     run = tmp_path / "run"
-    args = [f"data.store={store}", *TINY, "train.steps=6", "train.stop_at=4"]
+    args = [f"data.store={store}", *TINY_TRAIN_CFG, "train.steps=6", "train.stop_at=4"]
     out = robo_s2("train", *args, f"hydra.run.dir={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     last_line = out.stdout.strip().splitlines()[-1]
@@ -441,7 +392,7 @@ def test_cli_trains_resumes_and_reports(tmp_path):
     best = json.loads((run / "checkpoints" / "best" / "robo_s2.json").read_text())
     assert best["step"] in (5, 6) and "ratio" in best["metrics"]
     # bad input: one line, no traceback
-    out = robo_s2("train", f"data.store={tmp_path / 'nope.zarr'}", *TINY, cwd=tmp_path)
+    out = robo_s2("train", f"data.store={tmp_path / 'nope.zarr'}", *TINY_TRAIN_CFG, cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("error: no demo store at")
@@ -478,7 +429,7 @@ def _free_port() -> int:
 
 def test_ddp_two_ranks_end_with_identical_weights(tmp_path, synthetic_store):
     # features cached up front so that the ranks only train
-    train(make_cfg(synthetic_store, "train.steps=1"), tmp_path / "warm")
+    train(train_cfg(synthetic_store, "train.steps=1"), tmp_path / "warm")
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -499,7 +450,7 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path, synthetic_store):
             str(synthetic_store),
             str(tmp_path / f"run{rank}"),
             str(tmp_path / f"rank{rank}.pt"),
-            *TINY,
+            *TINY_TRAIN_CFG,
             "train.steps=8",
             "policy.dropout=0.1",
         ]
@@ -519,10 +470,10 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path, synthetic_store):
 
 @pytest.mark.slow
 def test_torchrun_cli_two_processes(tmp_path):
-    store = make_store(tmp_path / "tiny.zarr", n_episodes=4, length=8)
+    store = smooth_action_store(tmp_path / "tiny.zarr", n_episodes=4, length=8)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "robo_s2", "train", f"data.store={store}", *TINY, "train.steps=6",
+        "-m", "robo_s2", "train", f"data.store={store}", *TINY_TRAIN_CFG, "train.steps=6",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)

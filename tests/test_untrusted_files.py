@@ -18,10 +18,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from cli_helpers import robo_s2
+from helpers import make_pusht, make_robomimic, robo_s2
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from test_interop import make_pusht, make_robomimic
 
 from robo_s2.data.store import DemoStore
 from robo_s2.paths import config_dir
