@@ -109,6 +109,11 @@ def image_key(camera: str) -> str:
     return "image" if camera == "front" else f"image_{camera}"
 
 
+def camera_of(key: str) -> str:
+    """The camera of an observation key (:func:`image_key` inverted)."""
+    return "front" if key == "image" else key.removeprefix("image_")
+
+
 def quat_yaw(quat: np.ndarray) -> float:
     """Yaw (rotation about world z) of a w-x-y-z quaternion."""
     w, x, y, z = (float(v) for v in quat)

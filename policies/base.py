@@ -354,14 +354,11 @@ class BasePolicy(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` (weights, normalizer) and ``config.json`` to a directory."""
-        from safetensors.torch import save_file
+        from robo_s2.safe_io import write_safetensors
 
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "policy": self.name})
-        tmp.replace(out / WEIGHTS_NAME)
+        write_safetensors(out / WEIGHTS_NAME, state, {"format": "pt", "policy": self.name})
         (out / CONFIG_NAME).write_text(json.dumps(self.config, indent=2) + "\n")
         return out
 

@@ -114,6 +114,18 @@ def _looks_like_safetensors(p: Path) -> bool:
     return int.from_bytes(head[:8], "little") < p.stat().st_size
 
 
+def write_safetensors(
+    path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """``tensors`` as a safetensors file at ``path``, written whole or not at all (a crash
+    mid-write never leaves a half file under the real name)."""
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
+    return Path(path)
+
+
 def read_safetensors(path: str | Path, what: str = "file") -> dict[str, Tensor]:
     """All tensors of a safetensors file; a truncated or corrupt file is one UserError line."""
     from safetensors import SafetensorError

@@ -84,17 +84,14 @@ def change_targets(maps: Sequence[Tensor], splits: Sequence[int]) -> list[Tensor
 
 def save_tile_scorer(scorer: TileScorer, path: str | Path, info: dict[str, Any]) -> Path:
     """``scorer``'s weights and ``info`` (must hold ``backbone_fingerprint``) as safetensors."""
-    from safetensors.torch import save_file
+    from robo_s2.safe_io import write_safetensors
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **scorer.architecture(), **info}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in
                scorer.state_dict().items()}  # fmt: skip
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    tmp.replace(p)  # a crash mid-write never leaves a half file under the real name
-    return p
+    return write_safetensors(p, tensors, {METADATA_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def read_scorer_metadata(path: str | Path) -> dict[str, Any]:

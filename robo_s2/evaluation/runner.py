@@ -54,7 +54,7 @@ from robo_s2.data.interop import is_foreign
 from robo_s2.errors import UserError
 from robo_s2.evaluation.actors import Actor
 from robo_s2.evaluation.cpu_plan import plan_cpu
-from robo_s2.evaluation.envpool import ResetRequest, make_env_pool
+from robo_s2.evaluation.envpool import EnvPool, ResetRequest, make_env_pool
 from robo_s2.evaluation.stats import SuccessRate
 
 EXPERT = "expert"
@@ -62,7 +62,6 @@ POSITION_SETS = ("paper16", "random", "grid")
 PAPER16_N = 16
 DEFAULT_N = {"paper16": PAPER16_N, "random": 100, "grid": 100}
 YAW_RANGE = (-math.pi / 4, math.pi / 4)
-DEFAULT_REGION = ((0.4, 0.6), (-0.1, 0.1))
 # keys of the seed streams (SeedSequence spawn keys): positions, yaws, episode seeds
 _XY_STREAM, _YAW_STREAM, _EPISODE_STREAM = 0x5059, 0x5941, 0x4550
 
@@ -82,14 +81,24 @@ def _check_region(region: Sequence[Sequence[float]]) -> tuple[tuple[float, float
     return (x0, x1), (y0, y1)
 
 
+def _default_cube_region() -> Any:
+    """The default task's cube region, as its env constructor states it."""
+    import inspect
+
+    from envs import ENV_ID, env_class
+
+    return inspect.signature(env_class(ENV_ID)).parameters["cube_region"].default
+
+
 def position_set(
     name: str,
     n: int | None = None,
     seed: int = 0,
-    region: Sequence[Sequence[float]] = DEFAULT_REGION,
+    region: Sequence[Sequence[float]] | None = None,
     randomize_yaw: bool = False,
 ) -> list[Placement]:
-    """Cube placements ``[(x, y, yaw), ...]`` of a named position set (see the module docstring).
+    """Cube placements ``[(x, y, yaw), ...]`` of a named position set (see the module docstring)
+    over ``region`` (None: the default task's own cube region).
 
     ``n`` is the number of episodes (``None``: 16 for ``paper16``, 100 otherwise); ``paper16``
     accepts only 16, ``grid`` rounds to a square number.
@@ -99,6 +108,8 @@ def position_set(
             f"unknown position set '{name}'; choose one of: {', '.join(POSITION_SETS)} "
             "(positions=paper16 is the S2 paper's 16-position protocol)"
         )
+    if region is None:
+        region = _default_cube_region()
     if n is None:
         n = DEFAULT_N[name]
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
@@ -351,8 +362,9 @@ def load_target(
     run_precision = eval_precision(precision, trained_precision, device)
     # render only the camera the policy sees (an unused camera costs a full render per step)
     if sees_frames:
-        camera = "front" if ckpt.image_key == "image" else ckpt.image_key.removeprefix("image_")
-        env_kwargs["cameras"] = [camera]
+        from envs.cube_pick import camera_of
+
+        env_kwargs["cameras"] = [camera_of(ckpt.image_key)]
     if execution:
         ckpt.policy.set_execution({**ckpt.policy.execution, **dict(execution)})
     enc = ckpt.meta.get("encoder", {})
@@ -514,7 +526,7 @@ class _Rollout:
 
     def __init__(
         self,
-        pool: Any,
+        pool: EnvPool,
         actor: Actor,
         episodes: Sequence[EpisodeSpec],
         pipeline: bool,

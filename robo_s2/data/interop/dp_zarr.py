@@ -61,6 +61,7 @@ from robo_s2.data.interop.base import (
     ingest,
     path_size,
 )
+from robo_s2.data.store import PENDING as PENDING_ATTR
 from robo_s2.data.store import is_image_key
 from robo_s2.errors import UserError
 
@@ -71,9 +72,6 @@ _IMAGE_CANDIDATES = ("image", "img", "agentview_image", "camera_0")
 _PROPRIO_CANDIDATES = ("proprio", "agent_pos", "robot_eef_pose")
 _ROBOMIMIC_PROPRIO = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 PUSHT_STATE = ["agent_x", "agent_y", "block_x", "block_y", "block_angle"]
-PENDING_ATTR = (
-    "robo_s2_pending"  # robo_s2.data.store.PENDING: an unfinished append in a robo_s2 store
-)
 
 
 def register_image_codecs() -> bool:
@@ -415,6 +413,8 @@ def _import_attrs(
     env_id: str | None,
 ) -> dict[str, Any]:
     """The imported store's attributes; a robo_s2 export gets its own attributes back."""
+    from envs.cube_pick import camera_of
+
     src = source.src
     base: dict[str, Any] = {}
     src_attrs = dict(source.root.attrs.asdict())
@@ -441,8 +441,8 @@ def _import_attrs(
         "action_semantics": semantics.get("action"),
         "proprio_semantics": semantics.get("proprio"),
         "state_semantics": semantics.get("state"),
-        "cameras": ["front" if k == "image" else k[len("image_") :] for k in image_targets],
-        "image_keys": {("front" if k == "image" else k[len("image_") :]): k for k in image_targets},
+        "cameras": [camera_of(k) for k in image_targets],
+        "image_keys": {camera_of(k): k for k in image_targets},
         "image_shape": list(first_image.shape[1:]) if first_image is not None else None,
         "diffusion_policy": {
             "preset": preset,
