@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from policies.execution import Rollout, make_executor, resolve_execution
 from policies.normalizer import Normalizer
 from robo_s2.errors import UserError
+from robo_s2.safe_io import build_within_limits
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -84,7 +85,7 @@ def create_policy(name: str, **kwargs: Any) -> BasePolicy:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as e:  # unknown / missing options
         raise UserError(f"bad options for policy '{name}': {e}") from None
-    return cls(**kwargs)
+    return build_within_limits(lambda: cls(**kwargs), f"policy '{name}' config")
 
 
 def load_policy(

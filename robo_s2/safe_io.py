@@ -27,7 +27,7 @@ import pickle
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from robo_s2.core.io import atomic_file
 from robo_s2.errors import UserError
 
 log = logging.getLogger("robo_s2.weights")
+T = TypeVar("T")
 
 TRUST_FLAG = "encoder.trust_weights=true"
 # wrappers whose prefix is stripped on purpose: DDP (module.), MAE-style and generic wrappers
@@ -112,6 +113,26 @@ def _looks_like_safetensors(p: Path) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     return int.from_bytes(head[:8], "little") < p.stat().st_size
+
+
+# the most parameters a model built from a file's config may have (fp32: 8 GiB); the biggest
+# model here (ViT-L) has 0.3 G
+MAX_MODEL_PARAMETERS = 2**31
+
+
+def build_within_limits(build: Callable[[], T], what: str, limit: int = MAX_MODEL_PARAMETERS) -> T:
+    """``build()`` (a module whose sizes came from a file), after building it once on the meta
+    device (no memory) to count its parameters: a config declaring a model too big for any
+    machine here is one line, not a MemoryError."""
+    with torch.device("meta"):
+        probe = build()
+    n = sum(p.numel() for p in probe.parameters()) if isinstance(probe, torch.nn.Module) else 0
+    if n > limit:
+        raise UserError(
+            f"{what} asks for a model of {n:,} parameters, more than the {limit:,} robo_s2 "
+            "builds (8 GiB of fp32 weights): lower its sizes, or restore the file it came from"
+        )
+    return build()
 
 
 def write_safetensors(

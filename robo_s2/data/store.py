@@ -51,6 +51,7 @@ import zarr
 from robo_s2.data.windows import sequence_indices
 from robo_s2.errors import UserError
 
+MAX_EPISODES = 10_000_000  # ceiling on a store's declared episode count (its ends: 80 MB)
 PENDING = "robo_s2_pending"  # reserved root attribute: an append in progress (hidden from .attrs)
 WINDOW_META = ("_episode", "_frame", "_valid")  # extra entries of every iter_windows() dict
 LOWDIM_CHUNK_BYTES = 1 << 20
@@ -314,6 +315,11 @@ def _read_state(path: Path, mode: str) -> _State:
         raise _Corrupt(
             f"{path}: meta/episode_ends has shape {ends_array.shape} and dtype {ends_array.dtype}, "
             "expected a 1-D integer array"
+        )
+    if ends_array.shape[0] > MAX_EPISODES:  # checked before reading: reading allocates it whole
+        raise _Corrupt(
+            f"{path}: meta/episode_ends declares {ends_array.shape[0]:,} episodes, over the "
+            f"{MAX_EPISODES:,} a demo store may hold"
         )
     ends = np.asarray(ends_array[:], dtype=np.int64)
     marker = root.attrs.get(PENDING)

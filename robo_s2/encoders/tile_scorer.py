@@ -124,7 +124,7 @@ def load_tile_scorer(
     path: str | Path, backbone_fingerprint: str, width: int, splits: Sequence[int]
 ) -> TileScorer:
     """The scorer in ``path``, checked against the encoder it is loaded into (one-line errors)."""
-    from robo_s2.safe_io import read_safetensors
+    from robo_s2.safe_io import build_within_limits, read_safetensors
 
     meta = read_scorer_metadata(path)
     if meta.get("backbone_fingerprint") != backbone_fingerprint:
@@ -139,7 +139,10 @@ def load_tile_scorer(
             f"tile scorer {path} is for width {meta['width']} and {meta['splits']} tiles per side, "
             f"this encoder has width {width} and {list(splits)}; fit one for these scales"
         )
-    scorer = TileScorer(int(meta["width"]), meta["splits"], int(meta["hidden"]))
+    hidden = int(meta["hidden"])
+    scorer = build_within_limits(
+        lambda: TileScorer(int(meta["width"]), meta["splits"], hidden), f"tile scorer {path}"
+    )
     state = read_safetensors(path, "tile scorer")
     try:
         scorer.load_state_dict(state)
