@@ -81,3 +81,19 @@ def test_a_tile_scorer_declaring_a_huge_head_is_refused(tmp_path):
         load_tile_scorer(bad, "f" * 64, 48, [2, 4])
     assert "\n" not in str(err.value)
     assert isinstance(load_tile_scorer(good, "f" * 64, 48, [2, 4]), torch.nn.Module)
+
+
+def test_an_hdf5_header_declaring_10e9_rows_is_refused_unread(tmp_path):
+    import h5py
+    from helpers import make_robomimic
+
+    src = tmp_path / "lift.hdf5"
+    make_robomimic(src)
+    with h5py.File(src, "a") as f:
+        del f["data/demo_0/actions"]
+        f.create_dataset("data/demo_0/actions", shape=(10**9, 7), dtype="f8", chunks=(1024, 7))
+    out = robo_s2("import", f"src={src}", f"out={tmp_path / 'o.zarr'}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "declares shape (1000000000, 7)" in errors[0], out.stderr
+    assert not (tmp_path / "o.zarr").exists()

@@ -623,6 +623,27 @@ def _load_demo(f: Any, src: Path, keys: _DemoKeys, name: str) -> dict[str, np.nd
     return ep
 
 
+# a dataset may declare at most this many times the bytes it stores (gzip'd frames of a rendered
+# scene shrink 3-20x, constant arrays far more, but only when small): beyond, it is refused unread
+MAX_EXPANSION = 1000
+SMALL_DATASET = 64 * 2**20  # bytes: datasets up to this size are read without the check
+
+
+def _read(ds: Any, where: str) -> np.ndarray:
+    """The whole dataset ``ds``, after checking that its declared size is backed by bytes in the
+    file (a header declaring 10^9 rows over nothing is one line, not a MemoryError)."""
+    declared = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
+    if declared > SMALL_DATASET:
+        stored = int(ds.id.get_storage_size())
+        if declared > MAX_EXPANSION * max(stored, 1):
+            raise UserError(
+                f"{where}: {ds.name} declares shape {tuple(ds.shape)} ({declared / 2**30:.1f} GiB) but the "
+                f"file holds {stored:,} bytes of it; the file is truncated or corrupt: download "
+                "or export it again"
+            )
+    return ds[()]
+
+
 def _read_demo(
     g: Any, where: str, keys: _DemoKeys
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray], dict[str, int]]:
@@ -635,16 +656,16 @@ def _read_demo(
     action_key = keys.action_key
     if action_key not in g:
         raise _missing(g, action_key, where, "action_key=")
-    ep = {"action": as_lowdim(g[action_key][()], f"{where}: {action_key}")}
+    ep = {"action": as_lowdim(_read(g[action_key], where), f"{where}: {action_key}")}
     for ours, key in keys.image_keys.items():
         if key not in o:
             raise _missing(o, key, f"{where}: obs/", "image keys")
-        ep[ours] = as_image(o[key][()], f"{where}: obs/{key}")
+        ep[ours] = as_image(_read(o[key], where), f"{where}: obs/{key}")
     parts = []
     for key in keys.proprio:
         if key not in o:
             raise _missing(o, key, f"{where}: obs/", "proprio_keys=[...]")
-        parts.append(as_lowdim(o[key][()], f"{where}: obs/{key}"))
+        parts.append(as_lowdim(_read(o[key], where), f"{where}: obs/{key}"))
     lengths = {f"obs/{k}": len(p) for k, p in zip(keys.proprio, parts, strict=True)}
     lengths.update({f"obs/{keys.image_keys[k]}": len(ep[k]) for k in keys.image_keys})
     lengths[action_key] = len(ep["action"])
@@ -652,14 +673,14 @@ def _read_demo(
     if state_key is not None:
         if state_key not in g:
             raise _missing(g, state_key, where, "a file whose demos all have states")
-        raw = g[state_key][()]
+        raw = _read(g[state_key], where)
         dtype = np.float64 if np.asarray(raw).dtype == np.float64 else np.float32
         ep["state"] = as_lowdim(raw, f"{where}: {state_key}", dtype=dtype)
         lengths[state_key] = len(ep["state"])
     for path, ours in keys.extras.items():
         if path not in g:
             raise _missing(g, path, where, "extra_keys")
-        ep[ours] = as_lowdim(g[path][()], f"{where}: {path}", flatten=False)
+        ep[ours] = as_lowdim(_read(g[path], where), f"{where}: {path}", flatten=False)
         lengths[path] = len(ep[ours])
     return ep, parts, lengths
 
