@@ -272,3 +272,30 @@ def test_typed_errors_replace_message_matching(monkeypatch):
     monkeypatch.setattr(timm, "create_model", refuse)
     with pytest.raises(UserError, match="the file needs pickle to load, which is refused"):
         create_timm_model("vit_tiny_patch16_224", True, None, {})
+
+
+def test_a_store_array_with_a_pickle_codec_is_one_line(tmp_path, marker):
+    """A robo_s2 store (zarr v2) whose data/ holds an object array with a pickle codec: zarr
+    cannot open it (nothing is unpickled), and every command says so in one line naming it."""
+    store = DemoStore.create(tmp_path / "s.zarr", format=2)
+    for _ in range(2):
+        store.append_episode(
+            {"image": np.zeros((4, 32, 32, 3), np.uint8), "action": np.zeros((4, 2), np.float32)}
+        )
+    store.close()
+    arr = tmp_path / "s.zarr" / "data" / "evil"
+    arr.mkdir()
+    (arr / ".zarray").write_text(
+        json.dumps(
+            {
+                "zarr_format": 2, "shape": [8], "chunks": [8], "dtype": "|O",
+                "compressor": None, "fill_value": None, "order": "C",
+                "filters": [{"id": "pickle", "protocol": 5}],
+            }
+        )
+    )  # fmt: skip
+    obj = np.empty(8, dtype=object)
+    obj[:] = [Payload(marker)] * 8
+    (arr / "0").write_bytes(pickle.dumps(obj))
+    out = robo_s2("train", f"data.store={tmp_path / 's.zarr'}", "encoder=oracle", cwd=tmp_path)
+    refused(out, marker, "data/evil cannot be opened", "never unpickles")

@@ -294,6 +294,29 @@ class _State:
         return (json.dumps(self.marker, sort_keys=True), shapes, self.ends.tobytes())
 
 
+def _data_arrays(data: zarr.Group, path: Path) -> dict[str, Any]:
+    """The arrays of ``data/`` by key; an array zarr cannot open (a codec or dtype robo_s2 does
+    not read, such as a v2 object array with a pickle codec: it is never unpickled) is a
+    UserError naming it, not a ValueError from inside zarr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # junk left by an interrupted delete is not an array
+        try:
+            return dict(sorted(data.arrays()))
+        except ValueError:
+            listing = (path / "data").iterdir() if (path / "data").is_dir() else iter(())
+            names = sorted(p.name for p in listing if p.is_dir())
+            for key in names:
+                try:
+                    data[key]
+                except ValueError as exc:
+                    raise UserError(
+                        f"{path}: data/{key} cannot be opened ({str(exc).splitlines()[0][:120]}): "
+                        "robo_s2 stores numbers only, and never unpickles object arrays; delete "
+                        f"{path / 'data' / key} or re-import the store"
+                    ) from None
+            raise
+
+
 def _read_state(path: Path, mode: str) -> _State:
     root = _open_root(path, mode)
     data = root.get("data")
@@ -305,9 +328,7 @@ def _read_state(path: Path, mode: str) -> _State:
     ends_array = meta.get("episode_ends") if isinstance(meta, zarr.Group) else None
     if not isinstance(ends_array, zarr.Array):
         raise _Corrupt(f"{path} has no meta/episode_ends array")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # junk left by an interrupted delete is not an array
-        arrays = dict(sorted(data.arrays()))
+    arrays = _data_arrays(data, path)
     for key, arr in arrays.items():
         if arr.ndim < 1:
             raise _Corrupt(f"{path}: data/{key} is a 0-d array; every data array needs a time axis")
