@@ -164,8 +164,9 @@ def test_export_video_layout_and_round_trip(exported, tmp_path):
         assert psnr(back.array(key)[:], store.array(key)[:]) > 30
 
 
-def write_v21(root: Path, lengths=(4, 6), seed: int = 3) -> dict:
-    """A LeRobotDataset v2.1 in lerobot's layout: a video camera, an image camera, reward/done."""
+def write_v21(root: Path, lengths=(4, 6), seed: int = 3, keypoints: bool = False) -> dict:
+    """A LeRobotDataset v2.1 in lerobot's layout: a video camera, an image camera, reward/done;
+    with ``keypoints``, a (4, 2) feature stored as LeRobot stores multi-axis ones: nested lists."""
     rng = np.random.default_rng(seed)
     fps = 15
     feats = {
@@ -178,6 +179,8 @@ def write_v21(root: Path, lengths=(4, 6), seed: int = 3) -> dict:
         **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     }  # fmt: skip
+    if keypoints:
+        feats["observation.keypoints"] = {"dtype": "float32", "shape": [4, 2], "names": None}
     info = {
         "codebase_version": "v2.1", "robot_type": "koch", "fps": fps, "chunks_size": 1000,
         "total_episodes": len(lengths), "total_frames": sum(lengths), "total_tasks": 2,
@@ -212,6 +215,9 @@ def write_v21(root: Path, lengths=(4, 6), seed: int = 3) -> dict:
             "index": pa.array(start + np.arange(n)),
             "task_index": pa.array(np.full(n, i % 2)),
         }
+        kp = rng.standard_normal((n, 4, 2)).astype(np.float32) if keypoints else None
+        if kp is not None:
+            cols["observation.keypoints"] = pa.array(kp.tolist(), pa.list_(pa.list_(pa.float32())))
         path = root / f"data/chunk-000/episode_{i:06d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(cols), path)
@@ -225,7 +231,7 @@ def write_v21(root: Path, lengths=(4, 6), seed: int = 3) -> dict:
                     c.mux(p)
             for p in s.encode():
                 c.mux(p)
-        written[i] = {"top": top, "side": side, "state": state, "action": action}
+        written[i] = {"top": top, "side": side, "state": state, "action": action, "keypoints": kp}
         start += n
     (root / "meta/episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     return written
@@ -274,6 +280,42 @@ def test_v21_import_maps_features_and_states_what_it_left(tmp_path):
         np.testing.assert_array_equal(
             ep["next.done"][:, 0], np.arange(len(w["action"])) == len(w["action"]) - 1
         )
+
+
+def test_a_multi_axis_feature_imports_with_its_shape(tmp_path):
+    """LeRobot stores a (4, 2) feature as a list of lists per frame: it comes in as (T, 4, 2)."""
+    written = write_v21(tmp_path / "koch", keypoints=True)
+    import_lerobot(tmp_path / "koch", tmp_path / "s.zarr", keys="all")
+    s = DemoStore.open(tmp_path / "s.zarr")
+    key = next(k for k in s.keys() if "keypoints" in k)
+    for i, w in written.items():
+        np.testing.assert_array_equal(s.episode(i)[key], w["keypoints"])
+
+
+def test_a_multi_axis_store_key_exports_with_its_shape_and_comes_back(tmp_path):
+    """A (9, 2) key is exported as LeRobot writes a multi-axis feature (shape [9, 2], nested lists,
+    stats of that shape), not flattened to [18], and imports back exactly."""
+    rng = np.random.default_rng(0)
+    store = DemoStore.create(tmp_path / "s.zarr", attrs={"control_hz": 10})
+    for n in (4, 5):
+        store.append_episode(
+            {
+                "image": rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+                "action": rng.standard_normal((n, 2)).astype(np.float32),
+                "keypoint": rng.standard_normal((n, 9, 2)).astype(np.float32),
+            }
+        )
+    store.close()
+    export_lerobot(tmp_path / "s.zarr", tmp_path / "lr", video=False)
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    name = next(k for k in info["features"] if "keypoint" in k)
+    assert info["features"][name]["shape"] == [9, 2]
+    table = pq.read_table(next((tmp_path / "lr/data").rglob("*.parquet")))
+    assert np.asarray(table.column(name).to_pylist()[0]).shape == (9, 2)
+    stats = json.loads((tmp_path / "lr/meta/stats.json").read_text())[name]
+    assert np.asarray(stats["mean"]).shape == (9, 2) and np.asarray(stats["q50"]).shape == (9, 2)
+    import_lerobot(tmp_path / "lr", tmp_path / "back.zarr")
+    assert_same_store(DemoStore.open(tmp_path / "s.zarr"), DemoStore.open(tmp_path / "back.zarr"))
 
 
 def test_import_resumes_after_an_interruption(exported, tmp_path, monkeypatch):

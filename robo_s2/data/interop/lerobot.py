@@ -382,13 +382,7 @@ class _Source:
         return rows
 
     def lowdim(self, rows: Any, key: str, where: str) -> np.ndarray:
-        col = rows.column(key).combine_chunks()
-        x = np.asarray(col.to_numpy(zero_copy_only=False))
-        if x.dtype == object:  # list<float> columns: one list per frame
-            try:
-                x = np.stack([np.asarray(v) for v in x]) if len(x) else x
-            except ValueError:
-                raise UserError(f"{where}: {key} has rows of different lengths") from None
+        x = _list_column(rows.column(key).combine_chunks(), f"{where}: {key}")
         shape = self.shape(key)
         width = int(np.prod(shape)) if shape else 1
         got = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
@@ -611,7 +605,9 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
             dtype = src_dtype
         if dtype != src_dtype:
             plan.changed.append(f"{key} {src_dtype} -> {dtype}")
-        plan.lowdim[key] = (ours_key, dtype, None)
+        # a multi-axis extra keeps its per-frame shape; proprio, action and state are vectors
+        shape = list(source.shape(key)) if ours_key not in ("proprio", "action", "state") else []
+        plan.lowdim[key] = (ours_key, dtype, shape if len(shape) > 1 else None)
     if "action" not in {v[0] for v in plan.lowdim.values()}:
         raise UserError(
             f"{source.src} has no action feature (features: {sorted(feats)}); robo-s2 demos need actions"
@@ -755,6 +751,29 @@ def _import_attrs(
     return attrs
 
 
+def _list_column(col: Any, what: str) -> np.ndarray:
+    """A parquet column as ``(frames, *per-frame shape)``: a number per frame, or a list per frame,
+    or lists of lists (LeRobot's multi-axis features), each level of one length in every row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, dims = len(col), []
+    while (
+        pa.types.is_list(col.type)
+        or pa.types.is_large_list(col.type)
+        or pa.types.is_fixed_size_list(col.type)
+    ):
+        lengths = np.asarray(pc.list_value_length(col).to_numpy(zero_copy_only=False))
+        if lengths.size and (
+            lengths.min() != lengths.max() or np.isnan(lengths.astype(float)).any()
+        ):
+            raise UserError(f"{what} has rows of different lengths")
+        dims.append(int(lengths[0]) if lengths.size else 0)
+        col = col.flatten()
+    values = np.asarray(col.to_numpy(zero_copy_only=False))
+    return values.reshape(n, *dims)
+
+
 def _load_episode(source: _Source, plan: _Plan, ep: _Episode) -> dict[str, np.ndarray]:
     where = f"episode {ep.index} of {source.src}"
     inline = [k for k in plan.cameras if source.features[k].get("dtype") == "image"]
@@ -890,8 +909,9 @@ class _RollingVideo:
 class _Stats:
     """Running min/max/mean/std over frames (per column; per channel for images, in [0, 1])."""
 
-    def __init__(self, image: bool) -> None:
+    def __init__(self, image: bool, shape: list[int] | None = None) -> None:
         self.image = image
+        self.shape = shape or [1]  # a low-dim feature's per-frame shape: its stats have it too
         self.count = 0  # frames
         self.rows = 0  # vectors summed (frames, or pixels for images)
         self.sum: np.ndarray | None = None
@@ -907,7 +927,7 @@ class _Stats:
         else:
             v = x.reshape(x.shape[0], -1).astype(np.float64)
             self.values.append(v)
-        ep = _stats_of(v, self.image, quantiles=not self.image)
+        ep = _stats_of(v, self.image, quantiles=not self.image, shape=self.shape)
         s, q = v.sum(axis=0), (v * v).sum(axis=0)
         lo, hi = v.min(axis=0), v.max(axis=0)
         if self.sum is None or self.sq is None or self.min is None or self.max is None:
@@ -925,34 +945,45 @@ class _Stats:
             raise ValueError("no frames were added")
         mean = self.sum / self.rows
         std = np.sqrt(np.maximum(self.sq / self.rows - mean * mean, 0.0))
+        shape = self.shape
         res: dict[str, Any] = {
-            "min": _shaped(self.min, self.image),
-            "max": _shaped(self.max, self.image),
-            "mean": _shaped(mean, self.image),
-            "std": _shaped(std, self.image),
+            "min": _shaped(self.min, self.image, shape),
+            "max": _shaped(self.max, self.image, shape),
+            "mean": _shaped(mean, self.image, shape),
+            "std": _shaped(std, self.image, shape),
             "count": [self.count],
         }
         if self.values:
             every = np.concatenate(self.values)
             for qv in QUANTILES:
-                res[f"q{int(qv * 100):02d}"] = np.quantile(every, qv, axis=0).tolist()
+                q = np.quantile(every, qv, axis=0)
+                res[f"q{int(qv * 100):02d}"] = _shaped(q, False, shape)
         return res
 
 
-def _shaped(v: np.ndarray, image: bool) -> Any:
-    return v.reshape(-1, 1, 1).tolist() if image else v.tolist()
+def _axes(shape: list[int]) -> list[int]:
+    """A low-dim feature's per-frame shape as LeRobot's info.json states it ([1] for a scalar)."""
+    return [int(d) for d in shape] if shape else [1]
 
 
-def _stats_of(v: np.ndarray, image: bool, quantiles: bool) -> dict[str, Any]:
+def _shaped(v: np.ndarray, image: bool, shape: list[int] | None = None) -> Any:
+    if image:
+        return v.reshape(-1, 1, 1).tolist()
+    return v.reshape(shape).tolist() if shape and len(shape) > 1 else v.tolist()
+
+
+def _stats_of(
+    v: np.ndarray, image: bool, quantiles: bool, shape: list[int] | None = None
+) -> dict[str, Any]:
     out = {
-        "min": _shaped(v.min(axis=0), image),
-        "max": _shaped(v.max(axis=0), image),
-        "mean": _shaped(v.mean(axis=0), image),
-        "std": _shaped(v.std(axis=0), image),
+        "min": _shaped(v.min(axis=0), image, shape),
+        "max": _shaped(v.max(axis=0), image, shape),
+        "mean": _shaped(v.mean(axis=0), image, shape),
+        "std": _shaped(v.std(axis=0), image, shape),
     }
     if quantiles:
         for qv in QUANTILES:
-            out[f"q{int(qv * 100):02d}"] = np.quantile(v, qv, axis=0).tolist()
+            out[f"q{int(qv * 100):02d}"] = _shaped(np.quantile(v, qv, axis=0), False, shape)
     return out
 
 
@@ -1041,10 +1072,11 @@ def _frame_table(
         flat = x.reshape(n, -1)
         if flat.shape[1] == 1:
             cols[f.name] = pa.array(flat[:, 0])
-        else:
-            cols[f.name] = pa.FixedSizeListArray.from_arrays(
-                pa.array(flat.reshape(-1)), flat.shape[1]
-            )
+        else:  # a list per frame; a multi-axis feature nests them, as LeRobot stores it
+            column = pa.array(flat.reshape(-1))
+            for size in reversed(_axes(f.shape)):
+                column = pa.FixedSizeListArray.from_arrays(column, size)
+            cols[f.name] = column
     frames = np.arange(n, dtype=np.int64)
     cols["timestamp"] = pa.array((frames / fps).astype(np.float32))
     cols["frame_index"] = pa.array(frames)
@@ -1163,7 +1195,8 @@ def _write_dataset(
         if f.kind == "image" and video
     }
     stats_keys = [f.name for f in feats] + list(FRAME_COLUMNS)
-    stats = {k: _Stats(image=k.startswith(IMAGE_PREFIX)) for k in stats_keys}
+    shapes = {f.name: _axes(f.shape) for f in feats}
+    stats = {k: _Stats(k.startswith(IMAGE_PREFIX), shapes.get(k, [1])) for k in stats_keys}
     episodes: list[dict[str, Any]] = []
     start = 0
     try:
@@ -1238,7 +1271,7 @@ def _write_info(
         names = _names_of(s.attrs.get(f"{f.key}_semantics"), width)
         features[f.name] = {
             "dtype": "bool" if f.dtype == "bool" else f.dtype,
-            "shape": [width],
+            "shape": _axes(f.shape),
             "names": names,
         }
     for k, dt in zip(FRAME_COLUMNS, ("float32", "int64", "int64", "int64", "int64"), strict=True):
