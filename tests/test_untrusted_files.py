@@ -224,23 +224,27 @@ def test_hdf5_attributes_are_json_only(tmp_path, marker):
     refused(out, marker, "env_args", "not JSON")
 
 
-def test_zarr_arrays_with_a_pickle_codec_are_refused(tmp_path, marker):
-    src = tmp_path / "pusht.zarr"
-    make_pusht(src)
-    arr = src / "data" / "evil"
+def plant_pickle_array(arr: Path, n: int, marker: Path) -> None:
+    """A zarr v2 object array of ``n`` Payloads with a pickle codec at ``arr``."""
     arr.mkdir()
     (arr / ".zarray").write_text(
         json.dumps(
             {
-                "zarr_format": 2, "shape": [12], "chunks": [12], "dtype": "|O",
+                "zarr_format": 2, "shape": [n], "chunks": [n], "dtype": "|O",
                 "compressor": None, "fill_value": None, "order": "C",
                 "filters": [{"id": "pickle", "protocol": 5}],
             }
         )
     )  # fmt: skip
-    obj = np.empty(12, dtype=object)
-    obj[:] = [Payload(marker)] * 12
+    obj = np.empty(n, dtype=object)
+    obj[:] = [Payload(marker)] * n
     (arr / "0").write_bytes(pickle.dumps(obj))
+
+
+def test_zarr_arrays_with_a_pickle_codec_are_refused(tmp_path, marker):
+    src = tmp_path / "pusht.zarr"
+    make_pusht(src)
+    plant_pickle_array(src / "data" / "evil", 12, marker)
     # zarr never unpickles: the array is unreadable, left out of a default import ...
     out = robo_s2("import", f"src={src}", f"out={tmp_path / 'o.zarr'}", cwd=tmp_path)
     assert out.returncode == 0 and not marker.exists(), out.stderr
@@ -283,19 +287,6 @@ def test_a_store_array_with_a_pickle_codec_is_one_line(tmp_path, marker):
             {"image": np.zeros((4, 32, 32, 3), np.uint8), "action": np.zeros((4, 2), np.float32)}
         )
     store.close()
-    arr = tmp_path / "s.zarr" / "data" / "evil"
-    arr.mkdir()
-    (arr / ".zarray").write_text(
-        json.dumps(
-            {
-                "zarr_format": 2, "shape": [8], "chunks": [8], "dtype": "|O",
-                "compressor": None, "fill_value": None, "order": "C",
-                "filters": [{"id": "pickle", "protocol": 5}],
-            }
-        )
-    )  # fmt: skip
-    obj = np.empty(8, dtype=object)
-    obj[:] = [Payload(marker)] * 8
-    (arr / "0").write_bytes(pickle.dumps(obj))
+    plant_pickle_array(tmp_path / "s.zarr" / "data" / "evil", 8, marker)
     out = robo_s2("train", f"data.store={tmp_path / 's.zarr'}", "encoder=oracle", cwd=tmp_path)
     refused(out, marker, "data/evil cannot be opened", "never unpickles")
