@@ -179,3 +179,20 @@ def test_quickstart_runs_its_shipped_config(work):
 def test_every_command_has_a_front_door_case():
     assert set(CASES) == set(COMMANDS), sorted(set(COMMANDS) ^ set(CASES))
     assert all(callable(globals().get(name)) for name in CASES.values())
+
+
+def test_ci_runs_the_readmes_test_command_step_by_step():
+    """CI runs the README's test command one step per line (``set -e`` skips a failing step inside
+    an ``a && b`` list: a failed install once ran on to "mypy: command not found"), and nothing
+    in CI's copy of it may drift from what the README tells a new user."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text().splitlines()
+    commands = [line.strip() for line in readme[:20] if line.startswith("    python3 -m venv")]
+    assert len(commands) == 2 and commands[1].endswith("&& pytest"), commands
+    steps = commands[1].split(" && ")
+    ci = [line.split("#")[0].strip() for line in (root / ".ci" / "run").read_text().splitlines()]
+    ci = [line for line in ci if line]
+    start = ci.index(steps[0])
+    assert ci[start : start + len(steps)] == steps
+    assert not any(" && " in line for line in ci), "a step inside an && list escapes set -e"
+    assert "set -euo pipefail" in ci
