@@ -73,8 +73,19 @@ OUR_FEATURE = {
     "proprio": "observation.state",
     "action": "action",
     "state": "observation.environment_state",
+    "reward": "next.reward",
+    "done": "next.done",
 }
+# the keys an import takes by default (the others by keys=all or a list / mapping)
+DEFAULT_IMPORT = ("proprio", "action", "state", "reward")
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+# The default codec is lerobot's own (libsvtav1, with its encode_video_frames options): lerobot's
+# dataset tools re-encode edited episodes to it, and merge_datasets concatenates video files
+# without re-encoding, so an h264 export merged with an edited copy left 102 of 231 frames
+# undecodable, an AV1 one none (docs/interop/lerobot_verify, check (c)).
+DEFAULT_CODEC = "libsvtav1"
+DEFAULT_CRF = {"libsvtav1": 30, "libx264": 18, "h264": 18, "libx265": 28, "hevc": 28}
+CODEC_OPTIONS = {"libsvtav1": {"g": "2", "preset": "12"}}
 
 
 def _pa() -> tuple[Any, Any]:
@@ -532,22 +543,29 @@ def _chosen_cameras(source: _Source, cameras: Sequence[str] | None) -> list[str]
     return chosen
 
 
-def _extra_features(source: _Source, keys: Any) -> set[str] | None:
-    """The features ``keys`` asks for besides the defaults (None = all of them)."""
+def _extra_features(source: _Source, keys: Any) -> dict[str, str | None] | None:
+    """The features ``keys`` asks for besides the defaults, each with the store key it names (None:
+    the conventional one, else its own name); None = all of them under those names."""
     if keys is None or keys == "auto":
-        return set()
+        return {}
     if keys == "all":
         return None
-    if isinstance(keys, list | tuple):
-        extra = {str(k) for k in keys}
-        unknown = sorted(extra - set(source.features))
-        if unknown:
-            raise UserError(
-                f"keys: {unknown} are not features of {source.src} (its features: "
-                f"{sorted(source.features)})"
-            )
-        return extra
-    raise UserError(f"keys={keys!r}: give null, all, or a list of feature names to take as well")
+    if isinstance(keys, Mapping):
+        extra: dict[str, str | None] = {str(k): str(v) for k, v in keys.items()}
+    elif isinstance(keys, list | tuple):
+        extra = {str(k): None for k in keys}
+    else:
+        raise UserError(
+            f"keys={keys!r}: give null, all, a list of feature names to take as well, or a "
+            "mapping that renames them, e.g. keys={next.reward: reward}"
+        )
+    unknown = sorted(set(extra) - set(source.features))
+    if unknown:
+        raise UserError(
+            f"keys: {unknown} are not features of {source.src} (its features: "
+            f"{sorted(source.features)})"
+        )
+    return extra
 
 
 def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
@@ -573,7 +591,7 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
         f"{k} (a camera: list it in cameras=)" for k in cams_all if k not in plan.cameras
     ]
     extra = _extra_features(source, keys)
-    defaults = {v: k for k, v in OUR_FEATURE.items()}
+    conventional = {v: k for k, v in OUR_FEATURE.items()}
     for key, ft in feats.items():
         if key in FRAME_COLUMNS or ft.get("dtype") in ("image", "video"):
             continue
@@ -589,9 +607,10 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
                 list(shape) if isinstance(shape, list) else None,
             )
             continue
-        ours_key = defaults.get(key)
-        if ours_key is None and (extra is None or key in extra):
-            ours_key = key
+        ours_key = conventional.get(key) if conventional.get(key) in DEFAULT_IMPORT else None
+        if extra is None or key in extra:
+            named = extra.get(key) if extra is not None else None
+            ours_key = named or ours_key or conventional.get(key) or key
         if ours_key is None:
             plan.not_taken.append(key)
             continue
@@ -607,8 +626,14 @@ def _plan(source: _Source, cameras: Sequence[str] | None, keys: Any) -> _Plan:
             plan.changed.append(f"{key} {src_dtype} -> {dtype}")
         # a multi-axis extra keeps its per-frame shape; proprio, action and state are vectors
         shape = list(source.shape(key)) if ours_key not in ("proprio", "action", "state") else []
+        if shape == [1] and OUR_FEATURE.get(ours_key) == key:  # next.reward: one number per step
+            plan.lowdim[key] = (ours_key, dtype, [])
+            continue
         plan.lowdim[key] = (ours_key, dtype, shape if len(shape) > 1 else None)
-    if "action" not in {v[0] for v in plan.lowdim.values()}:
+    taken = [v[0] for v in plan.lowdim.values()]
+    if len(set(taken)) != len(taken):
+        raise UserError(f"keys={keys} gives two features the same store key ({sorted(taken)})")
+    if "action" not in taken:
         raise UserError(
             f"{source.src} has no action feature (features: {sorted(feats)}); robo-s2 demos need actions"
         )
@@ -630,7 +655,9 @@ def import_lerobot(
 
     ``cameras`` picks and orders the cameras (``front`` or ``observation.images.front``; the first
     becomes ``image``; ``None``: all, in the dataset's order). ``keys`` takes more features under
-    their own names: ``all``, or a list (``[next.reward]``). ``env_id`` names the foreign env.
+    their own names (``next.reward`` as ``reward``, ``next.done`` as ``done``): ``all``, a list
+    (``[next.done]``), or a mapping that renames (``{next.reward: rew}``). ``env_id`` names the
+    foreign env.
     """
     src_path = Path(src).expanduser().resolve()
     try:
@@ -850,14 +877,18 @@ class _RollingVideo:
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
-        options = (
-            {"crf": str(self.crf)}
-            if self.codec in ("libx264", "h264", "libx265", "hevc", "libsvtav1")
-            else {}
-        )
+        options = dict(CODEC_OPTIONS.get(self.codec, {}))
+        if self.codec in DEFAULT_CRF:
+            options["crf"] = str(self.crf)
         self.stream = self.container.add_stream(self.codec, rate=self.fps, options=options)
         self.stream.width, self.stream.height = width, height
-        self.stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+        even = height % 2 == 0 and width % 2 == 0
+        if not even and self.codec == "libsvtav1":  # AV1 here takes 4:2:0 only
+            raise UserError(
+                f"{self.key}: {height}x{width} frames have an odd side, which libsvtav1 cannot "
+                "encode; pass codec=libx264 (4:4:4) or video=false (PNG)"
+            )
+        self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
         if self.codec == "mpeg4":
             self.stream.bit_rate = 8_000_000
         self.n_frames = 0
@@ -907,7 +938,10 @@ class _RollingVideo:
 
 
 class _Stats:
-    """Running min/max/mean/std over frames (per column; per channel for images, in [0, 1])."""
+    """Per-episode min/max/mean/std/quantiles (per column; per channel for images, in [0, 1]) and
+    their dataset-wide aggregate, both as lerobot computes them: integer and bool columns keep
+    their type in min/max, and the dataset's quantiles are the episodes' weighted by frame count
+    (``aggregate_feature_stats``)."""
 
     def __init__(self, image: bool, shape: list[int] | None = None) -> None:
         self.image = image
@@ -918,26 +952,33 @@ class _Stats:
         self.sq: np.ndarray | None = None
         self.min: np.ndarray | None = None
         self.max: np.ndarray | None = None
-        self.values: list[np.ndarray] = []  # low-dim only, for the quantiles
+        self.quantiles: dict[str, np.ndarray] = {}  # frame-weighted sums of episode quantiles
 
     def update(self, x: np.ndarray) -> dict[str, Any]:
         """Add an episode's frames; that episode's own stats (as lists for the episode table)."""
+        raw = x.reshape(-1, x.shape[-1]) if self.image else x.reshape(x.shape[0], -1)
+        v = raw.astype(np.float64) / 255.0 if self.image else raw.astype(np.float64)
+        lo, hi = raw.min(axis=0), raw.max(axis=0)
         if self.image:
-            v = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
-        else:
-            v = x.reshape(x.shape[0], -1).astype(np.float64)
-            self.values.append(v)
-        ep = _stats_of(v, self.image, quantiles=not self.image, shape=self.shape)
+            lo, hi = lo / 255.0, hi / 255.0
+        qs = {f"q{int(qv * 100):02d}": np.quantile(v, qv, axis=0) for qv in QUANTILES}
         s, q = v.sum(axis=0), (v * v).sum(axis=0)
-        lo, hi = v.min(axis=0), v.max(axis=0)
         if self.sum is None or self.sq is None or self.min is None or self.max is None:
             self.sum, self.sq, self.min, self.max = s, q, lo, hi
         else:
             self.sum, self.sq = self.sum + s, self.sq + q
             self.min, self.max = np.minimum(self.min, lo), np.maximum(self.max, hi)
-        self.count += int(x.shape[0])
+        n = int(x.shape[0])
+        for k, value in qs.items():
+            self.quantiles[k] = self.quantiles.get(k, 0.0) + value * n
+        self.count += n
         self.rows += int(v.shape[0])
-        ep["count"] = [int(x.shape[0])]
+        ep = {
+            "min": self._shaped(lo), "max": self._shaped(hi),
+            "mean": self._shaped(v.mean(axis=0)), "std": self._shaped(v.std(axis=0)),
+        }  # fmt: skip
+        ep.update({k: self._shaped(value) for k, value in qs.items()})
+        ep["count"] = [n]
         return ep
 
     def result(self) -> dict[str, Any]:
@@ -945,46 +986,23 @@ class _Stats:
             raise ValueError("no frames were added")
         mean = self.sum / self.rows
         std = np.sqrt(np.maximum(self.sq / self.rows - mean * mean, 0.0))
-        shape = self.shape
         res: dict[str, Any] = {
-            "min": _shaped(self.min, self.image, shape),
-            "max": _shaped(self.max, self.image, shape),
-            "mean": _shaped(mean, self.image, shape),
-            "std": _shaped(std, self.image, shape),
+            "min": self._shaped(self.min), "max": self._shaped(self.max),
+            "mean": self._shaped(mean), "std": self._shaped(std),
             "count": [self.count],
-        }
-        if self.values:
-            every = np.concatenate(self.values)
-            for qv in QUANTILES:
-                q = np.quantile(every, qv, axis=0)
-                res[f"q{int(qv * 100):02d}"] = _shaped(q, False, shape)
+        }  # fmt: skip
+        res.update({k: self._shaped(total / self.count) for k, total in self.quantiles.items()})
         return res
+
+    def _shaped(self, v: np.ndarray) -> Any:
+        if self.image:
+            return v.reshape(-1, 1, 1).tolist()
+        return v.reshape(self.shape).tolist() if len(self.shape) > 1 else v.tolist()
 
 
 def _axes(shape: list[int]) -> list[int]:
     """A low-dim feature's per-frame shape as LeRobot's info.json states it ([1] for a scalar)."""
     return [int(d) for d in shape] if shape else [1]
-
-
-def _shaped(v: np.ndarray, image: bool, shape: list[int] | None = None) -> Any:
-    if image:
-        return v.reshape(-1, 1, 1).tolist()
-    return v.reshape(shape).tolist() if shape and len(shape) > 1 else v.tolist()
-
-
-def _stats_of(
-    v: np.ndarray, image: bool, quantiles: bool, shape: list[int] | None = None
-) -> dict[str, Any]:
-    out = {
-        "min": _shaped(v.min(axis=0), image, shape),
-        "max": _shaped(v.max(axis=0), image, shape),
-        "mean": _shaped(v.mean(axis=0), image, shape),
-        "std": _shaped(v.std(axis=0), image, shape),
-    }
-    if quantiles:
-        for qv in QUANTILES:
-            out[f"q{int(qv * 100):02d}"] = _shaped(np.quantile(v, qv, axis=0), False, shape)
-    return out
 
 
 @dataclass
@@ -994,6 +1012,15 @@ class _Feature:
     kind: str  # "video", "image" or "lowdim"
     dtype: str  # ours
     shape: list[int]  # ours, per step
+    synthetic: bool = False  # written for LeRobot's readers, not a key of the store
+
+
+def _episode_done(n: int) -> np.ndarray:
+    """``next.done`` for a store without a ``done`` array: true on each episode's last frame, as
+    lerobot's own sim datasets mark it."""
+    done = np.zeros(n, dtype=bool)
+    done[-1] = True
+    return done
 
 
 def _export_features(s: Any) -> list[_Feature]:
@@ -1012,6 +1039,8 @@ def _export_features(s: Any) -> list[_Feature]:
         feats.append(_Feature(key, name, kind, str(np.dtype(arr.dtype)), shape))
     if not any(f.key == "action" for f in feats):
         raise UserError(f"{s.path} has no action array; a LeRobotDataset needs one")
+    if "done" not in s.keys() and OUR_FEATURE["done"] not in taken:
+        feats.append(_Feature("done", OUR_FEATURE["done"], "lowdim", "bool", [], synthetic=True))
     return feats
 
 
@@ -1125,8 +1154,8 @@ def export_lerobot(
     out: str | os.PathLike,
     *,
     video: bool = True,
-    codec: str = "libx264",
-    crf: int = 18,
+    codec: str = DEFAULT_CODEC,
+    crf: int | None = None,
     fps: float | None = None,
     task: str | None = None,
     overwrite: bool = False,
@@ -1134,8 +1163,9 @@ def export_lerobot(
 ) -> ExportResult:
     """Write the store as a LeRobotDataset v3.0 directory at ``out``.
 
-    Cameras become mp4 videos (``codec``, ``crf``) or, with ``video=False``, lossless PNG ``image``
-    features inside the data parquet. ``fps`` defaults to the store's ``control_hz``; ``task`` (one
+    Cameras become mp4 videos (``codec``, ``crf``: None = the codec's default, 30 for libsvtav1
+    and 18 for libx264) or, with ``video=False``, lossless PNG ``image`` features inside the data
+    parquet. ``fps`` defaults to the store's ``control_hz``; ``task`` (one
     task for every episode) to the store's ``episode_tasks`` / ``task`` attributes.
     """
     from robo_s2.data.store import DemoStore
@@ -1153,8 +1183,10 @@ def export_lerobot(
 
         if codec not in av.codecs_available:
             raise UserError(
-                f"codec={codec!r} is not available in this PyAV build; use libx264 or mpeg4"
+                f"codec={codec!r} is not available in this PyAV build; use libsvtav1, libx264 "
+                "or mpeg4"
             )
+    crf = DEFAULT_CRF.get(codec, 0) if crf is None else int(crf)
     check_export_target(out, overwrite)
     result = ExportResult(
         store=str(s.path), out=str(out), format="lerobot", total_episodes=s.n_episodes,
@@ -1174,7 +1206,8 @@ def export_lerobot(
     result.notes.append(f"{n_tasks} task(s), e.g. {ep_tasks[0][0]!r}{named}")
     if video and any(f.kind == "image" for f in feats):
         result.notes.append(
-            f"cameras as {codec} mp4 (crf {crf}): lossy; video=false keeps them exact as PNG"
+            f"cameras as {codec} mp4{f' (crf {crf})' if codec in DEFAULT_CRF else ''}: lossy; "
+            "video=false keeps them exact as PNG"
         )
     result.bytes = path_size(out)
     result.seconds = time.perf_counter() - start_time
@@ -1203,6 +1236,8 @@ def _write_dataset(
         for i in range(s.n_episodes):
             ep = s.episode(i)
             n = int(next(iter(ep.values())).shape[0])
+            if any(f.synthetic for f in feats):
+                ep = {**ep, "done": _episode_done(n)}
             table = _frame_table(feats, ep, video, start, i, fps, task_ids[ep_tasks[i][0]])
             chunk, file = data.write(table)
             row: dict[str, Any] = {
@@ -1294,7 +1329,11 @@ def _write_info(
     }
     (root / INFO_PATH).write_text(json.dumps(info, indent=4))
     ours = {
-        "features": {f.name: {"key": f.key, "dtype": f.dtype, "shape": f.shape} for f in feats},
+        "features": {
+            f.name: {"key": f.key, "dtype": f.dtype, "shape": f.shape}
+            for f in feats
+            if not f.synthetic
+        },
         "attrs": {k: v for k, v in s.attrs.items() if k not in BOOKKEEPING_ATTRS},
         "store": str(s.path),
     }
@@ -1316,7 +1355,7 @@ def export_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "video": bool(cfg["video"]),
         "codec": str(cfg["codec"]),
-        "crf": int(cfg["crf"]),
+        "crf": None if cfg["crf"] is None else int(cfg["crf"]),
         "fps": None if cfg["fps"] is None else float(cfg["fps"]),
         "task": None if cfg["task"] is None else str(cfg["task"]),
         "overwrite": bool(cfg["overwrite"]),
