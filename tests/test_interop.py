@@ -737,16 +737,58 @@ def test_robomimic_extra_keys_all_takes_every_dataset(tmp_path):
     ]
     store = DemoStore.open(tmp_path / "s.zarr")
     keys = store.keys()
-    assert {"image_robot0_eye_in_hand", "obs_object", "rewards", "dones"} <= set(keys)
+    assert {"image_robot0_eye_in_hand", "obs_object", "reward", "done"} <= set(keys)
     assert "next_obs_object" in keys
     first = store.attrs["robomimic"]["demos"][0]
     ep = store.episode(0)
     np.testing.assert_allclose(ep["obs_object"], written[first]["obs/object"], rtol=1e-6)
-    np.testing.assert_array_equal(ep["rewards"][:, 0], written[first]["rewards"])
+    np.testing.assert_array_equal(ep["reward"], written[first]["rewards"])  # (N,), as collected
+    np.testing.assert_array_equal(ep["done"], written[first]["dones"])
+    assert ep["done"].dtype == np.int64 and not any("dones" in c for c in res.changed)
     np.testing.assert_array_equal(
         ep["image_robot0_eye_in_hand"], written[first]["obs/robot0_eye_in_hand_image"]
     )
-    assert "dones int64 -> float32" in res.changed
+
+
+def test_robomimic_extra_keys_all_round_trips_every_dataset(tmp_path):
+    """Imported with extra_keys=all and exported again, every dataset of every demo is back at
+    its own path with its values: obs, next_obs (the recorded ones, not obs shifted), rewards,
+    dones, states (it was obs/obs_object, obs/rewards, and zeros for the rewards)."""
+    import h5py
+
+    src = tmp_path / "r.hdf5"
+    make_robomimic(src)
+    with h5py.File(src, "r") as f:  # a last next_obs row a shift of obs could not rebuild
+        written = {
+            name: {path: ds[()] for path, ds in _h5_datasets(f["data"][name]).items()}
+            for name in f["data"]
+        }
+    with h5py.File(src, "a") as f:
+        for name in f["data"]:
+            f["data"][name]["next_obs/object"][-1] = -7.0
+            written[name]["next_obs/object"][-1] = -7.0
+    import_robomimic(src, tmp_path / "s.zarr", extra_keys="all")
+    export_robomimic(tmp_path / "s.zarr", tmp_path / "back.hdf5")
+    with h5py.File(tmp_path / "back.hdf5", "r") as f:
+        assert sorted(f["data"]) == sorted(written)
+        for name, arrays in written.items():
+            back = _h5_datasets(f["data"][name])
+            assert sorted(back) == sorted(arrays), name
+            for path, x in arrays.items():
+                np.testing.assert_allclose(back[path], x, rtol=1e-6, err_msg=f"{name}/{path}")
+            assert back["dones"].dtype == np.int64
+
+
+def _h5_datasets(group, prefix=""):
+    import h5py
+
+    out = {}
+    for key, node in group.items():
+        if isinstance(node, h5py.Group):
+            out.update(_h5_datasets(node, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = node
+    return out
 
 
 def test_every_format_is_one_registry_entry_the_commands_dispatch_through():

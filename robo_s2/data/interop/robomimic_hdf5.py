@@ -17,18 +17,21 @@ the demo names in order, the filter masks as episode indices and which proprio c
 key (``attrs["robomimic"]``). ``next_obs``, per-demo ``model_file`` XML and the rewards/dones (unless
 ``extra_keys`` asks for them) are not imported; the result lists every dataset left out and every
 dtype change (``ImportResult.not_taken`` / ``changed``). ``extra_keys=all`` takes every dataset of
-the demos: the other cameras as ``image_<camera>``, the other datasets under their path with ``/``
-as ``_`` (``obs/object`` -> ``obs_object``, ``next_obs/object`` -> ``next_obs_object``), keeping their
-per-step shape; only ``next_obs`` images stay out (the next frame is the next step's ``obs`` image,
-and export rebuilds ``next_obs`` from it).
+the demos: the other cameras as ``image_<camera>``, ``rewards`` / ``dones`` as ``reward`` / ``done``
+(the keys ``robo-s2 collect`` writes), the other datasets under their path with ``/`` as ``_``
+(``obs/object`` -> ``obs_object``, ``next_obs/object`` -> ``next_obs_object``), keeping their
+per-step shape (and integer dtypes); only ``next_obs`` images stay out (the next frame is the next
+step's ``obs`` image, and export rebuilds ``next_obs`` from it).
 
 Export writes a file that robomimic's ``SequenceDataset`` reads: obs key ``proprio`` (or the original
 keys, split back, for a store imported from robomimic), ``image`` as ``agentview_image``,
-``image_<camera>`` as ``<camera>_image``, ``state`` as ``states``, ``next_obs`` (each obs shifted by
-one step, the last repeated) and ``rewards``/``dones`` (the store's ``reward``/``done`` if present,
-else zeros, with ``dones`` 1 at the last step). A root-level dataset ``robo_s2_meta`` (ignored by
-robomimic) keeps the store's attributes and the key layout, so importing the file back (with the
-``auto`` defaults) restores the store exactly.
+``image_<camera>`` as ``<camera>_image``, ``state`` as ``states``, every key imported from a
+robomimic dataset back at the path it came from (``attrs["robomimic"]["extra_keys"]``), ``next_obs``
+(the recorded ones where the store holds them, else each obs shifted by one step, the last
+repeated) and ``rewards``/``dones`` (the store's ``reward``/``done`` if present, else zeros, with
+``dones`` 1 at the last step). A root-level dataset ``robo_s2_meta`` (ignored by robomimic) keeps
+the store's attributes and the key layout, so importing the file back (with the ``auto`` defaults)
+restores the store exactly; ``extra_keys=all`` then export gives every dataset back at its path.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ from robo_s2.errors import UserError
 
 AUTO = "auto"
 ALL = "all"  # extra_keys=all: every dataset of the demos
+# per-demo datasets with a conventional store key (the others: their path with / as _)
+CONVENTIONAL = {"rewards": "reward", "dones": "done"}
 ROBOSUITE_IMAGE_KEY = "agentview_image"
 ROBOSUITE_PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 META_DATASET = "robo_s2_meta"  # root-level JSON written by export (robomimic never reads it)
@@ -453,7 +458,7 @@ def _take_all(
         if path.startswith("obs/") and _is_frames(ds):
             images.append(path[len("obs/") :])
         elif not _is_frames(ds):
-            extras[path] = path.replace("/", "_")
+            extras[path] = CONVENTIONAL.get(path, path.replace("/", "_"))
     return images, extras
 
 
@@ -467,7 +472,11 @@ def _what_changes(demo: Any, keys: _DemoKeys) -> tuple[list[str], list[str]]:
     ]
     not_taken += [f"data/<demo>.attrs[{a}]" for a in sorted(demo.attrs) if a != "num_samples"]
     lowdim = [keys.action_key, *(f"obs/{k}" for k in keys.proprio), *keys.extras]
-    changed = [dtype_change(p, datasets[p].dtype, np.float32) for p in lowdim if p in datasets]
+    changed = [
+        dtype_change(p, datasets[p].dtype, np.float32)
+        for p in lowdim
+        if p in datasets and not (p in keys.extras and datasets[p].dtype.kind in "biu")
+    ]
     changed += [
         dtype_change(f"obs/{k}", datasets[f"obs/{k}"].dtype, np.uint8)
         for k in keys.image_keys.values()
@@ -680,7 +689,12 @@ def _read_demo(
     for path, ours in keys.extras.items():
         if path not in g:
             raise _missing(g, path, where, "extra_keys")
-        ep[ours] = as_lowdim(_read(g[path], where), f"{where}: {path}", flatten=False)
+        raw = _read(g[path], where)
+        if raw.dtype.kind in "biu" and raw.ndim >= 1:  # dones, counters: kept as they are
+            ep[ours] = np.asarray(raw)
+        else:
+            x = as_lowdim(raw, f"{where}: {path}", flatten=False)
+            ep[ours] = x.reshape(len(x)) if raw.ndim == 1 else x  # rewards (N,) stay (N,)
         lengths[path] = len(ep[ours])
     return ep, parts, lengths
 
@@ -723,10 +737,13 @@ def _export_layout(
             proprio = [[proprio_key, 0, width, [width]]]
     extra: dict[str, str] = {}
     taken = {*images, "proprio", "action", "state"}
+    # a key imported from robomimic goes back to the dataset path it came from
+    came_from = {str(ours): str(path) for path, ours in mapping_of(rm.get("extra_keys")).items()}
+    conventional = {ours: path for path, ours in CONVENTIONAL.items()}
     for key in keys:
         if key in taken:
             continue
-        extra[{"reward": "rewards", "done": "dones"}.get(key, f"obs/{key}")] = key
+        extra[came_from.get(key) or conventional.get(key) or f"obs/{key}"] = key
     names = [*images.values(), *(p[0] for p in proprio), *(p[4:] for p in extra if p[:4] == "obs/")]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -941,12 +958,18 @@ def _write_demo(
         obs[key] = ep[ours]
     for key, a, b, shape in proprio:
         obs[key] = ep["proprio"][:, a:b].reshape(n, *shape)
+    recorded_next: dict[str, np.ndarray] = {}  # next_obs the store holds (imported with it)
     for path, ours in extra.items():
         if path.startswith("obs/"):
             obs[path[4:]] = ep[ours]
+        elif path.startswith("next_obs/"):
+            recorded_next[path[len("next_obs/") :]] = ep[ours]
+        elif path not in CONVENTIONAL:
+            g.create_dataset(path, data=ep[ours])
     groups = [("obs", obs)]
-    if next_obs:
-        groups.append(("next_obs", {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}))
+    if next_obs:  # the recorded next_obs where there is one, else each obs shifted by a step
+        shifted = {k: np.concatenate([v[1:], v[-1:]]) for k, v in obs.items()}
+        groups.append(("next_obs", {**shifted, **recorded_next}))
     for group_name, arrays in groups:
         group = g.create_group(group_name)
         for key, x in arrays.items():
