@@ -477,6 +477,26 @@ def test_pusht_import_with_the_default_mapping(tmp_path, as_zip):
     assert is_foreign(store)
 
 
+def test_dp_root_attributes_survive_import_and_export(tmp_path):
+    """A diffusion_policy store's own root attributes were dropped on import (issue 33 item 5)."""
+    import zarr
+
+    make_pusht(tmp_path / "p.zarr")
+    theirs = {"task": "pusht", "fps": 10, "notes": {"operator": "a", "takes": [1, 2]}}
+    zarr.open_group(str(tmp_path / "p.zarr"), mode="a").attrs.update(theirs)
+    import_dp(tmp_path / "p.zarr", tmp_path / "s.zarr")
+    store = DemoStore.open(tmp_path / "s.zarr")
+    assert store.attrs["diffusion_policy"]["root_attrs"] == theirs
+    res = export_dp(tmp_path / "s.zarr", tmp_path / "back.zarr")
+    back = dict(zarr.open_group(str(tmp_path / "back.zarr"), mode="r").attrs)
+    assert {k: back[k] for k in theirs} == theirs and not any("root attr" in n for n in res.notes)
+    # a name both use keeps robo_s2's value at the root, and says so
+    zarr.open_group(str(tmp_path / "p.zarr"), mode="a").attrs["env"] = "pusht-v0"
+    import_dp(tmp_path / "p.zarr", tmp_path / "s2.zarr")
+    res = export_dp(tmp_path / "s2.zarr", tmp_path / "back2.zarr")
+    assert any("root attributes ['env'] hold robo_s2's values" in n for n in res.notes)
+
+
 def test_dp_import_with_a_custom_mapping(tmp_path):
     arrays = make_pusht(tmp_path / "p.zarr")
     keys = {"img": "image", "keypoint": "proprio", "state": "proprio[2:5]", "action": "action"}

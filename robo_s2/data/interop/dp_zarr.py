@@ -59,6 +59,7 @@ from robo_s2.data.interop.base import (
     dtype_change,
     finish_error,
     ingest,
+    mapping_of,
     path_size,
 )
 from robo_s2.data.store import PENDING as PENDING_ATTR
@@ -449,6 +450,8 @@ def _import_attrs(
             "keys": mapping,
             "unmapped": [k for k in names_in_store if k not in mapped],
             "n_episodes": int(source.ends.size),
+            # the source's own root attributes (JSON already): export writes them back
+            "root_attrs": {} if from_robo_s2 else src_attrs,
         },
     }
     if from_robo_s2:
@@ -569,7 +572,16 @@ def export_dp(
     tmp_zip = out.parent / f".{out.name}.tmpzip-{tag}"
     try:
         root = zarr.open_group(str(tmp_dir), mode="w-", zarr_format=2)
-        root.attrs.put({**s.attrs, "robo_s2_export": {"from": str(s.path), "keys": names}})
+        came_with = mapping_of(mapping_of(s.attrs.get("diffusion_policy")).get("root_attrs"))
+        shadowed = sorted(set(came_with) & set(s.attrs))
+        if shadowed:
+            result.notes.append(
+                f"root attributes {shadowed} hold robo_s2's values; the source's own are kept "
+                "under diffusion_policy.root_attrs"
+            )
+        root.attrs.put(
+            {**came_with, **s.attrs, "robo_s2_export": {"from": str(s.path), "keys": names}}
+        )
         dst = _create_data_arrays(root, s, names)
         ends = s.episode_ends
         _copy_episodes(s, dst, ends, result, on_episode)
