@@ -192,6 +192,22 @@ def test_export_with_libx264_when_asked(exported, tmp_path):
         assert psnr(back.array(key)[:], store.array(key)[:]) > 30
 
 
+def test_tasks_come_from_the_frames_when_the_episode_list_has_none(exported, tmp_path):
+    """lerobot's convert_image_to_video_dataset rewrites meta/episodes without a tasks column;
+    the tasks are still in each frame's task_index (they imported as empty, issue 33 item 5)."""
+    import shutil
+
+    root, store, _ = exported
+    shutil.copytree(root / "png", tmp_path / "lr")
+    path = tmp_path / "lr/meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(["tasks"]), path)
+    (tmp_path / "lr/meta/robo_s2.json").unlink()  # a dataset of theirs, not our export
+    import_lerobot(tmp_path / "lr", tmp_path / "back.zarr")
+    back = DemoStore.open(tmp_path / "back.zarr")
+    assert back.attrs["episode_tasks"] == store.attrs["episode_tasks"]
+
+
 def test_episodes_parquet_schema_is_lerobots(exported):
     """Column for column and type for type, our episodes parquet is what lerobot 0.4.4's own
     writer made for the same features (docs/interop/lerobot_verify/episodes_schema.py on a

@@ -196,6 +196,7 @@ class _Source:
         meta = src / ROBO_S2_META
         self.robo_s2 = mapping_of(_read_json(meta, "robo_s2 metadata")) if meta.is_file() else {}
         self.chunks_size = int(info.get("chunks_size") or CHUNKS_SIZE)
+        self._task_names: dict[int, str] | None = None
         self.episodes = self._episodes_v3() if self.version == "v3.0" else self._episodes_v2()
         if not self.episodes:
             raise UserError(f"{src} holds no episodes")
@@ -341,10 +342,29 @@ class _Source:
         return episodes
 
     def tasks(self) -> dict[int, str]:
-        if self.version == "v3.0":
-            return self._tasks_v3()
-        rows = _read_jsonl(self.src / "meta/tasks.jsonl")
-        return {int(r["task_index"]): str(r["task"]) for r in rows}
+        if self._task_names is None:
+            if self.version == "v3.0":
+                self._task_names = self._tasks_v3()
+            else:
+                rows = _read_jsonl(self.src / "meta/tasks.jsonl")
+                self._task_names = {int(r["task_index"]): str(r["task"]) for r in rows}
+        return self._task_names
+
+    def frame_tasks(self, rows: Any, where: str) -> list[str]:
+        """An episode's tasks from its frames' ``task_index``, in order of first use: where
+        lerobot's tools that rewrite the episode list without a ``tasks`` column
+        (``convert_image_to_video_dataset``) leave them."""
+        if "task_index" not in rows.column_names:
+            return []
+        names = self.tasks()
+        used = dict.fromkeys(int(i) for i in rows.column("task_index").to_pylist())
+        unknown = sorted(set(used) - set(names))
+        if unknown:
+            raise UserError(
+                f"{where}: task_index {unknown[0]} is not in the dataset's task list; the "
+                "dataset is corrupt"
+            )
+        return [names[i] for i in used]
 
     @property
     def camera_keys(self) -> list[str]:
@@ -805,6 +825,8 @@ def _load_episode(source: _Source, plan: _Plan, ep: _Episode) -> dict[str, np.nd
     where = f"episode {ep.index} of {source.src}"
     inline = [k for k in plan.cameras if source.features[k].get("dtype") == "image"]
     rows = source._episode_table(ep, [*plan.lowdim, *inline])
+    if not ep.tasks:
+        ep.tasks = source.frame_tasks(rows, where)
     out: dict[str, np.ndarray] = {}
     for feature, (key, dtype, shape) in plan.lowdim.items():
         x = source.lowdim(rows, feature, where)
