@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from robo_s2.experiments.runner import (
     Row,
     RowResult,
     RunOutcome,
+    check_env_options,
     git_commit,
     markdown_table,
     pairwise_table,
@@ -227,6 +229,43 @@ def test_bad_experiment_configs_fail_before_any_work(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         run_experiment(exp, tmp_path / "out", workers=0, device="cpu", progress=False)
     assert not (tmp_path / "demos.zarr").exists()  # nothing collected
+
+
+@pytest.mark.parametrize(
+    "where, key, message",
+    [
+        ("env", "cube_sise", "experiment.demos.env has no option 'cube_sise' (did you mean cube_size?)"),
+        ("expert", "noise_sd", "experiment.demos.expert has no option 'noise_sd' (did you mean noise_std?)"),
+        ("env_overrides", "max_steps", "experiment.eval.env_overrides has no option 'max_steps'"),
+    ],
+)  # fmt: skip
+def test_an_option_the_env_or_expert_does_not_take_is_refused_before_any_work(
+    tmp_path, where, key, message
+):
+    """``+experiment.demos.env.<key>`` is open on the command line (every env option may be
+    added there); a key the env would not take is refused here, before demos are collected."""
+    exp = tiny_experiment(tmp_path)
+    node = exp["eval"]["env_overrides"] if where == "env_overrides" else exp["demos"][where]
+    node[key] = 0.02
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_experiment(exp, tmp_path / "out", workers=0, device="cpu", progress=False)
+    assert not (tmp_path / "demos.zarr").exists()
+
+
+def test_every_env_and_expert_option_is_taken(tmp_path):
+    """The other side of the check: each option the env and the expert take passes it."""
+    import inspect
+
+    from envs.expert import ScriptedExpert
+    from envs.registry import env_parameters
+
+    exp = tiny_experiment(tmp_path)
+    exp["demos"]["env"].update(dict.fromkeys(env_parameters(), None))
+    exp["eval"]["env_overrides"].update(dict.fromkeys(env_parameters(), None))
+    exp["demos"]["expert"] = dict.fromkeys(
+        set(inspect.signature(ScriptedExpert.__init__).parameters) - {"self"}
+    )
+    check_env_options(exp)
 
 
 def test_cli_names_the_missing_weights_in_one_line(tmp_path):

@@ -27,6 +27,7 @@ the CPU, threads and software versions.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import os
 import platform
@@ -172,6 +173,42 @@ def parse_rows(rows: Any) -> list[Row]:
     if dupes:
         raise UserError(f"experiment rows need distinct labels; repeated: {', '.join(dupes)}")
     return out
+
+
+def check_env_options(exp: Mapping[str, Any]) -> None:
+    """Refuse an option the env or the expert does not take (``demos.env``, ``demos.expert``,
+    ``eval.env_overrides``: open mappings the command line lets ``+key=value`` add to) before any
+    demo is collected, naming the options there are."""
+    import inspect
+
+    from envs.expert import ScriptedExpert
+    from envs.registry import ENV_ID, env_parameters
+
+    demos = exp["demos"]
+    env = dict(demos.get("env") or {})
+    try:
+        env_options = {"id", *env_parameters(str(env.get("id") or ENV_ID))}
+    except ValueError as e:
+        raise UserError(f"experiment.demos.env: {e}") from None
+    expert_options = set(inspect.signature(ScriptedExpert.__init__).parameters) - {"self"}
+    checks = (
+        ("experiment.demos.env", env, env_options),
+        (
+            "experiment.eval.env_overrides",
+            dict(exp["eval"].get("env_overrides") or {}),
+            env_options,
+        ),
+        ("experiment.demos.expert", dict(demos.get("expert") or {}), expert_options),
+    )
+    for where, given, options in checks:
+        unknown = sorted(set(given) - options)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(options), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(
+                f"{where} has no option {unknown[0]!r}{hint}; its options: "
+                f"{', '.join(sorted(options))}"
+            )
 
 
 def missing_values(node: Any, prefix: str = "") -> list[str]:
@@ -837,6 +874,7 @@ def run_experiment(
     if "demos" not in exp or "store" not in exp["demos"]:
         raise UserError("the experiment needs demos.store (and demos.n_episodes to collect)")
     references = dict(exp["reference"])
+    check_env_options(exp)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every row's encoder must build (configs compose, weights load) before hours of work start
