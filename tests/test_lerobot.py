@@ -100,6 +100,16 @@ def check_layout(root: Path, store: DemoStore, video: bool) -> None:
     if not video:
         want |= {cam, "observation.images.wrist"}
     assert set(data.column_names) == want
+    # the datasets features, which a plain load_dataset("parquet") (lerobot 0.3) decodes with
+    hf = json.loads(data.schema.metadata[b"huggingface"])["info"]["features"]
+    assert set(hf) == want and hf["index"] == {"dtype": "int64", "_type": "Value"}
+    assert hf["action"] == {
+        "feature": {"dtype": "float32", "_type": "Value"},
+        "length": 4,
+        "_type": "List",
+    }
+    if not video:
+        assert hf[cam] == {"_type": "Image"}
     assert data.column("index").to_pylist() == list(range(18))
     ends = np.cumsum(LENGTHS)
     assert np.flatnonzero(data.column("next.done").to_numpy(zero_copy_only=False)).tolist() == [
@@ -206,6 +216,45 @@ def test_tasks_come_from_the_frames_when_the_episode_list_has_none(exported, tmp
     import_lerobot(tmp_path / "lr", tmp_path / "back.zarr")
     back = DemoStore.open(tmp_path / "back.zarr")
     assert back.attrs["episode_tasks"] == store.attrs["episode_tasks"]
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_export_v21_layout_and_round_trip(exported, tmp_path, video):
+    """version=2.1 writes lerobot 0.3's layout (a parquet and an mp4 per episode, jsonl
+    metadata) and imports back: exactly as PNG, the cameras within the codec's loss as mp4."""
+    _, store, _ = exported
+    out = tmp_path / "v21"
+    res = export_lerobot(store.path, out, video=video, version="2.1")
+    assert any("v2.1" in note for note in res.notes)
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["total_chunks"] == 1
+    assert info["total_videos"] == (6 if video else 0)
+    for i, n in enumerate(LENGTHS):
+        data = pq.read_table(out / f"data/chunk-000/episode_{i:06d}.parquet")
+        assert data.num_rows == n and set(data.column("episode_index").to_pylist()) == {i}
+        if video:
+            mp4 = out / f"videos/chunk-000/observation.images.front/episode_{i:06d}.mp4"
+            with av.open(str(mp4)) as c:
+                assert sum(1 for _ in c.decode(video=0)) == n
+    episodes = [json.loads(x) for x in (out / "meta/episodes.jsonl").read_text().splitlines()]
+    assert [(e["episode_index"], e["length"]) for e in episodes] == list(enumerate(LENGTHS))
+    assert [e["tasks"] for e in episodes] == store.attrs["episode_tasks"]
+    ep_stats = [json.loads(x) for x in (out / "meta/episodes_stats.jsonl").read_text().splitlines()]
+    first = store.episode(0)["action"]
+    np.testing.assert_allclose(ep_stats[0]["stats"]["action"]["mean"], first.mean(0), rtol=1e-5)
+    assert set(ep_stats[0]["stats"]["action"]) == {"min", "max", "mean", "std", "count"}
+    tasks = [json.loads(x) for x in (out / "meta/tasks.jsonl").read_text().splitlines()]
+    assert tasks == [
+        {"task_index": 0, "task": "pick the cube"},
+        {"task_index": 1, "task": "lift the cube"},
+    ]
+    import_lerobot(out, tmp_path / "back.zarr")
+    back = DemoStore.open(tmp_path / "back.zarr")
+    if not video:
+        assert_same_store(store, back)
+    else:
+        np.testing.assert_array_equal(back.array("action")[:], store.array("action")[:])
+        assert psnr(back.array("image")[:], store.array("image")[:]) > 27
 
 
 def test_episodes_parquet_schema_is_lerobots(exported):

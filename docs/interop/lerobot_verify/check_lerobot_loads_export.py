@@ -26,10 +26,15 @@ print(f"lerobot loaded {root}: {ds.num_episodes} episodes, {ds.num_frames} frame
 print(f"  features: {sorted(ds.features)}")
 assert ds.num_frames == int(ends[-1]) and ds.num_episodes == len(ends)
 starts = np.concatenate([[0], ends[:-1]])
-meta_eps = ds.meta.episodes
-assert list(meta_eps["dataset_from_index"]) == starts.tolist()
-assert list(meta_eps["dataset_to_index"]) == ends.tolist()
-print("  episode boundaries (dataset_from_index/dataset_to_index) match the store's episode_ends")
+if hasattr(ds, "episode_data_index"):  # lerobot 0.3.x reading a v2.1 dataset
+    bounds = ds.episode_data_index["from"].tolist(), ds.episode_data_index["to"].tolist()
+else:
+    bounds = (
+        list(ds.meta.episodes["dataset_from_index"]),
+        list(ds.meta.episodes["dataset_to_index"]),
+    )
+assert bounds == (starts.tolist(), ends.tolist()), bounds
+print("  episode boundaries (from/to index) match the store's episode_ends")
 
 cams = [k for k in ds.features if k.startswith("observation.images.")]
 ours = {"observation.images.front": "image", "observation.images.wrist": "image_wrist"}

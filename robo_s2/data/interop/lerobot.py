@@ -62,6 +62,10 @@ ROBO_S2_META = "meta/robo_s2.json"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+# v2.1 (lerobot 0.3.x): one parquet and one mp4 per camera per episode, jsonl metadata
+V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+EXPORT_VERSIONS = ("3.0", "2.1")
 CHUNKS_SIZE = 1000  # files per chunk directory
 DATA_FILE_MB = 100  # a data / video file is closed once it passes this size
 VIDEO_FILE_MB = 200
@@ -882,8 +886,12 @@ class _RollingParquet:
 class _RollingVideo:
     """One camera's mp4 files (PyAV), episodes one after another, a new file past ``limit_mb``."""
 
-    def __init__(self, root: Path, key: str, fps: int, codec: str, crf: int, limit_mb: int) -> None:
+    def __init__(
+        self, root: Path, key: str, fps: int, codec: str, crf: int, limit_mb: int,
+        template: str = VIDEO_PATH,
+    ) -> None:  # fmt: skip
         self.root, self.key, self.fps, self.codec, self.crf = root, key, fps, codec, crf
+        self.template = template
         self.limit = limit_mb * 1024 * 1024
         self.chunk = self.file = 0
         self.container: Any = None
@@ -894,9 +902,10 @@ class _RollingVideo:
     def _open(self, height: int, width: int) -> None:
         import av
 
-        path = self.root / VIDEO_PATH.format(
-            video_key=self.key, chunk_index=self.chunk, file_index=self.file
-        )
+        path = self.root / self.template.format(
+            video_key=self.key, chunk_index=self.chunk, file_index=self.file,
+            episode_chunk=self.chunk, episode_index=self.file,
+        )  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
         options = dict(CODEC_OPTIONS.get(self.codec, {}))
@@ -945,18 +954,7 @@ class _RollingVideo:
             self.container = None
 
     def info(self, height: int, width: int) -> dict[str, Any]:
-        return {
-            "video.height": height,
-            "video.width": width,
-            "video.codec": {"libx264": "h264", "libx265": "hevc", "libsvtav1": "av1"}.get(
-                self.codec, self.codec
-            ),
-            "video.pix_fmt": "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p",
-            "video.is_depth_map": False,
-            "video.fps": self.fps,
-            "video.channels": 3,
-            "has_audio": False,
-        }
+        return _video_info(self.codec, self.fps, height, width)
 
 
 class _Stats:
@@ -1103,9 +1101,31 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _hf_features(feats: list[_Feature], video: bool, legacy: bool) -> dict[str, Any]:
+    """The ``datasets`` features of a data parquet, as its writer embeds them in the schema's
+    ``huggingface`` metadata: what a plain ``load_dataset("parquet")`` (lerobot 0.3's loader)
+    needs to decode an image column. ``legacy``: ``Sequence`` as datasets 3.x names a list."""
+    kind = "Sequence" if legacy else "List"
+    out: dict[str, Any] = {}
+    for f in feats:
+        if f.kind == "image":
+            if not video:
+                out[f.name] = {"_type": "Image"}
+            continue
+        node: dict[str, Any] = {"dtype": "bool" if f.dtype == "bool" else f.dtype, "_type": "Value"}
+        axes = _axes(f.shape)
+        if axes != [1]:
+            for size in reversed(axes):
+                node = {"feature": node, "length": size, "_type": kind}
+        out[f.name] = node
+    for k, dt in zip(FRAME_COLUMNS, ("float32", "int64", "int64", "int64", "int64"), strict=True):
+        out[k] = {"dtype": dt, "_type": "Value"}
+    return out
+
+
 def _frame_table(
     feats: list[_Feature], ep: dict[str, np.ndarray], video: bool, start: int, i: int, fps: int,
-    task_index: int,
+    task_index: int, legacy: bool = False,
 ) -> Any:  # fmt: skip
     pa, _ = _pa()
     n = next(iter(ep.values())).shape[0]
@@ -1134,7 +1154,8 @@ def _frame_table(
     cols["episode_index"] = pa.array(np.full(n, i, dtype=np.int64))
     cols["index"] = pa.array(start + frames)
     cols["task_index"] = pa.array(np.full(n, task_index, dtype=np.int64))
-    return pa.table(cols)
+    hf = {"info": {"features": _hf_features(feats, video, legacy)}}
+    return pa.table(cols).replace_schema_metadata({b"huggingface": json.dumps(hf).encode()})
 
 
 def _tasks_table(tasks: list[str]) -> Any:
@@ -1180,10 +1201,11 @@ def export_lerobot(
     crf: int | None = None,
     fps: float | None = None,
     task: str | None = None,
+    version: str = "3.0",
     overwrite: bool = False,
     on_episode: Callable[[ExportResult], None] | None = None,
 ) -> ExportResult:
-    """Write the store as a LeRobotDataset v3.0 directory at ``out``.
+    """Write the store as a LeRobotDataset v3.0 (or, ``version="2.1"``, v2.1) directory at ``out``.
 
     Cameras become mp4 videos (``codec``, ``crf``: None = the codec's default, 30 for libsvtav1
     and 18 for libx264) or, with ``video=False``, lossless PNG ``image`` features inside the data
@@ -1197,6 +1219,11 @@ def export_lerobot(
     s = DemoStore.open(store, mode="r")
     if s.n_episodes == 0:
         raise UserError(f"{s.path} holds no episodes; nothing to export")
+    version = str(version).lstrip("v")
+    if version not in EXPORT_VERSIONS:
+        raise UserError(
+            f"version={version!r}: robo-s2 writes LeRobotDataset {' or '.join(EXPORT_VERSIONS)}"
+        )
     feats = _export_features(s)
     rate = _fps_of(s, fps)
     ep_tasks = _episode_tasks(s, task)
@@ -1217,10 +1244,13 @@ def export_lerobot(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        _write_dataset(tmp, s, feats, rate, ep_tasks, video, codec, crf, result, on_episode)
+        write = _write_dataset if version == "3.0" else _write_dataset_v21
+        write(tmp, s, feats, rate, ep_tasks, video, codec, crf, result, on_episode)
         replace_path(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if version != "3.0":
+        result.notes.append(f"LeRobotDataset v{version} (lerobot 0.3.x reads it)")
     source = "fps" if fps is not None else "the store's control_hz"
     result.notes.append(f"fps {rate} (from {source})")
     n_tasks = len({t for ts in ep_tasks for t in ts})
@@ -1307,9 +1337,88 @@ def _write_dataset(
     _write_info(root, s, feats, video, videos, fps, start, tasks)
 
 
+def _write_dataset_v21(
+    root: Path, s: Any, feats: list[_Feature], fps: int, ep_tasks: list[list[str]], video: bool,
+    codec: str, crf: int, result: ExportResult, on_episode: Callable[[ExportResult], None] | None,
+) -> None:  # fmt: skip
+    """LeRobotDataset v2.1: per episode a data parquet, an mp4 per camera, a line in
+    ``meta/episodes.jsonl`` and ``meta/episodes_stats.jsonl`` (min/max/mean/std/count, as
+    lerobot 0.3 computes them); ``meta/tasks.jsonl``, ``meta/stats.json``, ``meta/info.json``."""
+    _, pq = _pa()
+    tasks = list(dict.fromkeys(t for ts in ep_tasks for t in ts))
+    task_ids = {t: i for i, t in enumerate(tasks)}
+    cams = [f for f in feats if f.kind == "image" and video]
+    stats_keys = [f.name for f in feats] + list(FRAME_COLUMNS)
+    shapes = {f.name: _axes(f.shape) for f in feats}
+    stats = {k: _Stats(k.startswith(IMAGE_PREFIX), shapes.get(k, [1])) for k in stats_keys}
+    (root / "meta").mkdir()
+    episodes, episode_stats = [], []
+    start = 0
+    for i in range(s.n_episodes):
+        ep = s.episode(i)
+        n = int(next(iter(ep.values())).shape[0])
+        if any(f.synthetic for f in feats):
+            ep = {**ep, "done": _episode_done(n)}
+        chunk = i // CHUNKS_SIZE
+        table = _frame_table(feats, ep, video, start, i, fps, task_ids[ep_tasks[i][0]], True)
+        data_file = root / V21_DATA_PATH.format(episode_chunk=chunk, episode_index=i)
+        data_file.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, data_file)
+        for f in cams:
+            writer = _RollingVideo(root, f.name, fps, codec, crf, VIDEO_FILE_MB, V21_VIDEO_PATH)
+            writer.chunk, writer.file = chunk, i
+            try:
+                writer.add_episode(ep[f.key])
+            finally:
+                writer.close()
+        ep_stats: dict[str, Any] = {}
+        for k in stats_keys:
+            values = (
+                ep[next(f.key for f in feats if f.name == k)]
+                if k not in FRAME_COLUMNS
+                else np.asarray(table.column(k).to_numpy())
+            )
+            ep_stats[k] = {
+                stat: v for stat, v in stats[k].update(values).items() if not stat.startswith("q")
+            }
+        episodes.append({"episode_index": i, "tasks": ep_tasks[i], "length": n})
+        episode_stats.append({"episode_index": i, "stats": ep_stats})
+        start += n
+        result.n_episodes, result.n_frames = i + 1, start
+        if on_episode is not None:
+            on_episode(result)
+
+    def jsonl(name: str, rows: list[dict[str, Any]]) -> None:
+        (root / "meta" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    jsonl("episodes.jsonl", episodes)
+    jsonl("episodes_stats.jsonl", episode_stats)
+    jsonl("tasks.jsonl", [{"task_index": i, "task": t} for i, t in enumerate(tasks)])
+    aggregate = {
+        k: {stat: v for stat, v in st.result().items() if not stat.startswith("q")}
+        for k, st in stats.items()
+    }
+    (root / "meta/stats.json").write_text(json.dumps(aggregate, indent=2))
+    infos = {f.name: _video_info(codec, fps, f.shape[0], f.shape[1]) for f in cams}
+    _write_info(root, s, feats, video, infos, fps, start, tasks, version="2.1")
+
+
+def _video_info(codec: str, fps: int, height: int, width: int) -> dict[str, Any]:
+    return {
+        "video.height": height,
+        "video.width": width,
+        "video.codec": {"libx264": "h264", "libx265": "hevc", "libsvtav1": "av1"}.get(codec, codec),
+        "video.pix_fmt": "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p",
+        "video.is_depth_map": False,
+        "video.fps": fps,
+        "video.channels": 3,
+        "has_audio": False,
+    }
+
+
 def _write_info(
     root: Path, s: Any, feats: list[_Feature], video: bool, videos: dict[str, Any], fps: int,
-    n_frames: int, tasks: list[str],
+    n_frames: int, tasks: list[str], version: str = "3.0",
 ) -> None:  # fmt: skip
     """meta/info.json (the features and totals) and meta/robo_s2.json (our keys, for round trips)."""
     features: dict[str, Any] = {}
@@ -1322,7 +1431,8 @@ def _write_info(
                 "names": ["height", "width", "channels"],
             }
             if f.name in videos:
-                features[f.name]["info"] = videos[f.name].info(h, w)
+                vinfo = videos[f.name]
+                features[f.name]["info"] = vinfo if isinstance(vinfo, dict) else vinfo.info(h, w)
             continue
         width = int(np.prod(f.shape)) if f.shape else 1
         names = _names_of(s.attrs.get(f"{f.key}_semantics"), width)
@@ -1349,6 +1459,16 @@ def _write_info(
         "video_path": VIDEO_PATH if videos else None,
         "features": features,
     }
+    if version == "2.1":
+        for k in ("data_files_size_in_mb", "video_files_size_in_mb"):
+            del info[k]
+        info.update(
+            codebase_version="v2.1",
+            total_chunks=(s.n_episodes + CHUNKS_SIZE - 1) // CHUNKS_SIZE,
+            total_videos=s.n_episodes * len(videos),
+            data_path=V21_DATA_PATH,
+            video_path=V21_VIDEO_PATH if videos else None,
+        )
     (root / INFO_PATH).write_text(json.dumps(info, indent=4))
     ours = {
         "features": {
@@ -1380,5 +1500,6 @@ def export_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "crf": None if cfg["crf"] is None else int(cfg["crf"]),
         "fps": None if cfg["fps"] is None else float(cfg["fps"]),
         "task": None if cfg["task"] is None else str(cfg["task"]),
+        "version": str(cfg["version"]),
         "overwrite": bool(cfg["overwrite"]),
     }
