@@ -216,6 +216,10 @@ def test_tasks_come_from_the_frames_when_the_episode_list_has_none(exported, tmp
     import_lerobot(tmp_path / "lr", tmp_path / "back.zarr")
     back = DemoStore.open(tmp_path / "back.zarr")
     assert back.attrs["episode_tasks"] == store.attrs["episode_tasks"]
+    tasks = tmp_path / "lr/meta/tasks.parquet"  # a frame's task_index the task list lacks
+    pq.write_table(pq.read_table(tasks).slice(0, 1), tasks)
+    with pytest.raises(UserError, match="task_index 1 is not in the dataset's task list"):
+        import_lerobot(tmp_path / "lr", tmp_path / "bad.zarr")
 
 
 @pytest.mark.parametrize("video", [False, True])
