@@ -19,6 +19,25 @@ from typing import Any
 from robo_s2.errors import UserError
 
 
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """The JSON document in ``path``; a missing, unreadable, non-UTF-8, malformed or too deeply
+    nested file is one :class:`UserError` naming ``what`` and the ``fix``."""
+    try:
+        return parse_json(Path(path).read_bytes(), f"{path} ({what})", fix)
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({what}: {exc.strerror or exc}); {fix}") from None
+
+
+def parse_json(text: str | bytes, where: str, fix: str) -> Any:
+    """``json.loads`` with every way a hostile document fails as one line naming ``where``."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError(f"{where} is not valid JSON ({exc}); {fix}") from None
+    except RecursionError:
+        raise UserError(f"{where} nests deeper than any file robo-s2 writes; {fix}") from None
+
+
 def temp_path_beside(path: str | os.PathLike) -> Path:
     """A hidden, unique path in ``path``'s directory with the same suffix (writers such as imageio
     and PIL choose the format by it)."""

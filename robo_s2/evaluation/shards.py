@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from robo_s2.errors import UserError
 from robo_s2.evaluation.stats import wilson_interval
@@ -42,6 +43,34 @@ def parse_shard(text: Any) -> tuple[int, int] | None:
     return i, n
 
 
+class _Episode(BaseModel):
+    index: int = Field(ge=0)
+    success: bool
+    steps: int = Field(ge=0)
+
+
+class _Shard(BaseModel):
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+
+class _Positions(BaseModel):
+    n: int = Field(ge=1)
+
+
+class _ShardInfo(BaseModel):
+    """What :func:`merge_eval_infos` reads of a shard's ``eval_info.json`` (other keys pass)."""
+
+    shard: _Shard | None
+    positions: _Positions
+    per_episode: list[_Episode]
+    eval_s: float | None = None
+    rollout_s: float | None = None
+    startup_s: float | None = None
+    env_steps: int | None = None
+    video_paths: list[str] = []
+
+
 def shard_range(n_total: int, shard: tuple[int, int]) -> range:
     """The episode indices of ``shard`` = ``(i, n)`` of a set of ``n_total`` episodes."""
     i, n = shard
@@ -53,18 +82,26 @@ def shard_range(n_total: int, shard: tuple[int, int]) -> range:
 
 
 def _read_info(path: str | Path) -> dict[str, Any]:
-    import json
+    """A shard's ``eval_info.json``, the fields the merge reads checked by :class:`_ShardInfo`."""
+    from pydantic import ValidationError
+
+    from robo_s2.core.io import read_json
 
     p = Path(path)
     file = p / "eval_info.json" if p.is_dir() else p
     if not file.is_file():
         raise UserError(f"{file} does not exist: merge= takes the output directories of shard runs")
-    try:
-        info = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{file} is not readable JSON ({exc}); rerun that shard") from None
+    info = read_json(file, "a shard's eval_info.json", "rerun that shard")
     if not isinstance(info, dict) or "per_episode" not in info:
         raise UserError(f"{file} is not an eval_info.json (no per_episode records)")
+    try:
+        _ShardInfo.model_validate(info)
+    except ValidationError as exc:
+        lines = str(exc).splitlines()
+        raise UserError(
+            f"{file} is not a shard's eval_info.json ({lines[1].strip()}: {lines[2].strip()}); "
+            "rerun that shard"
+        ) from None
     return info
 
 

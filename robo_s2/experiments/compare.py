@@ -23,15 +23,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from robo_s2.errors import UserError
-from robo_s2.experiments.runner import RUN_FIELDS, RowResult, RunOutcome, provenance, write_reports
+from robo_s2.experiments.runner import RUN_FIELDS, RowResult, provenance, write_reports
 from robo_s2.paths import config_dir
+
+ROW_FIELDS = {f.name for f in fields(RowResult)}
 
 # the parts of an experiment's setup that must agree for two rows to share a table
 DEMOS_KEYS = ("store", "n_episodes", "seed", "placement", "env", "expert")
@@ -104,29 +106,39 @@ def _with_defaults(setup: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
+    """One row of a results.json, its fields checked against :class:`RowResult`'s types (pydantic)
+    and its runs' counts against each other."""
+    from pydantic import TypeAdapter, ValidationError
+
     try:
-        runs = [RunOutcome(**{k: o[k] for k in RUN_FIELDS if k in o}) for o in rec["runs"]]
-        for run in runs:
+        if not isinstance(rec, Mapping) or not isinstance(rec.get("runs"), list):
+            raise ValueError("a row needs a list of runs")
+        row = {k: rec[k] for k in ROW_FIELDS if k in rec}
+        row["runs"] = [
+            {k: o[k] for k in RUN_FIELDS if k in o} if isinstance(o, Mapping) else o
+            for o in rec["runs"]
+        ]
+        result = TypeAdapter(RowResult).validate_python(row)
+        for run in result.runs:
             ep = run.episodes
-            if ep and (
-                not isinstance(ep, str) or set(ep) - {"0", "1"} or len(ep) != run.n_episodes
-                or ep.count("1") != run.n_success
+            if not 0 <= run.n_success <= run.n_episodes or (
+                ep and (set(ep) - {"0", "1"} or len(ep) != run.n_episodes
+                        or ep.count("1") != run.n_success)
             ):  # fmt: skip
                 raise ValueError(
                     f"run {run.row} seed {run.seed}: its per-episode record does not match "
                     f"{run.n_success}/{run.n_episodes}"
                 )
-        return RowResult(
-            label=str(rec["label"]), encoder=str(rec["encoder"]), params=int(rec["params"]),
-            gflops=float(rec["gflops"]), feature_dim=int(rec["feature_dim"]), runs=runs,
-            reference=None if rec.get("reference") is None else float(rec["reference"]),
-            note=str(rec.get("note") or ""),
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as exc:
+        if result.n_episodes <= 0:
+            raise ValueError(f"row {result.label} has no evaluated episodes")
+        return result
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()
+        detail = f"{first[0]} {first[1].strip()} {first[2].strip()}" if len(first) > 2 else first[0]
         raise UserError(
-            f"{where}: a row is not an experiment result ({type(exc).__name__}: {exc}); it must be "
-            "a results.json written by `robo-s2 experiment`"
-        ) from exc
+            f"{where}: a row is not an experiment result ({detail}); it must be a results.json "
+            "written by `robo-s2 experiment`"
+        ) from None
 
 
 def load_source(path: str | Path) -> Source:

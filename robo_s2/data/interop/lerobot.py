@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from robo_s2.core.io import replace_path
 from robo_s2.data.interop.base import (
@@ -131,6 +132,51 @@ class _Episode:
     data_file: Path
     start: int  # global index of the episode's first frame
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # feature -> (file, t0)
+
+
+def _checked_episode_row(row: Any, video_keys: list[str], where: Path) -> dict[str, Any]:
+    """An episode-list row with the fields the import reads typed and in range (pydantic)."""
+    from pydantic import ValidationError
+
+    try:
+        checked = _EpisodeRow.model_validate(row).model_dump(by_alias=True)
+        for key in video_keys:
+            span = {
+                f: row.get(f"videos/{key}/{f}")
+                for f in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+            }
+            checked.update(
+                {
+                    f"videos/{key}/{f}": v
+                    for f, v in _VideoSpan.model_validate(span)
+                    if v is not None
+                }
+            )
+    except ValidationError as exc:
+        lines = str(exc).splitlines()
+        raise UserError(
+            f"{where}: the episode list is corrupt ({lines[1].strip()}: {lines[2].strip()})"
+        ) from None
+    return {**row, **checked}
+
+
+class _EpisodeRow(BaseModel):
+    """What the import reads of a v3.0 ``meta/episodes`` row (other columns pass)."""
+
+    episode_index: int = Field(ge=0)
+    length: int = Field(ge=1)
+    tasks: list[str] | None = None
+    data_chunk: int = Field(ge=0, alias="data/chunk_index")
+    data_file: int = Field(ge=0, alias="data/file_index")
+    start: int = Field(ge=0, alias="dataset_from_index")
+    stop: int = Field(ge=0, alias="dataset_to_index")
+
+
+class _VideoSpan(BaseModel):
+    chunk_index: int = Field(ge=0)
+    file_index: int = Field(ge=0)
+    from_timestamp: float = Field(ge=0, allow_inf_nan=False)
+    to_timestamp: float | None = Field(default=None, allow_inf_nan=False)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -230,8 +276,10 @@ class _Source:
         for f in files:
             table = _read_parquet(f, "the episode list")
             keep = [c for c in table.column_names if not c.startswith("stats/")]
-            rows.extend(table.select(keep).to_pylist())
-        rows.sort(key=lambda r: int(r["episode_index"]))
+            rows.extend(
+                _checked_episode_row(r, self.video_keys, f) for r in table.select(keep).to_pylist()
+            )
+        rows.sort(key=lambda r: r["episode_index"])
         data_path = str(self.info.get("data_path") or DATA_PATH)
         video_path = str(self.info.get("video_path") or VIDEO_PATH)
         episodes = []

@@ -1,0 +1,246 @@
+"""Property-based fuzzing of the readers of files a user may be handed (issue 32 item 9).
+
+Each reader starts from a valid file and reads it after hypothesis has changed one place in it:
+a value replaced by any JSON value (deep nesting and NaN included), a key deleted, a list
+emptied. The property, for every such file: the reader either works or raises one
+:class:`UserError` on one line, never another exception, and writes nothing outside its output.
+A bounded number of examples runs in the default suite (``FUZZ_EXAMPLES``); set
+``ROBO_S2_FUZZ_EXAMPLES`` for a longer run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from robo_s2.errors import UserError
+
+FUZZ_EXAMPLES = int(os.environ.get("ROBO_S2_FUZZ_EXAMPLES", "25"))
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+)  # fmt: skip
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a JSON document, as a key path."""
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def mutated(draw: Any, doc: Any) -> Any:
+    """``doc`` with one place changed: replaced, deleted, emptied or buried in deep nesting."""
+    doc = copy.deepcopy(doc)
+    path = draw(st.sampled_from(_paths(doc)))
+    op = draw(st.sampled_from(["replace", "delete", "empty", "nest"]))
+    if not path:
+        return draw(json_values) if op != "nest" else [[[[[[[[doc]]]]]]]]
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    key = path[-1]
+    if op == "replace":
+        parent[key] = draw(json_values)
+    elif op == "delete":
+        del parent[key]
+    elif op == "empty":
+        parent[key] = type(parent[key])() if isinstance(parent[key], dict | list) else ""
+    else:
+        value = parent[key]
+        for _ in range(draw(st.integers(min_value=1, max_value=2000))):
+            value = [value]
+        parent[key] = value
+    return doc
+
+
+def _dump(doc: Any) -> str:
+    try:
+        return json.dumps(doc)
+    except RecursionError:  # deeper than json can write: the file is then a truncated one
+        return "[" * 5000
+
+
+def one_line_or_fine(fn: Any) -> None:
+    """The property: ``fn()`` works or raises a one-line UserError."""
+    try:
+        fn()
+    except UserError as e:
+        assert "\n" not in str(e).strip(), str(e)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+# --- robo-s2 compare: results.json ------------------------------------------------------------
+
+
+def _results(label: str) -> dict[str, Any]:
+    runs = [
+        {"row": label, "seed": s, "run_dir": f"runs/{label}/seed{s}", "n_success": 3,
+         "n_episodes": 4, "train_seconds": 1.0, "eval_seconds": 2.0, "val_ratio": 0.5,
+         "reused": False, "episodes": "1101"}
+        for s in (0, 1)
+    ]  # fmt: skip
+    return {
+        "name": "fuzz",
+        "rows": [{"label": label, "encoder": "vit_t", "params": 5_000_000, "gflops": 0.3,
+                  "feature_dim": 192, "runs": runs, "reference": None, "note": ""}],
+        "setup": {"demos": {"store": "demos.zarr", "n_episodes": 4}, "eval": {"seed": 1},
+                  "train_overrides": []},
+        "provenance": {}, "protocol": "",
+    }  # fmt: skip
+
+
+@FUZZ
+@given(data=st.data())
+def test_compare_reads_any_results_json_to_a_table_or_one_line(tmp_path, data):
+    from robo_s2.experiments.compare import run_compare
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for d in (good, bad):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+    (good / "results.json").write_text(json.dumps(_results("A")))
+    (bad / "results.json").write_text(_dump(data.draw(mutated(_results("B")))))
+    before = {d: _tree(d) for d in (good, bad)}
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    one_line_or_fine(
+        lambda: run_compare([str(good), str(bad)], out, rows=[], name="fuzz", title="fuzz", vary=[])
+    )
+    assert {d: _tree(d) for d in (good, bad)} == before  # the sources are never written
+
+
+# --- robo-s2 eval merge=: shard eval_info.json ----------------------------------------------------
+
+
+def _shard(index: int) -> dict[str, Any]:
+    same = {"checkpoint": "ck", "policy": {}, "policy_config": {}, "execution": {},
+            "encoder": "vit_t", "render_profile": "default", "image_key": "image",
+            "train_step": 10, "expert": None, "positions": {"n": 4, "name": "random"},
+            "env": {}, "env_overrides": {}}  # fmt: skip
+    return {
+        **same, "shard": {"index": index, "count": 2},
+        "per_episode": [{"index": 2 * index + j, "success": j == 0, "steps": 10 + j} for j in (0, 1)],
+        "eval_s": 1.0, "rollout_s": 0.5, "startup_s": 0.1, "env_steps": 21, "workers": 1,
+        "video_paths": [],
+    }  # fmt: skip
+
+
+@FUZZ
+@given(data=st.data())
+def test_shard_merge_reads_any_eval_info_to_a_merge_or_one_line(tmp_path, data):
+    from robo_s2.evaluation.shards import merge_eval_infos
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir(exist_ok=True)
+    (a / "eval_info.json").write_text(json.dumps(_shard(0)))
+    (b / "eval_info.json").write_text(_dump(data.draw(mutated(_shard(1)))))
+    one_line_or_fine(lambda: merge_eval_infos([a, b]))
+
+
+# --- robo-s2 import format=lerobot: meta/info.json and the episode list ---------------------------
+
+
+@pytest.fixture(scope="module")
+def lerobot_export(tmp_path_factory):
+    from robo_s2.data.interop.lerobot import export_lerobot
+    from robo_s2.data.store import DemoStore
+
+    root = tmp_path_factory.mktemp("lerobot_fuzz")
+    rng = np.random.default_rng(0)
+    store = DemoStore.create(root / "s.zarr", attrs={"control_hz": 10, "task": "pick"})
+    for n in (3, 4):
+        store.append_episode({
+            "image": rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+            "proprio": rng.standard_normal((n, 3)).astype(np.float32),
+            "action": rng.standard_normal((n, 2)).astype(np.float32),
+        })  # fmt: skip
+    store.close()
+    export_lerobot(root / "s.zarr", root / "lr", video=False)
+    return root / "lr"
+
+
+@FUZZ
+@given(data=st.data())
+def test_lerobot_import_reads_any_info_json_to_a_store_or_one_line(tmp_path, lerobot_export, data):
+    from robo_s2.data.interop.lerobot import import_lerobot
+
+    src = tmp_path / "lr"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(lerobot_export, src)
+    info = json.loads((src / "meta/info.json").read_text())
+    (src / "meta/info.json").write_text(_dump(data.draw(mutated(info))))
+    (src / "meta/robo_s2.json").unlink()  # a dataset of theirs: nothing of ours to lean on
+    out = tmp_path / "out.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    one_line_or_fine(lambda: import_lerobot(src, out))
+
+
+@FUZZ
+@given(data=st.data())
+def test_lerobot_import_reads_any_episode_list_to_a_store_or_one_line(
+    tmp_path, lerobot_export, data
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robo_s2.data.interop.lerobot import import_lerobot
+
+    src = tmp_path / "lr"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(lerobot_export, src)
+    path = src / "meta/episodes/chunk-000/file-000.parquet"
+    keep = [c for c in pq.read_schema(path).names if not c.startswith("stats/")]
+    rows = pq.read_table(path, columns=keep).to_pylist()
+    changed = data.draw(mutated(rows))
+    try:
+        table = pa.Table.from_pylist(changed) if isinstance(changed, list) else None
+    except (
+        pa.ArrowException,
+        AttributeError,
+        TypeError,
+        ValueError,
+        OverflowError,
+        RecursionError,
+    ):
+        table = None  # not a table parquet can hold: the file becomes garbage instead
+    if table is None:
+        path.write_bytes(b"PAR1 not a parquet file")
+    else:
+        pq.write_table(table, path)
+    out = tmp_path / "out.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    one_line_or_fine(lambda: import_lerobot(src, out))
