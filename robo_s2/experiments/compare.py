@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from robo_s2.core.io import read_json
 from robo_s2.errors import UserError
 from robo_s2.experiments.runner import RUN_FIELDS, RowResult, provenance, write_reports
 from robo_s2.paths import config_dir
@@ -144,12 +145,7 @@ def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
 def load_source(path: str | Path) -> Source:
     """A finished experiment's rows and setup from its ``results.json`` (or its directory)."""
     results = _results_file(path)
-    try:
-        data = json.loads(results.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{results} is not valid JSON ({exc}); rewrite it by rerunning the experiment"
-        ) from exc
+    data = read_json(results, "experiment results", "rewrite it by rerunning the experiment")
     if not isinstance(data, Mapping) or not isinstance(data.get("rows"), list) or not data["rows"]:
         raise UserError(
             f"{results} holds no experiment rows: is it a `robo-s2 experiment` results.json?"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 import torch
 
 from robo_s2 import __version__
-from robo_s2.core.io import replace_path
+from robo_s2.core.io import read_json, replace_path
 from robo_s2.core.versions import software_versions
 from robo_s2.errors import UserError
 from robo_s2.safe_io import fit_state_dict, read_safetensors, save_state, strip_trust
@@ -122,10 +122,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     meta_file = path / META_NAME
     if not meta_file.is_file():
         raise UserError(f"{path} is not a robo_s2 checkpoint (no {META_NAME}); use one from train")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_file} is corrupt ({exc}); use another checkpoint") from None
+    meta = read_json(meta_file, "checkpoint metadata", "use another checkpoint")
     info = meta.get("encoder") if isinstance(meta, dict) else None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise UserError(f"{meta_file} has no encoder config; it was not written by robo-s2 train")

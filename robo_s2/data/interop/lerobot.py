@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from robo_s2.core.io import replace_path
+from robo_s2.core.io import parse_json, read_json, replace_path
 from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
@@ -180,10 +180,7 @@ class _VideoSpan(BaseModel):
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {what} {path} ({brief_error(e)}); it is corrupt") from None
+    return read_json(path, what, "the dataset is corrupt: download or export it again")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -191,14 +188,16 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         raise UserError(
             f"{path} is missing; a v2.1 LeRobotDataset lists its episodes and tasks there"
         )
-    rows = []
     try:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
         raise UserError(f"cannot read {path} ({brief_error(e)}); it is corrupt") from None
-    return rows
+    fix = "the dataset is corrupt: download or export it again"
+    return [
+        parse_json(line, f"{path} line {i + 1}", fix)
+        for i, line in enumerate(lines)
+        if line.strip()
+    ]
 
 
 def _read_parquet(path: Path, what: str, columns: list[str] | None = None) -> Any:
