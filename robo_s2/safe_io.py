@@ -446,7 +446,7 @@ def load_state(path: str | Path, what: str = "state file") -> Any:
         raise UserError(f"{what} {p} was not written by robo_s2 ({STATE_FORMAT}); delete it")
     try:
         return _decode(json.loads(meta["state"]), tensors)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UserError(
             f"{what} {p} is corrupt ({type(exc).__name__}: {_first_line(exc)}); re-save or delete it"
         ) from None

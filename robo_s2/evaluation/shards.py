@@ -83,9 +83,8 @@ def shard_range(n_total: int, shard: tuple[int, int]) -> range:
 
 def _read_info(path: str | Path) -> dict[str, Any]:
     """A shard's ``eval_info.json``, the fields the merge reads checked by :class:`_ShardInfo`."""
-    from pydantic import ValidationError
-
     from robo_s2.core.io import read_json
+    from robo_s2.core.schema import validated
 
     p = Path(path)
     file = p / "eval_info.json" if p.is_dir() else p
@@ -94,14 +93,7 @@ def _read_info(path: str | Path) -> dict[str, Any]:
     info = read_json(file, "a shard's eval_info.json", "rerun that shard")
     if not isinstance(info, dict) or "per_episode" not in info:
         raise UserError(f"{file} is not an eval_info.json (no per_episode records)")
-    try:
-        _ShardInfo.model_validate(info)
-    except ValidationError as exc:
-        lines = str(exc).splitlines()
-        raise UserError(
-            f"{file} is not a shard's eval_info.json ({lines[1].strip()}: {lines[2].strip()}); "
-            "rerun that shard"
-        ) from None
+    validated(_ShardInfo, info, f"{file} is not a shard's eval_info.json", "rerun that shard")
     return info
 
 

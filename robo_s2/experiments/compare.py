@@ -111,6 +111,8 @@ def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
     and its runs' counts against each other."""
     from pydantic import TypeAdapter, ValidationError
 
+    from robo_s2.core.schema import first_problem
+
     try:
         if not isinstance(rec, Mapping) or not isinstance(rec.get("runs"), list):
             raise ValueError("a row needs a list of runs")
@@ -134,8 +136,7 @@ def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
             raise ValueError(f"row {result.label} has no evaluated episodes")
         return result
     except (ValidationError, ValueError) as exc:
-        first = str(exc).splitlines()
-        detail = f"{first[0]} {first[1].strip()} {first[2].strip()}" if len(first) > 2 else first[0]
+        detail = first_problem(exc) if isinstance(exc, ValidationError) else str(exc)
         raise UserError(
             f"{where}: a row is not an experiment result ({detail}); it must be a results.json "
             "written by `robo-s2 experiment`"

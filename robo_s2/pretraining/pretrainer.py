@@ -56,8 +56,8 @@ from robo_s2.safe_io import save_state
 from robo_s2.training.checkpoint import TRAINING_STATE
 from robo_s2.training.optim import (
     BatchSampler,
+    load_optimizer_state,
     make_optimizer,
-    match_state_layout,
     warmup_cosine,
 )
 from robo_s2.training.resume import (
@@ -66,6 +66,7 @@ from robo_s2.training.resume import (
     read_training_state,
     state_must_fit,
 )
+from robo_s2.training.state_schema import MAETrainingState
 
 STATE_VERSION = 1
 STATE_KEYS: tuple[str, ...] = ("version", "kind", "step", "mae_config", "model", "optimizer")
@@ -245,7 +246,9 @@ class Pretrainer:
         self.resume_from = find_resume_checkpoint(cfg, self.run_dir, command="pretrain")
         state = None
         if self.resume_from is not None:
-            state = read_training_state(self.resume_from, STATE_KEYS, STATE_VERSION, "pretrain")
+            state = read_training_state(
+                self.resume_from, STATE_KEYS, STATE_VERSION, MAETrainingState, "pretrain"
+            )
             if state.get("kind") != "mae":
                 raise UserError(
                     f"{self.resume_from} is not a robo-s2 pretrain checkpoint this version reads"
@@ -304,8 +307,7 @@ class Pretrainer:
             assert self.resume_from is not None  # a state is only read from a checkpoint
             with state_must_fit(self.resume_from):
                 self.model.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                match_state_layout(self.optimizer)
+                load_optimizer_state(self.optimizer, state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
                 self.sampler.load_state_dict(state["sampler"])
             self.step = int(state["step"])

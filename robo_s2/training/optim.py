@@ -56,13 +56,41 @@ def make_optimizer(
     )  # fmt: skip
 
 
+# how the optimizer computes (kernel, variant), as opposed to its numbers: set by the run's own
+# code, never taken from a saved state (fused=True with differentiable=True, say, fails at step)
+_OPTIMIZER_FLAGS = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` for a saved state of this run's optimizer: same
+    groups, same flags (else ValueError), moments in their parameters' layout."""
+    saved = state["param_groups"]
+    if len(saved) != len(optimizer.param_groups):
+        raise ValueError(f"{len(saved)} parameter groups saved, the optimizer has "
+                         f"{len(optimizer.param_groups)}")  # fmt: skip
+    for i, (old, now) in enumerate(zip(saved, optimizer.param_groups, strict=True)):
+        differ = [f"{k}={old.get(k)!r}" for k in _OPTIMIZER_FLAGS if old.get(k) != now.get(k)]
+        if differ:
+            raise ValueError(f"parameter group {i} was saved with {', '.join(differ)}")
+    optimizer.load_state_dict(dict(state))
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                want = () if key == "step" else p.shape
+                if isinstance(value, Tensor) and value.shape != want:
+                    raise ValueError(
+                        f"saved {key} has shape {tuple(value.shape)}, not {tuple(want)}"
+                    )
+    match_state_layout(optimizer)
+
+
 def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout.
 
     A state file stores tensors contiguous; a ``channels_last`` conv weight's moments then come
     back in another layout, and the fused AdamW kernel pairs elements by storage order, not by
     index: it would update the weights with another element's moments. Called after every
-    ``optimizer.load_state_dict``.
+    ``optimizer.load_state_dict`` (:func:`load_optimizer_state` does).
     """
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -136,6 +164,9 @@ class EMA:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.decay = float(state["decay"])
         self.n_updates = int(state["n_updates"])
+        missing = sorted(set(self.trainable_state()) - set(state["shadow"]))
+        if missing:
+            raise KeyError(f"the saved EMA weights lack {len(missing)}, e.g. {missing[:3]}")
         load_partial_state(self.shadow, state["shadow"])
 
 

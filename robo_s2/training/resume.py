@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
+from robo_s2.core.schema import validated
 from robo_s2.errors import UserError
 from robo_s2.safe_io import load_state
 from robo_s2.training.checkpoint import LEGACY_TRAINING_STATE, TRAINING_STATE
@@ -57,9 +59,14 @@ def find_resume_checkpoint(
 
 
 def read_training_state(
-    directory: Path, keys: tuple[str, ...], version: int, command: str = "train"
+    directory: Path,
+    keys: tuple[str, ...],
+    version: int,
+    schema: type[BaseModel],
+    command: str = "train",
 ) -> dict[str, Any]:
-    """``<directory>/training_state.safetensors`` as data, checked for the entries it must hold."""
+    """``<directory>/training_state.safetensors`` as data, checked for the entries it must hold
+    and then against ``schema`` (:mod:`robo_s2.training.state_schema`)."""
     path = directory / TRAINING_STATE
     state = load_state(path, "training state")
     if not isinstance(state, dict) or any(k not in state for k in keys):
@@ -73,6 +80,7 @@ def read_training_state(
             f"{directory} was written by an incompatible robo_s2 "
             f"(training state v{state.get('version')}, this one reads v{version}); start a new run"
         )
+    validated(schema, state, f"training state {path} is corrupt", "delete it or start a new run")
     return state
 
 
@@ -84,7 +92,7 @@ def state_must_fit(source: Path) -> Iterator[None]:
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         raise UserError(
             f"the training state in {source} does not fit this run "
-            f"({type(exc).__name__}: {str(exc).strip()[:160]}); resume with the run's "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); resume with the run's "
             "own settings, or delete the state and start a new run"
         ) from None
 

@@ -15,8 +15,8 @@ from robo_s2.training import distributed as D
 from robo_s2.training.optim import (
     EMA,
     BatchSampler,
+    load_optimizer_state,
     load_partial_state,
-    match_state_layout,
     trainable_state,
 )
 from robo_s2.training.resume import set_rng_state
@@ -52,13 +52,15 @@ def restore_training_state(
 ) -> tuple[int, dict[str, Any], list[dict[str, float]]]:
     """Load ``state`` into the run's parts and this rank's RNGs; returns the step, the best
     validation record and the validation history."""
+    missing = sorted(set(trainable_state(model)) - set(state["model"]))
+    if missing:  # a saved state holds every trainable tensor; one without is not this run's
+        raise KeyError(f"the saved weights lack {len(missing)} of the model's, e.g. {missing[:3]}")
     load_partial_state(model, state["model"])
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     elif ema is not None:  # EMA switched on at resume: start it from the current weights
         load_partial_state(ema.shadow, trainable_state(model))
-    optimizer.load_state_dict(state["optimizer"])
-    match_state_layout(optimizer)
+    load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     rngs = state["rng"]

@@ -76,6 +76,7 @@ from robo_s2.training.state import (
     check_same_policy,
     restore_training_state,
 )
+from robo_s2.training.state_schema import BCTrainingState
 from robo_s2.training.stop_signal import StopBetweenSteps
 from robo_s2.training.validation import validate
 
@@ -139,7 +140,9 @@ class Trainer:
         self.resume_from = find_resume_checkpoint(self.cfg, self.run_dir)
         state = None
         if self.resume_from is not None:
-            state = read_training_state(self.resume_from, STATE_KEYS, STATE_VERSION)
+            state = read_training_state(
+                self.resume_from, STATE_KEYS, STATE_VERSION, BCTrainingState
+            )
         arrays = S.open_store(self.dcfg)
         self.split, self.split_source = S.choose_split(
             arrays.store, self.dcfg, seed, state, self.resume_from, self.dist.is_main

@@ -136,27 +136,23 @@ class _Episode:
 
 def _checked_episode_row(row: Any, video_keys: list[str], where: Path) -> dict[str, Any]:
     """An episode-list row with the fields the import reads typed and in range (pydantic)."""
-    from pydantic import ValidationError
+    from robo_s2.core.schema import validated
 
-    try:
-        checked = _EpisodeRow.model_validate(row).model_dump(by_alias=True)
-        for key in video_keys:
-            span = {
-                f: row.get(f"videos/{key}/{f}")
-                for f in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+    context = f"{where}: the episode list is corrupt"
+    fix = "the dataset is corrupt: download or export it again"
+    checked = validated(_EpisodeRow, row, context, fix).model_dump(by_alias=True)
+    for key in video_keys:
+        span = {
+            f: row.get(f"videos/{key}/{f}")
+            for f in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+        }
+        checked.update(
+            {
+                f"videos/{key}/{f}": v
+                for f, v in validated(_VideoSpan, span, context, fix)
+                if v is not None
             }
-            checked.update(
-                {
-                    f"videos/{key}/{f}": v
-                    for f, v in _VideoSpan.model_validate(span)
-                    if v is not None
-                }
-            )
-    except ValidationError as exc:
-        lines = str(exc).splitlines()
-        raise UserError(
-            f"{where}: the episode list is corrupt ({lines[1].strip()}: {lines[2].strip()})"
-        ) from None
+        )
     return {**row, **checked}
 
 
