@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ FUZZ = settings(
     max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip
+
+SLOWER_FUZZ = settings(FUZZ, max_examples=max(3, FUZZ_EXAMPLES // 3))
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -56,30 +59,50 @@ def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+class Mutated:
+    """A mutated document; its repr (what hypothesis prints for a failing example) says what was
+    changed where, since the document itself may nest too deep to print."""
+
+    def __init__(self, doc: Any, what: str) -> None:
+        self.doc, self.what = doc, what
+
+    def __repr__(self) -> str:
+        return self.what
+
+
 @st.composite
-def mutated(draw: Any, doc: Any) -> Any:
+def mutated(draw: Any, doc: Any) -> Mutated:
     """``doc`` with one place changed: replaced, deleted, emptied or buried in deep nesting."""
     doc = copy.deepcopy(doc)
     path = draw(st.sampled_from(_paths(doc)))
     op = draw(st.sampled_from(["replace", "delete", "empty", "nest"]))
     if not path:
-        return draw(json_values) if op != "nest" else [[[[[[[[doc]]]]]]]]
+        if op == "nest":
+            return Mutated([[[[[[[[doc]]]]]]]], "the whole document nested 8 deep")
+        value = draw(json_values)
+        return Mutated(value, f"the whole document replaced by {value!r}")
     parent = doc
     for key in path[:-1]:
         parent = parent[key]
     key = path[-1]
+    where = "/".join(map(str, path))
     if op == "replace":
         parent[key] = draw(json_values)
+        what = f"{where} replaced by {parent[key]!r}"
     elif op == "delete":
         del parent[key]
+        what = f"{where} deleted"
     elif op == "empty":
         parent[key] = type(parent[key])() if isinstance(parent[key], dict | list) else ""
+        what = f"{where} emptied"
     else:
         value = parent[key]
-        for _ in range(draw(st.integers(min_value=1, max_value=2000))):
+        depth = draw(st.integers(min_value=1, max_value=2000))
+        for _ in range(depth):
             value = [value]
         parent[key] = value
-    return doc
+        what = f"{where} nested {depth} lists deep"
+    return Mutated(doc, what)
 
 
 def _dump(doc: Any) -> str:
@@ -133,7 +156,7 @@ def test_compare_reads_any_results_json_to_a_table_or_one_line(tmp_path, data):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
     (good / "results.json").write_text(json.dumps(_results("A")))
-    (bad / "results.json").write_text(_dump(data.draw(mutated(_results("B")))))
+    (bad / "results.json").write_text(_dump(data.draw(mutated(_results("B"))).doc))
     before = {d: _tree(d) for d in (good, bad)}
     out = tmp_path / "out"
     shutil.rmtree(out, ignore_errors=True)
@@ -168,7 +191,7 @@ def test_shard_merge_reads_any_eval_info_to_a_merge_or_one_line(tmp_path, data):
     for d in (a, b):
         d.mkdir(exist_ok=True)
     (a / "eval_info.json").write_text(json.dumps(_shard(0)))
-    (b / "eval_info.json").write_text(_dump(data.draw(mutated(_shard(1)))))
+    (b / "eval_info.json").write_text(_dump(data.draw(mutated(_shard(1))).doc))
     one_line_or_fine(lambda: merge_eval_infos([a, b]))
 
 
@@ -203,7 +226,7 @@ def test_lerobot_import_reads_any_info_json_to_a_store_or_one_line(tmp_path, ler
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(lerobot_export, src)
     info = json.loads((src / "meta/info.json").read_text())
-    (src / "meta/info.json").write_text(_dump(data.draw(mutated(info))))
+    (src / "meta/info.json").write_text(_dump(data.draw(mutated(info)).doc))
     (src / "meta/robo_s2.json").unlink()  # a dataset of theirs: nothing of ours to lean on
     out = tmp_path / "out.zarr"
     shutil.rmtree(out, ignore_errors=True)
@@ -226,7 +249,7 @@ def test_lerobot_import_reads_any_episode_list_to_a_store_or_one_line(
     path = src / "meta/episodes/chunk-000/file-000.parquet"
     keep = [c for c in pq.read_schema(path).names if not c.startswith("stats/")]
     rows = pq.read_table(path, columns=keep).to_pylist()
-    changed = data.draw(mutated(rows))
+    changed = data.draw(mutated(rows)).doc
     try:
         table = pa.Table.from_pylist(changed) if isinstance(changed, list) else None
     except (
@@ -291,7 +314,7 @@ def test_train_resumes_from_any_training_state_header_or_says_one_line(
     state = src / "checkpoints/last/training_state.safetensors"
     with safe_open(str(state), framework="pt") as f:
         header = json.loads(f.metadata()["state"])
-    _rewrite_state_header(state, _dump(data.draw(mutated(header))))
+    _rewrite_state_header(state, _dump(data.draw(mutated(header)).doc))
     out = tmp_path / "out"
     shutil.rmtree(out, ignore_errors=True)
     before = _tree(src)
@@ -299,3 +322,86 @@ def test_train_resumes_from_any_training_state_header_or_says_one_line(
     cfg.resume_from = str(src)
     one_line_or_fine(lambda: train(cfg, out))
     assert _tree(src) == before  # the run resumed from is never written
+
+
+# --- a robo_s2 store's attributes (zarr.json), read by train and every export ----------------------
+
+REAL_ATTRS = {
+    "env": {"id": "robo_s2/CubePick-v0", "entry_point": "envs.cube_pick:CubePickEnv",
+            "image_size": 64, "cameras": ["front"], "cube_size": 0.04, "control_hz": 10.0,
+            "max_episode_steps": 120},
+    "control_hz": 10.0,
+    "action_semantics": ["a", "b", "g"],
+    "proprio_semantics": ["t", "x", "y"],
+    "cameras": ["front"],
+    "source": "robo_s2 collect (scripted expert)",
+    "collect": {"seed": 0, "expert": {"noise_std": 0.05}, "keep_failed": False,
+                "placement": "random"},
+    "robo_s2_version": "0.1.0",
+    "created": "2026-12-07T12:27:35+00:00",
+    "collect_progress": {"seed": 0, "placement": "random", "cells": None, "next_attempt": 4,
+                         "attempts": 4, "discarded": 0},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def attrs_store(tmp_path_factory):
+    from helpers import smooth_action_store
+
+    from robo_s2.data.store import DemoStore
+
+    path = smooth_action_store(tmp_path_factory.mktemp("attrs_fuzz") / "s.zarr", 4, 6)
+    store = DemoStore.open(path, mode="a")
+    store.update_attrs(REAL_ATTRS)
+    store.close()
+    return path
+
+
+def _set_root_attrs(store: Path, attrs_text: str) -> None:
+    meta = json.loads((store / "zarr.json").read_text())
+    text = json.dumps({k: v for k, v in meta.items() if k != "attributes"})
+    (store / "zarr.json").write_text(text[:-1] + ', "attributes": ' + attrs_text + "}")
+
+
+@pytest.fixture(scope="module")
+def export_cfg():
+    """``robo-s2 export``'s composed config per format, as the command passes it on."""
+    from hydra import compose, initialize_config_dir
+
+    from robo_s2.core.config import to_plain
+    from robo_s2.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return {
+            fmt: to_plain(compose("export", overrides=[f"format={fmt}", "store=s", "out=o"]))
+            for fmt in ("robomimic", "dp", "lerobot")
+        }
+
+
+@SLOWER_FUZZ  # each example trains a step and exports three ways (~3 s)
+@given(data=st.data())
+def test_train_and_export_read_any_store_attributes_or_say_one_line(
+    tmp_path, attrs_store, export_cfg, one_torch_thread, data
+):
+    from helpers import train_cfg
+
+    from robo_s2.data.interop.base import FORMATS
+    from robo_s2.training.trainer import train
+
+    store = tmp_path / "s.zarr"
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(attrs_store, store)
+    attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+    _set_root_attrs(store, _dump(data.draw(mutated(attrs)).doc))
+    before = _tree(store)
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    cfg = train_cfg(store, "train.steps=1", "train.eval_every=0")
+    one_line_or_fine(lambda: train(cfg, out / "run"))
+    for fmt, name in (("robomimic", "x.hdf5"), ("dp", "x.zarr"), ("lerobot", "lr")):
+        export = partial(FORMATS[fmt].function(f"export_{fmt}"), store, out / name)
+        one_line_or_fine(lambda: export(**FORMATS[fmt].function("export_options")(export_cfg[fmt])))  # noqa: B023
+    after = {k: v for k, v in _tree(store).items() if not k.startswith("features/")}
+    assert after == before  # its demos and attributes are read, never written (train caches
+    # features beside them, by design)

@@ -48,6 +48,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import zarr
 
+from robo_s2.data.store_attrs import check_store_attrs
 from robo_s2.data.windows import sequence_indices
 from robo_s2.errors import UserError
 
@@ -269,6 +270,11 @@ def _open_root(path: Path, mode: str) -> zarr.Group:
             f"{path} is not a demo store (no zarr group metadata there); pass a store's "
             "directory, or choose another path for a new store"
         ) from None
+    except RecursionError:
+        raise UserError(
+            f"{path}'s zarr metadata nests deeper than any store robo_s2 writes; fix or delete "
+            "the deep attribute in its zarr.json (.zattrs for a zarr v2 store)"
+        ) from None
     except (ValueError, TypeError, KeyError, json.JSONDecodeError, zarr.errors.BaseZarrError) as e:
         raise UserError(
             f"{path} is not a readable zarr store ({type(e).__name__}: {e}); pass a demo store "
@@ -429,7 +435,7 @@ class DemoStore:
             raise UserError(
                 f"{path} already exists; choose a new path for the store, or open the existing one"
             )
-        user = _jsonable(attrs or {})
+        user = check_store_attrs(_jsonable(attrs or {}), f"the attributes of {path}")
         if PENDING in user:
             raise UserError(f"attribute {PENDING!r} is reserved for the store; rename it")
         from robo_s2 import __version__
@@ -597,7 +603,14 @@ class DemoStore:
         """The store's JSON description (a copy; change it with :meth:`update_attrs`)."""
         attrs = self._root.attrs.asdict()
         attrs.pop(PENDING, None)
-        return json.loads(json.dumps(attrs))
+        try:
+            attrs = json.loads(json.dumps(attrs))
+        except RecursionError:
+            raise UserError(
+                f"{self.path}'s attributes nest deeper than any store robo_s2 writes; fix or "
+                "delete the deep attribute in its zarr.json (.zattrs for a zarr v2 store)"
+            ) from None
+        return check_store_attrs(attrs, str(self.path))
 
     def update_attrs(self, attrs: dict) -> None:
         """Merge ``attrs`` into the store's attributes (one atomic metadata write)."""
@@ -605,6 +618,7 @@ class DemoStore:
         new = _jsonable(attrs)
         if PENDING in new:
             raise UserError(f"attribute {PENDING!r} is reserved for the store; rename it")
+        check_store_attrs({**self.attrs, **new}, f"the update of {self.path}'s attributes")
         self._root.update_attributes(new)
 
     @property
@@ -726,6 +740,10 @@ class DemoStore:
         self._require_writable("append episodes")
         fixed = self._arrays if self.n_episodes > 0 and self._arrays else None
         ep = validate_episode(episode, fixed, self.path)
+        if attrs:
+            check_store_attrs(
+                {**self.attrs, **attrs}, f"the attributes given with {self.path}'s episode"
+            )
         n_frames, n_eps = self.n_frames, self.n_episodes
         if n_eps == 0:
             prepare_arrays(self._arrays, self._root, self.path, self.format, ep)
