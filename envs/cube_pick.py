@@ -536,8 +536,8 @@ def check_env_args(
     numstacks: int,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
     """Raise ValueError for bad constructor arguments; returns the cube region as floats."""
-    if image_size <= 0:
-        raise ValueError(f"image_size={image_size} must be a positive number of pixels")
+    if not 0 < image_size <= 4096:
+        raise ValueError(f"image_size={image_size} must be a number of pixels in 1..4096")
     if not cameras or len(set(cameras)) != len(cameras):
         raise ValueError(f"cameras={cameras} must name at least one camera, each once")
     unknown = [c for c in cameras if c not in P.CAMERAS]

@@ -76,7 +76,7 @@ def available_policies() -> list[str]:
 
 def create_policy(name: str, **kwargs: Any) -> BasePolicy:
     """Build the policy registered as ``name``; ``create_policy(**policy.config)`` rebuilds one."""
-    cls = _REGISTRY.get(name)
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         raise UserError(
             f"unknown policy '{name}'; known policies: {', '.join(available_policies()) or 'none'}"
@@ -85,7 +85,10 @@ def create_policy(name: str, **kwargs: Any) -> BasePolicy:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as e:  # unknown / missing options
         raise UserError(f"bad options for policy '{name}': {e}") from None
-    return build_within_limits(lambda: cls(**kwargs), f"policy '{name}' config")
+    try:
+        return build_within_limits(lambda: cls(**kwargs), f"policy '{name}' config")
+    except (TypeError, ValueError) as e:  # a value of the wrong type or out of range
+        raise UserError(f"bad options for policy '{name}': {' '.join(str(e).split())}") from None
 
 
 def load_policy(

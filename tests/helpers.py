@@ -272,3 +272,39 @@ def make_pusht(path: Path, ends=(4, 7, 12), codec=None, seed: int = 0) -> dict[s
     e = meta.create_array("episode_ends", shape=(len(ends),), dtype="int64")
     e[:] = np.array(ends)
     return arrays
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def tiny_policy_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None, **policy_kwargs):
+    """A random-init ViT-T (64²) + tiny chunk transformer checkpoint for the cube-picking env,
+    its normalizer fitted to random data: a real checkpoint in every file, fast to make."""
+    import torch
+
+    from envs.cube_pick import CubePickEnv
+    from policies import create_policy
+    from robo_s2.encoders import create_encoder
+    from robo_s2.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    encoder = create_encoder("vit_t", image_size=64)
+    policy = create_policy(
+        "chunk_transformer", feature_dim=encoder.feature_dim, proprio_dim=11,
+        action_dim=action_dim, d_model=32, n_layers=1, n_heads=2, dropout=0.0, **policy_kwargs,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    policy.fit_normalizer(
+        {
+            "feature": rng.normal(size=(64, encoder.feature_dim)).astype(np.float32),
+            "proprio": rng.normal(size=(64, 11)).astype(np.float32),
+            "action": rng.normal(0, 0.5, size=(64, action_dim)).astype(np.float32),
+        }
+    )
+    env = CubePickEnv(**{"image_size": 64, "render_images": False, **(env_kwargs or {})})
+    desc = env.describe()
+    env.close()
+    if env_id is not None:
+        desc = {**desc, "id": env_id, "foreign": True}
+    return save_checkpoint(directory, policy, encoder, {"env": desc, "image_key": "image"}, {})

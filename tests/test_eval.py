@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import robo_s2
+from helpers import robo_s2, tiny_policy_checkpoint
 
 from robo_s2.errors import UserError
 from robo_s2.evaluation.runner import episode_seed, evaluate, position_set
@@ -117,37 +117,9 @@ def test_expert_succeeds_and_outputs_are_written(tmp_path):
     assert res.summary().startswith("eval: 3/3 success (100.0%, 95% CI 43.8\u2013100.0%) on random")
 
 
-def _tiny_checkpoint(directory, action_dim=4, env_kwargs=None, env_id=None, **policy_kwargs):
-    from envs.cube_pick import CubePickEnv
-    from policies import create_policy
-    from robo_s2.encoders import create_encoder
-    from robo_s2.training.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    encoder = create_encoder("vit_t", image_size=64)
-    policy = create_policy(
-        "chunk_transformer", feature_dim=encoder.feature_dim, proprio_dim=11,
-        action_dim=action_dim, d_model=32, n_layers=1, n_heads=2, dropout=0.0, **policy_kwargs,
-    )  # fmt: skip
-    rng = np.random.default_rng(0)
-    policy.fit_normalizer(
-        {
-            "feature": rng.normal(size=(64, encoder.feature_dim)).astype(np.float32),
-            "proprio": rng.normal(size=(64, 11)).astype(np.float32),
-            "action": rng.normal(0, 0.5, size=(64, action_dim)).astype(np.float32),
-        }
-    )
-    env = CubePickEnv(**{"image_size": 64, "render_images": False, **(env_kwargs or {})})
-    desc = env.describe()
-    env.close()
-    if env_id is not None:
-        desc = {**desc, "id": env_id, "foreign": True}
-    return save_checkpoint(directory, policy, encoder, {"env": desc, "image_key": "image"}, {})
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    return _tiny_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "best")
+    return tiny_policy_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "best")
 
 
 def test_serial_and_parallel_rollouts_are_identical(tiny_checkpoint, tmp_path):
@@ -310,7 +282,7 @@ def test_frames_are_rendered_only_when_the_policy_reads_them(tmp_path):
     from robo_s2.evaluation.actors import frame_read
     from robo_s2.evaluation.runner import episode_specs, load_target
 
-    ckpt = _tiny_checkpoint(tmp_path / "ckpt", history=2, chunk=8)
+    ckpt = tiny_policy_checkpoint(tmp_path / "ckpt", history=2, chunk=8)
     receding = {"mode": "receding", "n_action_steps": 4, "k": 0.0}
     target = load_target(
         ckpt, torch.device("cpu"), env_overrides={"max_episode_steps": 10}, execution=receding
@@ -348,12 +320,12 @@ def test_the_cpu_plan_fills_the_cores_without_oversubscribing_them():
 
 
 def test_checkpoint_for_another_env_is_refused(tmp_path):
-    foreign = _tiny_checkpoint(tmp_path / "foreign", env_id="robomimic/Lift")
+    foreign = tiny_policy_checkpoint(tmp_path / "foreign", env_id="robomimic/Lift")
     with pytest.raises(
         UserError, match="trained on robomimic/Lift demos; evaluation needs robo_s2/"
     ):
         evaluate(foreign, n_episodes=1, positions="random", workers=0)
-    yaw = _tiny_checkpoint(tmp_path / "yaw", action_dim=5, env_kwargs={"randomize_yaw": True})
+    yaw = tiny_policy_checkpoint(tmp_path / "yaw", action_dim=5, env_kwargs={"randomize_yaw": True})
     with pytest.raises(UserError, match="5-D actions but the env takes 4-D"):
         evaluate(
             yaw, n_episodes=1, positions="random", workers=0, env_overrides={"randomize_yaw": False}

@@ -405,3 +405,36 @@ def test_train_and_export_read_any_store_attributes_or_say_one_line(
     after = {k: v for k, v in _tree(store).items() if not k.startswith("features/")}
     assert after == before  # its demos and attributes are read, never written (train caches
     # features beside them, by design)
+
+
+# --- robo-s2 eval checkpoint=: the checkpoint's robo_s2.json and the policy's config.json ----------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from helpers import tiny_policy_checkpoint
+
+    return tiny_policy_checkpoint(tmp_path_factory.mktemp("eval_fuzz") / "best")
+
+
+@SLOWER_FUZZ  # each example may roll out an episode (~2 s)
+@given(data=st.data(), name=st.sampled_from(["robo_s2.json", "config.json"]))
+def test_eval_reads_any_checkpoint_metadata_or_says_one_line(
+    tmp_path, checkpoint, one_torch_thread, data, name
+):
+    from robo_s2.evaluation.runner import evaluate
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    src = tmp_path / "best"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(checkpoint, src)
+    doc = json.loads((src / name).read_text())
+    (src / name).write_text(_dump(data.draw(mutated(doc)).doc))
+    before = _tree(src)
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    one_line_or_fine(
+        lambda: evaluate(src, n_episodes=1, positions="random", workers=0, n_videos=0,
+                         env_overrides={"max_episode_steps": 5}, out_dir=out)
+    )  # fmt: skip
+    assert _tree(src) == before  # the checkpoint is read, never written

@@ -27,7 +27,7 @@ class EnvAttrs(_Open):
 
     id: str | None = None
     entry_point: str | None = None
-    image_size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    image_size: Annotated[int, Field(ge=1, le=4096)] | None = None
     cameras: Names | None = None
     control_hz: Rate | None = None
 

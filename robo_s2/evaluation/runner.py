@@ -278,7 +278,17 @@ def build_env_kwargs(
     try:
         probe = make_env({**kwargs, "render_images": False})
     except (TypeError, ValueError) as exc:
-        raise UserError(f"bad env settings {over or dict(base)}: {exc}") from None
+        source = " with ".join(
+            part
+            for part in (
+                "the checkpoint's env settings" if base else "",
+                f"env_overrides {over}" if over else "",
+            )
+            if part
+        )
+        raise UserError(
+            f"the env cannot be built from {source or 'its defaults'}: {' '.join(str(exc).split())}"
+        ) from None
     description = probe.describe()
     probe.close()
     return kwargs, description

@@ -27,17 +27,20 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 if TYPE_CHECKING:
     from policies import BasePolicy
     from robo_s2.encoders import VisionEncoder
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from robo_s2 import __version__
 from robo_s2.core.io import read_json, replace_path
+from robo_s2.core.schema import validated
 from robo_s2.core.versions import software_versions
+from robo_s2.data.store_attrs import EnvAttrs
 from robo_s2.errors import UserError
 from robo_s2.safe_io import fit_state_dict, read_safetensors, save_state, strip_trust
 
@@ -126,7 +129,31 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     info = meta.get("encoder") if isinstance(meta, dict) else None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise UserError(f"{meta_file} has no encoder config; it was not written by robo-s2 train")
+    validated(CheckpointMeta, meta, f"{meta_file} is corrupt", "use another checkpoint or retrain")
     return meta
+
+
+class _EncoderMeta(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    label: str | None = None
+    config: dict[str, Any]
+    fingerprint: str
+    trainable: bool = False
+
+
+class CheckpointMeta(BaseModel):
+    """What robo_s2 reads back of a checkpoint's metadata file (other keys pass)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    env: EnvAttrs | None = None
+    image_key: str = "image"
+    feature_precision: str | None = None
+    step: Annotated[int, Field(ge=0)] | None = None
+    encoder: _EncoderMeta
+    versions: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
 
 
 def build_encoder(meta: dict[str, Any], directory: Path | None = None):
