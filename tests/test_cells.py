@@ -107,7 +107,9 @@ def test_changed_cells_rerun_and_other_demos_are_refused(tmp_path):
     cell.write_text(json.dumps(saved))
     assert run(first, ROWS[1:], out="outputs_old_cell").rows[0].runs[0].reused
     cell.write_text("{not json")
-    with pytest.raises(UserError, match="is not a committed experiment cell"):
+    with pytest.raises(
+        UserError, match="a committed experiment cell.*restore it from git or delete it"
+    ):
         run(first, ROWS[1:])
 
 

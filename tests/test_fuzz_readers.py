@@ -438,3 +438,43 @@ def test_eval_reads_any_checkpoint_metadata_or_says_one_line(
                          env_overrides={"max_episode_steps": 5}, out_dir=out)
     )  # fmt: skip
     assert _tree(src) == before  # the checkpoint is read, never written
+
+
+# --- robo-s2 experiment cells=: a committed cell's cell.json and records.json.gz -------------------
+
+
+def _cell(tmp: Path) -> tuple[Path, dict[str, Any]]:
+    from robo_s2.experiments.cells import write_cell
+
+    key = {"row": {"label": "A"}, "seed": 0}
+    per_episode = [
+        {"index": i, "seed": 100 + i, "cube_pos": [0.5, 0.0, 0.02], "cube_yaw": 0.0,
+         "success": i != 1, "steps": 30, "max_lift": 0.1}
+        for i in range(3)
+    ]  # fmt: skip
+    outcome = {"row": "A", "seed": 0, "n_success": 2, "n_episodes": 3, "train_seconds": 1.0,
+               "eval_seconds": 2.0, "val_ratio": 0.5, "episodes": "101"}  # fmt: skip
+    directory = tmp / "cells" / "A" / "seed0"
+    write_cell(directory, key, "ab" * 32, outcome, per_episode, {"commit": "c"}, {"shadows": True})
+    return directory, key
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["cell.json", "records.json.gz"]))
+def test_committed_cells_read_back_or_say_one_line(tmp_path, data, name):
+    import gzip
+
+    from robo_s2.experiments.cells import read_cell, read_records
+
+    shutil.rmtree(tmp_path / "cells", ignore_errors=True)
+    directory, key = _cell(tmp_path)
+    path = directory / name
+    if name == "cell.json":
+        path.write_text(_dump(data.draw(mutated(json.loads(path.read_text()))).doc))
+    else:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        path.write_bytes(gzip.compress(_dump(data.draw(mutated(doc)).doc).encode()))
+    before = _tree(directory)
+    one_line_or_fine(lambda: read_cell(directory, key, "ab" * 32, {"shadows": True}))
+    one_line_or_fine(lambda: read_records(directory))
+    assert _tree(directory) == before

@@ -24,9 +24,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from robo_s2.core.io import atomic_file, write_json_atomic
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from robo_s2.core.io import atomic_file, parse_json, read_json, write_json_atomic
+from robo_s2.core.schema import validated
 from robo_s2.errors import UserError
 
 CELL_FILE = "cell.json"
@@ -116,18 +119,11 @@ def read_cell(
     path = directory / CELL_FILE
     if not path.is_file():
         return None
-    try:
-        cell = json.loads(path.read_text())
-        saved_key, outcome, saved_sum = (
-            cell["key"],
-            dict(cell["outcome"]),
-            str(cell["demos_sha256"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(
-            f"{path} is not a committed experiment cell ({type(exc).__name__}: {exc}); restore it "
-            "from git or delete it to run the cell again"
-        ) from None
+    fix = "restore it from git or delete it to run the cell again"
+    cell = validated(
+        CellFile, read_json(path, "a committed experiment cell", fix), f"{path} is corrupt", fix
+    )
+    saved_key, outcome, saved_sum = cell.key, cell.outcome.model_dump(), cell.demos_sha256
     if saved_key != json.loads(json.dumps(key)):
         return None
     if saved_sum != checksum:
@@ -137,7 +133,7 @@ def read_cell(
             "it again with the experiment's demos settings into an empty path, or delete the "
             "experiment's committed cells to start over"
         )
-    saved_profile = cell.get("render_profile")  # cells from before it was recorded: not checked
+    saved_profile = cell.render_profile  # cells from before it was recorded: not checked
     if profile is not None and saved_profile is not None and saved_profile != dict(profile):
         raise UserError(
             f"the demos' frames were rendered with {dict(profile)}, the committed cell "
@@ -176,8 +172,70 @@ def write_cell(
 
 def read_records(directory: Path) -> list[dict[str, Any]]:
     """The per-episode records of a committed cell, one dict per episode."""
-    data = json.loads(gzip.decompress((directory / RECORDS_FILE).read_bytes()))
+    path = directory / RECORDS_FILE
+    fix = "restore it from git or delete the cell to run it again"
+    try:
+        text = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"cannot read {path} ({exc}); {fix}") from None
+    data = parse_json(text, str(path), fix)
+    validated(_Records, data, f"{path} is corrupt", fix)  # (its values are used as written)
     return [dict(zip(data["fields"], row, strict=True)) for row in data["rows"]]
+
+
+def counts_disagree(n_success: int, n_episodes: int, episodes: str) -> bool:
+    """Whether a success count, an episode count and a per-episode "0"/"1" string disagree."""
+    return not 0 <= n_success <= n_episodes or bool(
+        episodes
+        and (set(episodes) - {"0", "1"} or len(episodes) != n_episodes
+             or episodes.count("1") != n_success)
+    )  # fmt: skip
+
+
+Count = Annotated[int, Field(ge=0, le=2**62)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class CellOutcome(BaseModel):
+    """A committed cell's outcome (the fields of ``runner.RunOutcome`` it stores)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    n_success: Count
+    n_episodes: Annotated[int, Field(ge=1, le=2**62)]
+    train_seconds: Seconds = 0.0
+    eval_seconds: Seconds = 0.0
+    val_ratio: float | None = None
+    episodes: Annotated[str, Field(pattern=r"^[01]*$")] = ""
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> CellOutcome:
+        if counts_disagree(self.n_success, self.n_episodes, self.episodes):
+            raise ValueError(
+                f"{self.n_success}/{self.n_episodes} successes disagree with the per-episode record"
+            )
+        return self
+
+
+class CellFile(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    key: dict[str, Any]
+    demos_sha256: str
+    outcome: CellOutcome
+    render_profile: dict[str, Any] | None = None
+
+
+class _Records(BaseModel):
+    model_config = ConfigDict(strict=True)
+    fields: list[str]
+    rows: list[list[Annotated[float, Field(allow_inf_nan=False)]]]
+
+    @model_validator(mode="after")
+    def _rows_fit(self) -> _Records:
+        if tuple(self.fields) != RECORD_FIELDS:
+            raise ValueError(f"the fields must be {list(RECORD_FIELDS)}")
+        if any(len(row) != len(RECORD_FIELDS) for row in self.rows):
+            raise ValueError(f"every row must hold {len(RECORD_FIELDS)} values")
+        return self
 
 
 @dataclass

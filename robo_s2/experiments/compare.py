@@ -112,6 +112,7 @@ def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
     from pydantic import TypeAdapter, ValidationError
 
     from robo_s2.core.schema import first_problem
+    from robo_s2.experiments.cells import counts_disagree
 
     try:
         if not isinstance(rec, Mapping) or not isinstance(rec.get("runs"), list):
@@ -123,11 +124,7 @@ def _row_from_json(rec: Mapping[str, Any], where: Path) -> RowResult:
         ]
         result = TypeAdapter(RowResult).validate_python(row)
         for run in result.runs:
-            ep = run.episodes
-            if not 0 <= run.n_success <= run.n_episodes or (
-                ep and (set(ep) - {"0", "1"} or len(ep) != run.n_episodes
-                        or ep.count("1") != run.n_success)
-            ):  # fmt: skip
+            if counts_disagree(run.n_success, run.n_episodes, run.episodes):
                 raise ValueError(
                     f"run {run.row} seed {run.seed}: its per-episode record does not match "
                     f"{run.n_success}/{run.n_episodes}"
