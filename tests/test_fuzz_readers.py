@@ -478,3 +478,28 @@ def test_committed_cells_read_back_or_say_one_line(tmp_path, data, name):
     one_line_or_fine(lambda: read_cell(directory, key, "ab" * 32, {"shadows": True}))
     one_line_or_fine(lambda: read_records(directory))
     assert _tree(directory) == before
+
+
+# --- an s2_select encoder's tile_scorer: the scorer file's metadata ---------------------------------
+
+
+@FUZZ
+@given(data=st.data())
+def test_tile_scorer_loads_from_any_metadata_or_says_one_line(tmp_path, data):
+    from robo_s2.encoders.tile_scorer import (
+        METADATA_KEY,
+        TileScorer,
+        load_tile_scorer,
+        save_tile_scorer,
+    )
+    from robo_s2.safe_io import read_safetensors, write_safetensors
+
+    path = tmp_path / "tile_scorer.safetensors"
+    save_tile_scorer(TileScorer(8, [2], hidden=4), path, {"backbone_fingerprint": "fp"})
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    text = _dump(data.draw(mutated(meta)).doc)
+    write_safetensors(path, read_safetensors(path, "scorer"), {METADATA_KEY: text})
+    one_line_or_fine(lambda: load_tile_scorer(path, "fp", 8, [2]))

@@ -20,12 +20,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from robo_s2.core.io import parse_json
+from robo_s2.core.schema import validated
 from robo_s2.encoders.tile_rules import LowRes, per_tile
 from robo_s2.errors import UserError
 
@@ -108,16 +111,26 @@ def read_scorer_metadata(path: str | Path) -> dict[str, Any]:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"tile scorer {p} is truncated or corrupt ({exc}); fit it again") from None
-    try:
-        meta = json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        meta = None
+    fix = "give the tile_scorer.safetensors that robo-s2 analyze scorer wrote, or fit it again"
+    meta = parse_json(raw, f"{p}'s tile scorer metadata", fix) if raw else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(
-            f"{p} is not a robo-s2 tile scorer (no {FORMAT} metadata); give the "
-            "tile_scorer.safetensors that robo-s2 analyze scorer wrote"
-        )
+        raise UserError(f"{p} is not a robo-s2 tile scorer (no {FORMAT} metadata); {fix}")
+    validated(ScorerMetadata, meta, f"{p}'s tile scorer metadata is corrupt", fix)
     return meta
+
+
+Size = Annotated[int, Field(ge=1, le=2**20)]
+
+
+class ScorerMetadata(BaseModel):
+    """What :func:`load_tile_scorer` reads of a scorer file's metadata (other keys pass)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    format: str
+    backbone_fingerprint: str
+    width: Size
+    splits: list[Size] = Field(min_length=1, max_length=16)
+    hidden: Size
 
 
 def load_tile_scorer(
