@@ -503,3 +503,34 @@ def test_tile_scorer_loads_from_any_metadata_or_says_one_line(tmp_path, data):
     text = _dump(data.draw(mutated(meta)).doc)
     write_safetensors(path, read_safetensors(path, "scorer"), {METADATA_KEY: text})
     one_line_or_fine(lambda: load_tile_scorer(path, "fp", 8, [2]))
+
+
+# --- robo-s2 import of robomimic HDF5: data.attrs['env_args'] and the demos' attributes ------------
+
+
+@FUZZ
+@given(data=st.data(), where=st.sampled_from(["env_args", "num_samples", "total"]))
+def test_robomimic_import_reads_any_attributes_to_a_store_or_one_line(tmp_path, data, where):
+    import h5py
+    from helpers import ROBOMIMIC_ENV_ARGS, make_robomimic
+
+    from robo_s2.data.interop.robomimic_hdf5 import import_robomimic
+
+    src = tmp_path / "lift.hdf5"
+    src.unlink(missing_ok=True)
+    make_robomimic(src, {"demo_0": 3, "demo_1": 4})
+    with h5py.File(src, "a") as f:
+        if where == "env_args":
+            f["data"].attrs["env_args"] = _dump(data.draw(mutated(ROBOMIMIC_ENV_ARGS)).doc)
+        else:
+            node = f["data"] if where == "total" else f["data/demo_1"]
+            value = data.draw(json_values)
+            try:
+                node.attrs[where] = value
+            except (TypeError, ValueError, OverflowError):
+                node.attrs[where] = json.dumps(value)  # what h5py cannot store as is, as text
+    before = src.read_bytes()
+    out = tmp_path / "out.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    one_line_or_fine(lambda: import_robomimic(src, out))
+    assert src.read_bytes() == before  # the source is read, never written

@@ -44,11 +44,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from robo_s2.core.io import replace_path
+from robo_s2.core.schema import validated
 from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
@@ -148,9 +150,28 @@ def _env_args(f: Any, src: Path) -> dict[str, Any]:
         return {}
     try:
         env_args = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{src}: data.attrs['env_args'] is not JSON") from None
-    return env_args if isinstance(env_args, dict) else {}
+    if not isinstance(env_args, dict):
+        return {}
+    fix = "the file is corrupt: download or export it again"
+    validated(_EnvArgs, env_args, f"{src}: data.attrs['env_args'] is not robomimic's", fix)
+    return env_args
+
+
+class _EnvKwargs(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    control_freq: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    controller_configs: dict[str, Any] | None = None
+
+
+class _EnvArgs(BaseModel):
+    """What the import reads of robomimic's ``env_args`` (other keys pass)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    env_name: str | None = None
+    type: int | None = None
+    env_kwargs: _EnvKwargs | None = None
 
 
 def _meta(f: Any) -> dict[str, Any] | None:
@@ -162,6 +183,11 @@ def _meta(f: Any) -> dict[str, Any] | None:
     except (*_READ_ERRORS, KeyError):
         return None
     return meta if isinstance(meta, dict) else None
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def camera_name(obs_key: str) -> str:
@@ -622,11 +648,18 @@ def _load_demo(f: Any, src: Path, keys: _DemoKeys, name: str) -> dict[str, np.nd
             "one row per step"
         )
     n = next(iter(lengths.values()))
-    if num_samples is not None and int(num_samples) != n:
-        raise UserError(
-            f"{where} says num_samples={int(num_samples)} but its arrays have {n} steps; the "
-            "demo is inconsistent"
-        )
+    if num_samples is not None:
+        value = np.asarray(num_samples)
+        if value.shape != () or value.dtype.kind not in "iu":
+            raise UserError(
+                f"{where}.attrs['num_samples'] is {_short_repr(num_samples)}, not a whole number; "
+                "the file is corrupt: download or export it again"
+            )
+        if int(value) != n:
+            raise UserError(
+                f"{where} says num_samples={int(value)} but its arrays have {n} steps; the "
+                "demo is inconsistent"
+            )
     if parts:
         ep["proprio"] = np.concatenate(parts, axis=1)
     return ep
