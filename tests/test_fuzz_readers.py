@@ -534,3 +534,36 @@ def test_robomimic_import_reads_any_attributes_to_a_store_or_one_line(tmp_path, 
     shutil.rmtree(out, ignore_errors=True)
     one_line_or_fine(lambda: import_robomimic(src, out))
     assert src.read_bytes() == before  # the source is read, never written
+
+
+# --- robo-s2 import of a v2.1 LeRobotDataset: meta/episodes.jsonl and meta/tasks.jsonl --------------
+
+
+@pytest.fixture(scope="module")
+def lerobot_v21_export(tmp_path_factory, lerobot_export):
+    from robo_s2.data.interop.lerobot import export_lerobot
+
+    root = lerobot_export.parent
+    export_lerobot(root / "s.zarr", root / "lr21", video=False, version="2.1")
+    return root / "lr21"
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["episodes.jsonl", "tasks.jsonl"]))
+def test_lerobot_v21_import_reads_any_jsonl_to_a_store_or_one_line(
+    tmp_path, lerobot_v21_export, data, name
+):
+    from robo_s2.data.interop.lerobot import import_lerobot
+
+    src = tmp_path / "lr"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(lerobot_v21_export, src)
+    (src / "meta/robo_s2.json").unlink(missing_ok=True)
+    path = src / "meta" / name
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    changed = data.draw(mutated(rows)).doc
+    lines = changed if isinstance(changed, list) else [changed]
+    path.write_text("".join(_dump(line) + "\n" for line in lines))
+    out = tmp_path / "out.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    one_line_or_fine(lambda: import_lerobot(src, out))

@@ -34,12 +34,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from robo_s2.core.io import parse_json, read_json, replace_path
+from robo_s2.core.schema import validated
 from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
@@ -136,8 +137,6 @@ class _Episode:
 
 def _checked_episode_row(row: Any, video_keys: list[str], where: Path) -> dict[str, Any]:
     """An episode-list row with the fields the import reads typed and in range (pydantic)."""
-    from robo_s2.core.schema import validated
-
     context = f"{where}: the episode list is corrupt"
     fix = "the dataset is corrupt: download or export it again"
     checked = validated(_EpisodeRow, row, context, fix).model_dump(by_alias=True)
@@ -179,7 +178,8 @@ def _read_json(path: Path, what: str) -> Any:
     return read_json(path, what, "the dataset is corrupt: download or export it again")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, row: type[BaseModel]) -> list[dict[str, Any]]:
+    """The rows of a v2.1 ``meta/*.jsonl`` file, each checked against ``row``."""
     if not path.is_file():
         raise UserError(
             f"{path} is missing; a v2.1 LeRobotDataset lists its episodes and tasks there"
@@ -189,11 +189,27 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     except OSError as e:
         raise UserError(f"cannot read {path} ({brief_error(e)}); it is corrupt") from None
     fix = "the dataset is corrupt: download or export it again"
-    return [
-        parse_json(line, f"{path} line {i + 1}", fix)
-        for i, line in enumerate(lines)
-        if line.strip()
-    ]
+    rows = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            rows.append(parse_json(line, f"{path} line {i + 1}", fix))
+            validated(row, rows[-1], f"{path} line {i + 1}", fix)
+    return rows
+
+
+class _EpisodeLine(BaseModel):
+    """What the import reads of a v2.1 ``meta/episodes.jsonl`` line (other keys pass)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    episode_index: Annotated[int, Field(ge=0, le=2**40)]
+    length: Annotated[int, Field(ge=1, le=2**40)]
+    tasks: list[str] | str | None = None
+
+
+class _TaskLine(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    task_index: Annotated[int, Field(ge=0, le=2**40)]
+    task: str
 
 
 def _read_parquet(path: Path, what: str, columns: list[str] | None = None) -> Any:
@@ -366,7 +382,8 @@ class _Source:
         episodes = []
         start = 0
         rows = sorted(
-            _read_jsonl(self.src / "meta/episodes.jsonl"), key=lambda r: int(r["episode_index"])
+            _read_jsonl(self.src / "meta/episodes.jsonl", _EpisodeLine),
+            key=lambda r: int(r["episode_index"]),
         )
         for r in rows:
             i = int(r["episode_index"])
@@ -393,7 +410,7 @@ class _Source:
             if self.version == "v3.0":
                 self._task_names = self._tasks_v3()
             else:
-                rows = _read_jsonl(self.src / "meta/tasks.jsonl")
+                rows = _read_jsonl(self.src / "meta/tasks.jsonl", _TaskLine)
                 self._task_names = {int(r["task_index"]): str(r["task"]) for r in rows}
         return self._task_names
 
