@@ -567,3 +567,57 @@ def test_lerobot_v21_import_reads_any_jsonl_to_a_store_or_one_line(
     out = tmp_path / "out.zarr"
     shutil.rmtree(out, ignore_errors=True)
     one_line_or_fine(lambda: import_lerobot(src, out))
+
+
+# --- the property at the command line: exit code 2, one error line, nothing written elsewhere -------
+
+
+def _hostile_store(tmp: Path, attrs_store: Path) -> list[str]:
+    store = tmp / "s.zarr"
+    shutil.copytree(attrs_store, store)
+    attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+    _set_root_attrs(store, json.dumps({**attrs, "control_hz": [10]}))
+    return ["train", f"data.store={store}", "train.steps=1"]
+
+
+def _hostile_checkpoint(tmp: Path, checkpoint: Path) -> list[str]:
+    ckpt = tmp / "best"
+    shutil.copytree(checkpoint, ckpt)
+    meta = json.loads((ckpt / "robo_s2.json").read_text())
+    meta["env"]["id"] = ["robo_s2/CubePick-v0"]
+    (ckpt / "robo_s2.json").write_text(json.dumps(meta))
+    return ["eval", f"checkpoint={ckpt}", "n_episodes=1", "workers=0", "n_videos=0"]
+
+
+def _hostile_robomimic(tmp: Path, _: Path) -> list[str]:
+    import h5py
+    from helpers import make_robomimic
+
+    src = tmp / "lift.hdf5"
+    make_robomimic(src, {"demo_0": 3})
+    with h5py.File(src, "a") as f:
+        f["data"].attrs["env_args"] = json.dumps({"env_name": "Lift", "env_kwargs": [1, 2]})
+    return ["import", f"src={src}", f"out={tmp / 'o.zarr'}"]
+
+
+@pytest.mark.parametrize(
+    "hostile, fixture",
+    [(_hostile_store, "attrs_store"), (_hostile_checkpoint, "checkpoint"),
+     (_hostile_robomimic, "attrs_store")],
+    ids=["store attributes", "checkpoint metadata", "robomimic env_args"],
+)  # fmt: skip
+def test_a_hostile_file_is_exit_code_2_and_one_error_line(tmp_path, request, hostile, fixture):
+    from helpers import robo_s2
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    args = hostile(inputs, request.getfixturevalue(fixture))
+    before = _tree(inputs)
+    out = robo_s2(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert _tree(inputs) == before  # the inputs are untouched
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {"in", "run_out"}, written  # nothing outside the run directory
