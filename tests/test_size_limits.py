@@ -43,6 +43,20 @@ def test_a_store_declaring_10e12_episodes_is_refused_before_reading(tmp_path):
     assert [line for line in out.stderr.splitlines() if line.startswith("error:")], out.stderr
 
 
+@pytest.mark.parametrize("array", ["data/action", "data/image", "meta/episode_ends"])
+def test_a_chunk_shape_of_10e9_rows_is_refused_before_reading(tmp_path, array):
+    """Reading one row of a zarr array decompresses its whole chunk: a chunk declared 10^9 rows
+    would allocate gigabytes (MemoryError) for a store of a few kB."""
+    store = _small_store(tmp_path / "s.zarr")
+    meta = store / array / "zarr.json"
+    spec = json.loads(meta.read_text())
+    spec["chunk_grid"]["configuration"]["chunk_shape"][0] = 10**9
+    meta.write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=f"{array} declares chunks of .* over the 1 GiB") as err:
+        DemoStore.open(store).episode(0)
+    assert "\n" not in str(err.value)
+
+
 def test_a_policy_config_asking_for_a_huge_model_is_refused(tmp_path):
     from policies import create_policy, load_policy
 

@@ -53,6 +53,7 @@ from robo_s2.data.windows import sequence_indices
 from robo_s2.errors import UserError
 
 MAX_EPISODES = 10_000_000  # ceiling on a store's declared episode count (its ends: 80 MB)
+MAX_CHUNK_BYTES = 2**30  # ceiling on one chunk of a store array (reading a row reads its chunk)
 PENDING = "robo_s2_pending"  # reserved root attribute: an append in progress (hidden from .attrs)
 WINDOW_META = ("_episode", "_frame", "_valid")  # extra entries of every iter_windows() dict
 LOWDIM_CHUNK_BYTES = 1 << 20
@@ -323,6 +324,18 @@ def _data_arrays(data: zarr.Group, path: Path) -> dict[str, Any]:
             raise
 
 
+def _check_chunk_bytes(arr: zarr.Array, name: str, path: Path) -> None:
+    """Reading one row decompresses its whole chunk: a chunk declared larger than
+    :data:`MAX_CHUNK_BYTES` is refused before anything is read."""
+    chunk_bytes = int(np.prod(arr.chunks, dtype=np.float64)) * arr.dtype.itemsize
+    if chunk_bytes > MAX_CHUNK_BYTES:
+        raise UserError(
+            f"{path}: {name} declares chunks of {tuple(arr.chunks)} ({chunk_bytes / 2**30:,.1f} "
+            f"GiB each), over the 1 GiB a demo store's chunk may hold; the store is corrupt or "
+            "not written for robo_s2: rewrite the array with smaller chunks"
+        )
+
+
 def _read_state(path: Path, mode: str) -> _State:
     root = _open_root(path, mode)
     data = root.get("data")
@@ -338,6 +351,8 @@ def _read_state(path: Path, mode: str) -> _State:
     for key, arr in arrays.items():
         if arr.ndim < 1:
             raise _Corrupt(f"{path}: data/{key} is a 0-d array; every data array needs a time axis")
+        _check_chunk_bytes(arr, f"data/{key}", path)
+    _check_chunk_bytes(ends_array, "meta/episode_ends", path)
     if ends_array.ndim != 1 or not np.issubdtype(ends_array.dtype, np.integer):
         raise _Corrupt(
             f"{path}: meta/episode_ends has shape {ends_array.shape} and dtype {ends_array.dtype}, "
