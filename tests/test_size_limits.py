@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import robo_s2
+from helpers import random_store, robo_s2
 
 from robo_s2.data.store import MAX_EPISODES, DemoStore
 from robo_s2.errors import UserError
@@ -111,3 +111,33 @@ def test_an_hdf5_header_declaring_10e9_rows_is_refused_unread(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "declares shape (1000000000, 7)" in errors[0], out.stderr
     assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("hostile", ["chunk of 10^9 rows", "n_done not a count"])
+def test_a_feature_cache_entry_declaring_a_huge_chunk_or_a_bad_count_is_one_line(tmp_path, hostile):
+    from robo_s2.encoders import create_encoder
+    from robo_s2.encoders.feature_cache import cache_status, encode_store, load_features
+
+    store_path = tmp_path / "s.zarr"
+    store = random_store(store_path, size=32)
+    encoder = create_encoder("vit_t", image_size=32, pooling="cls")
+    status = encode_store(store, encoder, device="cpu")
+    store.close()
+    entry = store_path / "features" / status.key
+    if hostile.startswith("chunk"):
+        meta = entry / "feature" / "zarr.json"
+        spec = json.loads(meta.read_text())
+        spec["chunk_grid"]["configuration"]["chunk_shape"][0] = 10**9
+        meta.write_text(json.dumps(spec))
+        match = "declares chunks of .* over the 1 GiB"
+    else:
+        meta = entry / "zarr.json"
+        spec = json.loads(meta.read_text())
+        spec["attributes"]["n_done"] = "12"
+        meta.write_text(json.dumps(spec))
+        match = "n_done='12' is not a frame count; delete .* and encode again"
+    store = DemoStore.open(store_path)
+    with pytest.raises(UserError, match=match) as err:
+        cache_status(store, encoder)
+        load_features(store, encoder)
+    assert "\n" not in str(err.value)

@@ -324,7 +324,7 @@ def _data_arrays(data: zarr.Group, path: Path) -> dict[str, Any]:
             raise
 
 
-def _check_chunk_bytes(arr: zarr.Array, name: str, path: Path) -> None:
+def check_chunk_bytes(arr: zarr.Array, name: str, path: Path) -> None:
     """Reading one row decompresses its whole chunk: a chunk declared larger than
     :data:`MAX_CHUNK_BYTES` is refused before anything is read."""
     chunk_bytes = int(np.prod(arr.chunks, dtype=np.float64)) * arr.dtype.itemsize
@@ -351,8 +351,8 @@ def _read_state(path: Path, mode: str) -> _State:
     for key, arr in arrays.items():
         if arr.ndim < 1:
             raise _Corrupt(f"{path}: data/{key} is a 0-d array; every data array needs a time axis")
-        _check_chunk_bytes(arr, f"data/{key}", path)
-    _check_chunk_bytes(ends_array, "meta/episode_ends", path)
+        check_chunk_bytes(arr, f"data/{key}", path)
+    check_chunk_bytes(ends_array, "meta/episode_ends", path)
     if ends_array.ndim != 1 or not np.issubdtype(ends_array.dtype, np.integer):
         raise _Corrupt(
             f"{path}: meta/episode_ends has shape {ends_array.shape} and dtype {ends_array.dtype}, "

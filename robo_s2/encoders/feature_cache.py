@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import zarr
 
-from robo_s2.data.store import DemoStore
+from robo_s2.data.store import DemoStore, check_chunk_bytes
 from robo_s2.device import autocast, resolve_device, resolve_precision
 from robo_s2.encoders.preprocess import check_frame_size, frames_to_input
 from robo_s2.errors import UserError
@@ -98,7 +98,19 @@ def _cache_entry(store: DemoStore, key: str) -> zarr.Group | None:
     if not isinstance(features, zarr.Group) or key not in features:
         return None
     entry = features[key]
-    return entry if isinstance(entry, zarr.Group) else None
+    if not isinstance(entry, zarr.Group):
+        return None
+    where = f"{store.path}/{FEATURES_GROUP}/{key}"
+    fix = f"delete {where} and encode again (robo-s2 encode)"
+    n_done = entry.attrs.get("n_done", 0)
+    if isinstance(n_done, bool) or not isinstance(n_done, int) or n_done < 0:
+        raise UserError(f"{where}: n_done={n_done!r} is not a frame count; {fix}")
+    if "feature" in entry:
+        array = entry["feature"]
+        if not isinstance(array, zarr.Array) or array.ndim != 2:
+            raise UserError(f"{where}/feature is not a 2-D array of features; {fix}")
+        check_chunk_bytes(array, f"{FEATURES_GROUP}/{key}/feature", store.path)
+    return entry
 
 
 def cache_status(
