@@ -50,6 +50,11 @@ def test_launched_jobs_give_the_serial_results(tmp_path):
         # both ends of stderr: a launcher's own failure (a job controller's traceback) comes
         # before Hydra's summary of it
         assert out.returncode == 0, out.stderr[:3000] + "\n...\n" + out.stderr[-3000:]
+    # submitit_local's jobs share one existing folder: with its default ".submitit/%j" a job's
+    # controller raced this process to create its folder (FileNotFoundError, no job output)
+    jobs = tmp_path / "submitit_local" / "jobs" / ".submitit"
+    assert sorted(p.name for p in jobs.iterdir() if p.is_dir()) == [], list(jobs.iterdir())
+    assert len(list(jobs.glob("*_0_result.pkl"))) == 2
     ckpt = Path("checkpoints/best/model.safetensors")
     for seed in (0, 1):
         run = Path("runs/ViT-T") / f"seed{seed}"

@@ -150,6 +150,13 @@ def launch_cells(cells: Sequence[tuple[Row, int]], out_dir: Path) -> list[RunOut
     out_dir = out_dir.resolve()
     with open_dict(master):
         master.hydra.sweep.dir = str(out_dir / "jobs")
+        launcher_cfg = master.hydra.launcher
+        if str(launcher_cfg.get("_target_", "")).endswith(".LocalLauncher"):
+            # submitit_local's default folder ".submitit/%j" is a race: the job's controller
+            # opens <folder>/<pid>/<pid>_0_log.out while this process is still creating that
+            # folder, and on a busy machine it loses (FileNotFoundError, the job never runs).
+            # One folder for all jobs (their files are named by job id) exists before any starts.
+            launcher_cfg.submitit_folder = str(out_dir / "jobs" / ".submitit")
     context = HydraContext(config_loader=loader, callbacks=Callbacks(master))
     launcher = Plugins.instance().instantiate_launcher(
         hydra_context=context, task_function=CellTask(user_trusts_weights()), config=master
