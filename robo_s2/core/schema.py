@@ -13,13 +13,17 @@ from robo_s2.errors import UserError
 M = TypeVar("M", bound=BaseModel)
 
 
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def first_problem(exc: ValidationError) -> str:
     """``field.path: what it must be (got ...)`` for the first error pydantic found."""
     err = exc.errors()[0]
     loc = ".".join(str(part) for part in err["loc"]) or "the document"
-    got = repr(err.get("input"))
-    got = got if len(got) <= 40 else got[:37] + "..."
-    return f"{loc}: {err['msg']} (got {got})".replace("\n", " ")
+    return f"{loc}: {err['msg']} (got {short_repr(err.get('input'))})".replace("\n", " ")
 
 
 def validated(model: type[M], data: Any, where: str, fix: str) -> M:

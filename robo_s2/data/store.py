@@ -633,7 +633,9 @@ class DemoStore:
         new = _jsonable(attrs)
         if PENDING in new:
             raise UserError(f"attribute {PENDING!r} is reserved for the store; rename it")
-        check_store_attrs({**self.attrs, **new}, f"the update of {self.path}'s attributes")
+        check_store_attrs(
+            {**self._root.attrs.asdict(), **new}, f"the update of {self.path}'s attributes"
+        )
         self._root.update_attributes(new)
 
     @property
@@ -757,7 +759,8 @@ class DemoStore:
         ep = validate_episode(episode, fixed, self.path)
         if attrs:
             check_store_attrs(
-                {**self.attrs, **attrs}, f"the attributes given with {self.path}'s episode"
+                {**self._root.attrs.asdict(), **attrs},
+                f"the attributes given with {self.path}'s episode",
             )
         n_frames, n_eps = self.n_frames, self.n_episodes
         if n_eps == 0:

@@ -278,16 +278,11 @@ def build_env_kwargs(
     try:
         probe = make_env({**kwargs, "render_images": False})
     except (TypeError, ValueError) as exc:
-        source = " with ".join(
-            part
-            for part in (
-                "the checkpoint's env settings" if base else "",
-                f"env_overrides {over}" if over else "",
-            )
-            if part
-        )
+        source = "the checkpoint's env settings" if base else "the default env settings"
+        if over:
+            source += f" with env_overrides {over}"
         raise UserError(
-            f"the env cannot be built from {source or 'its defaults'}: {' '.join(str(exc).split())}"
+            f"the env cannot be built from {source}: {' '.join(str(exc).split())}"
         ) from None
     description = probe.describe()
     probe.close()

@@ -50,7 +50,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from robo_s2.core.io import replace_path
-from robo_s2.core.schema import validated
+from robo_s2.core.schema import short_repr, validated
 from robo_s2.data.interop.base import (
     BOOKKEEPING_ATTRS,
     ExportResult,
@@ -183,11 +183,6 @@ def _meta(f: Any) -> dict[str, Any] | None:
     except (*_READ_ERRORS, KeyError):
         return None
     return meta if isinstance(meta, dict) else None
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def camera_name(obs_key: str) -> str:
@@ -652,7 +647,7 @@ def _load_demo(f: Any, src: Path, keys: _DemoKeys, name: str) -> dict[str, np.nd
         value = np.asarray(num_samples)
         if value.shape != () or value.dtype.kind not in "iu":
             raise UserError(
-                f"{where}.attrs['num_samples'] is {_short_repr(num_samples)}, not a whole number; "
+                f"{where}.attrs['num_samples'] is {short_repr(num_samples)}, not a whole number; "
                 "the file is corrupt: download or export it again"
             )
         if int(value) != n:
