@@ -161,6 +161,21 @@ def read_safetensors(path: str | Path, what: str = "file") -> dict[str, Tensor]:
         ) from None
 
 
+def read_safetensors_metadata(path: str | Path, what: str = "file") -> dict[str, str]:
+    """The string metadata of a safetensors header (empty when it has none), without reading
+    its tensors; a corrupt header is one UserError line."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(
+            f"{what} {p} is truncated or corrupt ({_first_line(exc)}); re-save or delete it"
+        ) from None
+
+
 def _pickle_globals(p: Path) -> list[str]:
     """The importable names a pickle stream refers to, read opcode by opcode (nothing runs)."""
     import io

@@ -129,3 +129,9 @@ def test_a_cell_knows_its_weights_by_content_not_by_path(tmp_path):
     b.write_bytes(b"weights two")  # re-created, and different: not the same cell
     assert cell_key(exp, moved, 0) != key
     json.dumps(key)
+    # a trained PIIP named by its checkpoint directory: known by its encoder.safetensors
+    ckpt = tmp_path / "run" / "checkpoints" / "best"
+    ckpt.mkdir(parents=True)
+    (ckpt / "encoder.safetensors").write_bytes(b"weights one")
+    piip = {**row, "overrides": {"weights": str(ckpt), "trainable": False}}
+    assert cell_key(exp, piip, 0)["row"]["overrides"]["weights"] == {"sha256": file_sha256(a)}

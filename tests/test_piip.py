@@ -413,3 +413,82 @@ def test_cuda_matches_cpu(attn):
     set_gates(enc, 0.1)
     enc(xc).sum().backward()
     assert all(g.grad is not None for g in enc.gates())
+
+
+# ------------------------------------------------------------------------------------------------
+# a trained PIIP loaded back as a (frozen) encoder: weights=<encoder.safetensors or its directory>
+def _trained_file(enc: PIIPEncoder, path, config: dict | None = None):
+    """``enc``'s weights as robo-s2 train writes them beside a checkpoint (tensors + options)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from robo_s2.encoders.base import TRAINED_CONFIG_KEY
+
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {TRAINED_CONFIG_KEY: json.dumps(config or enc.config)}
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()},
+              str(path / "encoder.safetensors"), metadata=meta)  # fmt: skip
+    return path / "encoder.safetensors"
+
+
+def test_trained_weights_load_every_tensor_and_freeze(tmp_path):
+    trained = tiny_piip(n_branches=2, resolutions=[64, 32], pooling="grid:2")
+    set_gates(trained, 0.3)  # as if trained: the interactions now change the branches' tokens
+    with torch.no_grad():
+        trained.merge.weights.mul_(0.5)
+    _trained_file(trained, tmp_path / "ckpt")
+    x = torch.rand(3, 3, 64, 64)
+    for where in (tmp_path / "ckpt", tmp_path / "ckpt" / "encoder.safetensors"):
+        # another init seed: the file, not the seed, decides every tensor
+        frozen = tiny_piip(n_branches=2, resolutions=[64, 32], pooling="grid:2", seed=5,
+                           weights=str(where), trainable=False)  # fmt: skip
+        assert not frozen.trainable and not frozen.trainable_parameters()
+        assert frozen.config["weights"] == str(where)
+        with torch.no_grad():
+            torch.testing.assert_close(frozen(x), trained.eval()(x), rtol=0, atol=0)
+    # pooling reads the merged map and may differ from training
+    mean = tiny_piip(n_branches=2, resolutions=[64, 32], pooling="mean",
+                     weights=str(tmp_path / "ckpt"), trainable=False)  # fmt: skip
+    with torch.no_grad():
+        tokens = trained.forward_tokens(x)
+        torch.testing.assert_close(mean.forward_tokens(x), tokens, rtol=0, atol=0)
+    # without the option the config (and so every fingerprint made before it) is unchanged
+    assert "weights" not in tiny_piip(n_branches=2, resolutions=[64, 32]).config
+
+
+def test_trained_weights_of_another_architecture_are_refused(tmp_path):
+    trained = tiny_piip(n_branches=2, resolutions=[64, 32])
+    _trained_file(trained, tmp_path / "a")
+    kw = dict(n_branches=2, weights=str(tmp_path / "a"), trainable=False)
+    with pytest.raises(UserError, match=r"trained with resize='bilinear', this PIIP has "
+                       r"resize='area'; build it with the options it was trained with"):  # fmt: skip
+        tiny_piip(resolutions=[64, 32], resize="area", **kw)  # same tensors, other computation
+    with pytest.raises(
+        UserError,
+        match=r"trained with merge_size=8, resolutions=\[64, 32\]"
+        r".*has merge_size=6, resolutions=\[48, 32\]",
+    ):
+        tiny_piip(resolutions=[48, 32], **kw)
+    with pytest.raises(UserError, match=r"branches\.1\.model_kwargs\.embed_dim"):
+        create_encoder("piip", branches=[TINY[0], TINY[2]], resolutions=[64, 32], interactions=2,
+                       weights=kw["weights"], trainable=False)  # fmt: skip
+    # a file that records no options: its tensors must still fit exactly
+    from safetensors.torch import save_file
+
+    (tmp_path / "b").mkdir()
+    other = tiny_piip(n_branches=2, resolutions=[64, 32], interactions=1)
+    save_file(dict(other.state_dict()), str(tmp_path / "b" / "encoder.safetensors"))
+    with pytest.raises(
+        UserError, match="does not fit this PIIP: .*build the PIIP with the options"
+    ):
+        tiny_piip(resolutions=[64, 32], **dict(kw, weights=str(tmp_path / "b")))
+    _trained_file(trained, tmp_path / "c", config={"name": "timm", "model": "vit_tiny"})
+    with pytest.raises(UserError, match="are of encoder 'timm', not a PIIP"):
+        tiny_piip(resolutions=[64, 32], **dict(kw, weights=str(tmp_path / "c")))
+    with pytest.raises(UserError, match="not found; point weights= to a trained PIIP"):
+        tiny_piip(resolutions=[64, 32], **dict(kw, weights=str(tmp_path / "none")))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "encoder.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        tiny_piip(resolutions=[64, 32], **dict(kw, weights=str(tmp_path / "d")))

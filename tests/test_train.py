@@ -368,6 +368,30 @@ def test_trainable_encoder_trains_from_images(tmp_path, synthetic_store):
     assert changed and all(not n.startswith("branches.") for n in changed)
 
 
+def test_a_trained_piip_loads_frozen_and_trains_from_cached_features(tmp_path, synthetic_store):
+    """PIIP's affordable form: train the interactions once with a policy, then freeze them
+    (``encoder.weights=<checkpoint>``, ``encoder.trainable=false``) and train from cached features."""
+    from robo_s2.encoders.preprocess import frames_to_input
+    from robo_s2.training.checkpoint import load_checkpoint
+
+    base = [x for x in TINY_TRAIN_CFG if not x.startswith("encoder")] + TINY_PIIP
+    first = train(train_cfg(synthetic_store, "train.steps=4", base=base), tmp_path / "stage1")
+    assert first.feature_source.startswith("images")
+    ckpt_dir = tmp_path / "stage1" / "checkpoints" / "last"
+    trained = load_checkpoint(ckpt_dir).encoder
+    frozen = [f"encoder.weights={ckpt_dir}", "encoder.trainable=false"]
+    second = train(train_cfg(synthetic_store, "train.steps=4", *frozen, base=base), tmp_path / "s2")
+    assert not second.feature_source.startswith("images")  # features cached, not re-encoded
+    ckpt = load_checkpoint(tmp_path / "s2" / "checkpoints" / "last")  # fingerprint-checked
+    assert not ckpt.encoder.trainable and not (ckpt.path / "encoder.safetensors").exists()
+    x = frames_to_input(torch.randint(0, 255, (2, IMG, IMG, 3), dtype=torch.uint8), IMG,
+                        torch.device("cpu"))  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.encoder(x), trained.eval()(x), rtol=0, atol=0)
+    for name, p in ckpt.encoder.state_dict().items():
+        assert torch.equal(p, trained.state_dict()[name]), name
+
+
 # ------------------------------------------------------------------------------------------------
 # the CLI
 

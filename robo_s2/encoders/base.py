@@ -25,6 +25,12 @@ from torch import Tensor, nn
 
 from robo_s2.encoders.preprocess import to_float_images
 
+# the weights of an encoder that trains (PIIP's interactions and merge), written by robo-s2 train
+# beside its policy and loaded back by the checkpoint, or by the encoder's own ``weights`` option
+TRAINED_WEIGHTS_FILE = "encoder.safetensors"
+# safetensors metadata key holding the writing encoder's resolved config (JSON)
+TRAINED_CONFIG_KEY = "encoder_config"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -40,14 +40,23 @@ interaction does not reach the feature (its parameters get no gradient).
 The ViT branches are frozen (no grads, eval mode even in ``train()``); interactions and merging are
 trainable (``trainable=True``; such an encoder is trained from images, its features are not cached).
 With ``trainable: false`` everything is frozen (e.g. a trained PIIP loaded from a checkpoint).
+``weights`` loads a trained PIIP, every tensor (branches, interactions, merge), from the
+``encoder.safetensors`` that ``robo-s2 train`` writes beside a checkpoint whose PIIP trained (or
+from that checkpoint's directory): with ``trainable: false`` its features can then be cached like
+any frozen encoder's (train the interactions once with a policy, then freeze them). The file
+records the options it was trained with, and another architecture is refused; ``pooling`` may
+differ (it reads the merged map, it does not change it).
 ``seed`` (default 0) seeds the random init of the interactions and the merge, so that every process
 builds the same encoder (the branches are seeded by their own ``seed``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,10 +64,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robo_s2.encoders.backbone import TokenEncoder, seeded
+from robo_s2.encoders.base import TRAINED_CONFIG_KEY, TRAINED_WEIGHTS_FILE
 from robo_s2.encoders.deformable_attention import CrossAttention, DeformableCrossAttention
 from robo_s2.encoders.pooling import Pooling
 from robo_s2.encoders.registry import create_encoder
 from robo_s2.errors import UserError
+from robo_s2.safe_io import fit_state_dict, read_safetensors, read_safetensors_metadata
 
 ATTN_CHOICES = ("deformable", "regular")
 FFN_CHOICES = ("conv", "mlp")  # conv: the official ConvFFN (fc1, 3x3 depthwise conv, GELU, fc2)
@@ -67,6 +78,9 @@ RESIZE_CHOICES = ("bilinear", "area", "bicubic")
 _ATTN_ALIASES = {"deformable": "deformable", "deform": "deformable", "regular": "regular"}
 _ATTN_ALIASES |= {"normal": "regular", "dense": "regular"}
 _BRANCH_OWN_KEYS = ("resolution", "interaction_indexes")
+# options that trained weights do not depend on (or that loading them replaces): the rest must
+# match the options the weights were trained with
+_NOT_ARCHITECTURE = frozenset({"pooling", "trainable", "weights", "seed", "pretrained"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +385,37 @@ def branch_specs(
     return specs
 
 
+def _architecture(cfg: Any) -> Any:
+    """``cfg`` without the options trained weights do not depend on (at every depth)."""
+    if isinstance(cfg, Mapping):
+        return {k: _architecture(v) for k, v in cfg.items() if k not in _NOT_ARCHITECTURE}
+    if isinstance(cfg, list):
+        return [_architecture(v) for v in cfg]
+    return cfg
+
+
+def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, a's value, b's value)`` wherever two JSON trees differ (missing: None);
+    a list of plain values is one value, and branch configs come last (their ``resolution``
+    repeats ``resolutions``, the option a user sets)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=lambda k: (k == "branches", k)):
+            out += _differences(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        return out
+    if (
+        isinstance(a, list)
+        and isinstance(b, list)
+        and len(a) == len(b)
+        and any(isinstance(v, dict | list) for v in a + b)
+    ):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            out += _differences(x, y, f"{key}.{i}")
+        return out
+    return [] if a == b else [(key, a, b)]
+
+
 class PIIPEncoder(TokenEncoder):
     """Parameter-inverted image pyramid over frozen timm ViT branches (see the module doc).
 
@@ -402,6 +447,7 @@ class PIIPEncoder(TokenEncoder):
         pooling: str = "mean",
         trainable: bool = True,
         seed: int = 0,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         specs = branch_specs(branches, resolutions, pretrained)
@@ -442,9 +488,13 @@ class PIIPEncoder(TokenEncoder):
             pooling=str(pool),
             trainable=bool(trainable),
             seed=int(seed),
+            # recorded only when given: configs (and fingerprints) from before the option stay
+            **({"weights": str(weights)} if weights is not None else {}),
         )
         self._setup(str(pool), None, None)  # each branch normalises its own input
         self.pooling.check(self.num_prefix_tokens, self.merge_size, what="encoder 'piip'")
+        if weights is not None:
+            self._load_trained(str(weights))
         self.trainable = bool(trainable)
         if not self.trainable:
             self.freeze()
@@ -591,6 +641,64 @@ class PIIPEncoder(TokenEncoder):
 
     # --- configuration helpers ------------------------------------------------------------------
     # --- the pyramid ----------------------------------------------------------------------------
+    # --- trained weights -------------------------------------------------------------------------
+    def _load_trained(self, weights: str) -> None:
+        """Every tensor from a trained PIIP's weights file (see the module doc's ``weights``)."""
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            path = path / TRAINED_WEIGHTS_FILE
+        if not path.is_file():
+            raise UserError(
+                f"PIIP weights {path} not found; point weights= to a trained PIIP's "
+                f"{TRAINED_WEIGHTS_FILE} (or its checkpoint directory, <train run>/checkpoints/best)"
+            )
+        recorded = read_safetensors_metadata(path, "PIIP weights").get(TRAINED_CONFIG_KEY)
+        if recorded is None:
+            logging.getLogger("robo_s2.weights").warning(
+                f"PIIP weights {path} record no encoder options: only their tensor names and "
+                "shapes are checked against this PIIP"
+            )
+        else:
+            self._check_trained_options(recorded, path)
+        state = fit_state_dict(
+            read_safetensors(path, "PIIP weights"),
+            self.state_dict(),
+            source=str(path),
+            target="this PIIP",
+            fix="build the PIIP with the options it was trained with "
+            "(its checkpoint's robo_s2.json, encoder.config)",
+            exact=True,
+        )
+        self.load_state_dict(state, strict=True)
+
+    def _check_trained_options(self, recorded: str, path: Path) -> None:
+        """Refuse weights trained with another architecture, naming the first option that differs."""
+        try:
+            theirs = json.loads(recorded)
+        except (ValueError, RecursionError):
+            theirs = None
+        if not isinstance(theirs, dict):
+            raise UserError(
+                f"PIIP weights {path}: their recorded encoder options are not a JSON object; "
+                "the file is damaged: re-save it from its checkpoint"
+            )
+        if theirs.get("name") != "piip":
+            raise UserError(
+                f"PIIP weights {path} are of encoder {theirs.get('name')!r}, not a PIIP; point "
+                "weights= to a trained PIIP's encoder.safetensors"
+            )
+        ours = json.loads(json.dumps(self._config, default=str))
+        diffs = _differences(_architecture(theirs), _architecture(ours))
+        if diffs:
+            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            trained = ", ".join(f"{k}={a!r}" for k, a, _ in diffs[:3])
+            here = ", ".join(f"{k}={b!r}" for k, _, b in diffs[:3])
+            raise UserError(
+                f"PIIP weights {path} were trained with {trained}{more}, this PIIP has {here}; "
+                "build it with the options it was trained with (its checkpoint's robo_s2.json, "
+                "encoder.config)"
+            )
+
     def branch_inputs(self, x: Tensor) -> list[Tensor]:
         """Float ``(B,3,S,S)`` in [0,1] -> every branch's resized, normalised input."""
         out = []

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from robo_s2.core.io import atomic_file, parse_json, read_json, write_json_atomic
 from robo_s2.core.schema import validated
+from robo_s2.encoders.base import TRAINED_WEIGHTS_FILE
 from robo_s2.errors import UserError
 
 CELL_FILE = "cell.json"
@@ -74,18 +75,25 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _weights_file(value: Any) -> Path | None:
+    """The file a ``weights`` option names: a file, or a trained encoder's checkpoint directory."""
+    if not isinstance(value, str):
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / TRAINED_WEIGHTS_FILE
+    return path if path.is_file() else None
+
+
 def _weights_by_content(node: Any) -> Any:
     """``node`` with every ``weights: <file>`` replaced by the file's sha256: a pre-trained
     encoder is the same wherever its file lies, and another file under the same path is not."""
     if isinstance(node, Mapping):
-        return {
-            k: (
-                {"sha256": file_sha256(v)}
-                if k == "weights" and isinstance(v, str) and Path(v).expanduser().is_file()
-                else _weights_by_content(v)
-            )
-            for k, v in node.items()
-        }
+        out = {}
+        for k, v in node.items():
+            file = _weights_file(v) if k == "weights" else None
+            out[k] = {"sha256": file_sha256(file)} if file else _weights_by_content(v)
+        return out
     if isinstance(node, list | tuple):
         return [_weights_by_content(v) for v in node]
     return node

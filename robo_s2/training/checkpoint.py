@@ -41,12 +41,13 @@ from robo_s2.core.io import read_json, replace_path
 from robo_s2.core.schema import validated
 from robo_s2.core.versions import software_versions
 from robo_s2.data.store_attrs import EnvAttrs
+from robo_s2.encoders.base import TRAINED_CONFIG_KEY, TRAINED_WEIGHTS_FILE
 from robo_s2.errors import UserError
 from robo_s2.safe_io import fit_state_dict, read_safetensors, save_state, strip_trust
 
 META_NAME = "robo_s2.json"
 CONFIG_NAME = "config.yaml"
-ENCODER_WEIGHTS = "encoder.safetensors"
+ENCODER_WEIGHTS = TRAINED_WEIGHTS_FILE
 TRAINING_STATE = "training_state.safetensors"
 LEGACY_TRAINING_STATE = "training_state.pt"  # robo_s2 <= 0.x: a pickle, never loaded
 
@@ -97,7 +98,8 @@ def save_checkpoint(
     policy.save_pretrained(tmp)
     if encoder.trainable:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-        save_file(state, str(tmp / ENCODER_WEIGHTS))
+        config = json.dumps(encoder.config, sort_keys=True, default=str)
+        save_file(state, str(tmp / ENCODER_WEIGHTS), metadata={TRAINED_CONFIG_KEY: config})
     full_meta = {
         **meta,
         "encoder": encoder_meta(encoder),
