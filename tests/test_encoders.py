@@ -476,6 +476,23 @@ def test_report_command_checks_names_before_work(tmp_path, monkeypatch):
     assert not (tmp_path / "encoders.json").exists()
 
 
+def test_piip_mae_ts_is_compute_matched_to_vit_s_at_64():
+    """The tables' PIIP row is marked compute-matched to ViT-S at 64²; the report measures both."""
+    from types import SimpleNamespace
+
+    from robo_s2.commands.encoders import compute_matched_notes
+    from robo_s2.encoders.profile import count_gflops
+    from robo_s2.encoders.registry import random_weights
+
+    with random_weights():  # GFLOPs do not depend on the weights (no MAE files needed)
+        piip = create_encoder("piip_mae_ts").eval()
+    assert piip.resolutions == [80, 48] and piip.n_interactions == 2
+    profile = SimpleNamespace(name="piip_mae_ts", gflops=count_gflops(piip))
+    (note,) = compute_matched_notes([profile], {}, use_random=False)
+    assert "is compute-matched to name=vit_s, image_size=64" in note, note
+    assert "+3.0%" in note
+
+
 SMALL_VIT = {"image_size": 32, "model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 3}}
 
 

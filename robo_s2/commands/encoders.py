@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from robo_s2.core.config import to_plain
 from robo_s2.device import resolve_device
 from robo_s2.encoders.profile import (
     EncoderProfile,
@@ -61,10 +63,22 @@ def compute_matched_notes(
         ref = resolve_encoder_config(p.name, **overrides.get(p.name, {})).get("compute_matched_to")
         if not ref:
             continue
-        ref = str(ref)
+        ref = to_plain(ref)
+        if isinstance(
+            ref, Mapping
+        ):  # a config name with options, e.g. {name: vit_s, image_size: 64}
+            built: str | dict[str, Any] = dict(ref)
+            ref = ", ".join(f"{k}={v}" for k, v in ref.items())
+        else:
+            ref = built = str(ref)
         if ref not in measured:
-            with random_weights() if use_random else contextlib.nullcontext():
-                measured[ref] = count_gflops(create_encoder(ref).eval())
+            # GFLOPs do not depend on the weights (a reference may need a file this run lacks)
+            with (
+                random_weights()
+                if use_random or isinstance(built, dict)
+                else contextlib.nullcontext()
+            ):
+                measured[ref] = count_gflops(create_encoder(built).eval())
         rel = p.gflops / measured[ref] - 1.0
         verdict = "compute-matched to" if abs(rel) <= MATCH_TOLERANCE else "NOT compute-matched to"
         notes.append(
