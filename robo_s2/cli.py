@@ -146,9 +146,10 @@ def _missing_option(command: str, exc: Any) -> str:
     )
 
 
-def _added_keys(command: str, overrides: list[str]) -> None:
-    """Refuse ``+a.b=v`` / ``++a.b=v`` for a key the composed config does not have (outside
-    :data:`OPEN_SUBTREES` and config-group appends)."""
+def refused_additions(command: str, overrides: list[str], base: Any = None) -> list[str]:
+    """Why each ``+a.b=v`` / ``++a.b=v`` of ``overrides`` would add a key the composed config does
+    not have (outside :data:`OPEN_SUBTREES` and config-group appends), one message per refusal.
+    ``base``: the config composed with the other overrides, when the caller has it."""
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
@@ -156,11 +157,13 @@ def _added_keys(command: str, overrides: list[str]) -> None:
     parsed = OverridesParser.create().parse_overrides(overrides)
     adds = [i for i, o in enumerate(parsed) if o.is_add() or o.is_force_add()]
     if not adds:
-        return
-    base = compose(
-        config_name=command, overrides=[ov for i, ov in enumerate(overrides) if i not in adds]
-    )
+        return []
+    if base is None:
+        base = compose(
+            config_name=command, overrides=[ov for i, ov in enumerate(overrides) if i not in adds]
+        )
     absent = object()
+    refused = []
     for o in (parsed[i] for i in adds):
         key = o.key_or_group
         if OPEN_SUBTREES.match(key) or (config_dir() / key.replace(".", "/")).is_dir():
@@ -169,23 +172,33 @@ def _added_keys(command: str, overrides: list[str]) -> None:
             continue  # ++key=value of an existing key is a plain override
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent) if parent else base
+        if isinstance(node, DictConfig) and leaf in node.keys():
+            continue  # an existing key whose value is still ??? (select calls it absent)
         if node is None and parent:
-            fail(
+            refused.append(
                 f"bad override '{o.input_line}' for 'robo-s2 {command}': there is no '{parent}' "
                 f"to add '{leaf}' to (see 'robo-s2 {command} --cfg job' for the valid keys)"
             )
-            return  # pragma: no cover - fail exits
+            continue
         keys = list(node.keys()) if isinstance(node, DictConfig) else []
         if isinstance(node, DictConfig) and not keys:
             continue  # an open (empty) mapping
         close = difflib.get_close_matches(leaf, [str(k) for k in keys], n=1, cutoff=0.6)
         hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
         where = f"'{parent}'" if parent else "the config"
-        fail(
+        refused.append(
             f"bad override '{o.input_line}' for 'robo-s2 {command}': {where} has no key "
             f"'{leaf}'{hint}, and adding keys to it would be silently ignored; valid keys: "
             f"{', '.join(map(str, keys))}"
         )
+    return refused
+
+
+def _added_keys(command: str, overrides: list[str]) -> None:
+    """Exit with the first of :func:`refused_additions`, if any."""
+    refused = refused_additions(command, overrides)
+    if refused:
+        fail(refused[0])
 
 
 def _sweep_variants(overrides: list[str]) -> list[list[str]]:

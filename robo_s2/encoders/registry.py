@@ -258,6 +258,23 @@ def create_encoder(name_or_cfg: str | Mapping[str, Any], **overrides: Any) -> Vi
     return encoder
 
 
+def check_encoder_options(
+    name_or_cfg: str | Mapping[str, Any], _nested: bool = False, **overrides: Any
+) -> None:
+    """UserError naming an option the encoder's factory (or a nested encoder's, such as S²'s
+    ``backbone``) does not take; builds nothing, so a typo is found before any work starts. (A
+    nested encoder may lack a required option: its parent passes it on, e.g. S²'s ``weights``.)"""
+    cfg = resolve_encoder_config(name_or_cfg, **overrides)
+    cfg.pop("_label", None)
+    name = cfg.pop("name")
+    for key in (*RUNTIME_OPTIONS, *REPORT_OPTIONS):
+        cfg.pop(key, None)
+    _check_kwargs(name, _factory(name), cfg, required=not _nested)
+    for value in cfg.values():
+        if isinstance(value, Mapping) and str(value.get("name")) in _REGISTRY:
+            check_encoder_options(value, _nested=True)
+
+
 def _options(factory: EncoderFactory) -> list[inspect.Parameter] | None:
     """The keyword options of ``factory``; a class whose ``__init__`` passes ``**kwargs`` on to
     its base class takes the base's too; None: unknown (anything goes)."""
@@ -279,7 +296,9 @@ def _names(params: list[inspect.Parameter]) -> set[str]:
     return {p.name for p in params}
 
 
-def _check_kwargs(name: str, factory: EncoderFactory, kwargs: Mapping[str, Any]) -> None:
+def _check_kwargs(
+    name: str, factory: EncoderFactory, kwargs: Mapping[str, Any], required: bool = True
+) -> None:
     params = _options(factory)
     if params is None:
         return
@@ -290,15 +309,16 @@ def _check_kwargs(name: str, factory: EncoderFactory, kwargs: Mapping[str, Any])
             f"encoder '{name}' has no option {', '.join(map(repr, unknown))}; "
             f"its options: {', '.join(accepted)}"
         )
-    required = [
+    needed = [
         p.name
         for p in params
-        if p.default is inspect.Parameter.empty
+        if required
+        and p.default is inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and p.name not in kwargs
     ]
-    if required:
-        raise UserError(f"encoder '{name}' needs {', '.join(required)}")
+    if needed:
+        raise UserError(f"encoder '{name}' needs {', '.join(needed)}")
 
 
 @contextlib.contextmanager
