@@ -16,6 +16,7 @@ and is never part of any config, so no file (a checkpoint, a saved run config) c
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import importlib
@@ -23,7 +24,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from robo_s2.errors import UserError
@@ -330,8 +331,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     from robo_s2.safe_io import trusted_weights
 
-    with trusted_weights(trust):
+    with trusted_weights(trust), hydra_faults_reach_us(command):
         app()
+
+
+@contextlib.contextmanager
+def hydra_faults_reach_us(command: str) -> Iterator[None]:
+    """A machine fault in what Hydra writes itself (the run directory, ``.hydra/``), before or
+    after the task, as the one line :func:`guarded` gives inside it: Hydra re-raises instead of
+    printing its own trimmed traceback (any other error still ends in a traceback, now whole)."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in MACHINE_FAULTS:
+            raise
+        fail(machine_fault(command, exc))
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 if __name__ == "__main__":
