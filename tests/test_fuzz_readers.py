@@ -5,7 +5,7 @@ a value replaced by any JSON value (deep nesting and NaN included), a key delete
 emptied. The property, for every such file: the reader either works or raises one
 :class:`UserError` on one line, never another exception, and writes nothing outside its output.
 A bounded number of examples runs in the default suite (``FUZZ_EXAMPLES``); set
-``ROBO_S2_FUZZ_EXAMPLES`` for a longer run.
+``ROBO_S2_FUZZ_EXAMPLES`` for a longer run (``pytest -m slow tests/test_fuzz_long.py`` runs 500).
 """
 
 from __future__ import annotations
