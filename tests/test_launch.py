@@ -192,24 +192,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(
-    launch.missing_launcher(["hydra/launcher=joblib"]) is not None,
-    reason='needs the cluster extra: pip install -e ".[cluster]"',
-)
-def test_joblib_jobs_end_when_the_experiment_is_killed(tmp_path):
-    """SIGKILL of the launching experiment leaves no job training on (issue 32 item 4)."""
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+LAUNCHERS = {
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_jobs_end_when_the_experiment_is_killed(tmp_path, launcher):
+    """SIGKILL of the launching experiment leaves no job training on, whichever local launcher
+    started it (issue 32 item 4)."""
     import signal
     import subprocess
     import sys
     import time
 
+    if launch.missing_launcher([f"hydra/launcher={launcher}"]) is not None:
+        pytest.skip('needs the cluster extra: pip install -e ".[cluster]"')
     long = TINY_TRAIN_LISTED.replace("'train.steps=6'", "'train.steps=100000'")
     args = [a if not a.startswith("experiment.train_overrides=") else
             f"experiment.train_overrides={long}" for a in _tiny(tmp_path / "demos.zarr")]  # fmt: skip
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "robo_s2", "experiment", *args,  # two seeds: two loky workers
-         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.run.dir={out}"],
+        [sys.executable, "-m", "robo_s2", "experiment", *args,  # two seeds: two jobs
+         *LAUNCHERS[launcher], f"hydra.run.dir={out}"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
@@ -220,17 +235,34 @@ def test_joblib_jobs_end_when_the_experiment_is_killed(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "the job never started"
             time.sleep(0.5)
         time.sleep(2)  # (both jobs under way)
-        jobs = [p for p in _children(proc.pid) if "resource_tracker" not in _cmdline(p)]
+        jobs = [p for p in _descendants(proc.pid) if "resource_tracker" not in _cmdline(p)]
         assert len(jobs) >= 2, "no job processes found"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
         while any(_alive(p) for p in jobs) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not any(_alive(p) for p in jobs), "a job outlived its experiment"
+        left = [f"{p}: {_cmdline(p)[:200]}" for p in jobs if _alive(p)]
+        assert not left, f"outlived their experiment: {left}"
     finally:
         proc.kill()
         for pid in jobs:  # a failing run must not leave its orphans training on the CI machine
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert not (out / "results.json").exists()
+
+
+def test_a_grandchild_knows_its_ancestors():
+    """submitit_local puts a controller between the experiment and its job: the job's watch
+    must find the experiment among its ancestors, not only as its parent."""
+    import subprocess
+    import sys
+
+    from robo_s2.core.process import ancestors
+
+    inner = "from robo_s2.core.process import ancestors; print(ancestors())"
+    outer = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {inner!r}])"
+    out = subprocess.run([sys.executable, "-c", outer], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    chain = [int(x) for x in out.stdout.strip()[1:-1].split(",")]
+    assert chain[1] == os.getpid() and chain[2:] == ancestors()

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from robo_s2.core.process import start_orphan_watch
+from robo_s2.core.process import start_ancestor_watch
 from robo_s2.errors import UserError
 from robo_s2.experiments.runner import Row, RunOutcome
 
@@ -113,8 +113,8 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     if cfg.job.out_dir in (None, ""):
         raise UserError("job.out_dir= must name the experiment's output directory")
     parent = cfg.job.parent_pid
-    if parent is not None and os.getppid() == int(parent):  # a job process of this machine's
-        start_orphan_watch(int(parent))  # launcher (joblib, submitit_local) dies with its parent
+    if parent is not None:  # a job of this machine's launcher (joblib, submitit_local: the
+        start_ancestor_watch(int(parent))  # experiment is its ancestor) dies with the experiment
     store = Path(str(exp["demos"]["store"])).expanduser()
     outcome = run_one(
         exp, rows[slug], seed, store, Path(str(cfg.job.out_dir)), int(cfg.workers),
