@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import IMG, TINY_TRAIN_CFG, robo_s2, smooth_action_store, train_cfg
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from robo_s2.data.windows import split_episodes
@@ -379,6 +380,9 @@ def test_a_trained_piip_loads_frozen_and_trains_from_cached_features(tmp_path, s
     assert first.feature_source.startswith("images")
     ckpt_dir = tmp_path / "stage1" / "checkpoints" / "last"
     trained = load_checkpoint(ckpt_dir).encoder
+    # beside its encoder's weights the checkpoint keeps the run's own config (what resume reads)
+    saved = OmegaConf.load(ckpt_dir / "config.yaml")
+    assert saved.train.steps == 4 and saved.encoder.name == "piip"
     frozen = [f"encoder.weights={ckpt_dir}", "encoder.trainable=false"]
     second = train(train_cfg(synthetic_store, "train.steps=4", *frozen, base=base), tmp_path / "s2")
     assert not second.feature_source.startswith("images")  # features cached, not re-encoded

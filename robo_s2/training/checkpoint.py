@@ -98,8 +98,8 @@ def save_checkpoint(
     policy.save_pretrained(tmp)
     if encoder.trainable:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-        config = json.dumps(encoder.config, sort_keys=True, default=str)
-        save_file(state, str(tmp / ENCODER_WEIGHTS), metadata={TRAINED_CONFIG_KEY: config})
+        options = json.dumps(encoder.config, sort_keys=True, default=str)
+        save_file(state, str(tmp / ENCODER_WEIGHTS), metadata={TRAINED_CONFIG_KEY: options})
     full_meta = {
         **meta,
         "encoder": encoder_meta(encoder),
