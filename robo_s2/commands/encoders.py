@@ -64,9 +64,8 @@ def compute_matched_notes(
         if not ref:
             continue
         ref = to_plain(ref)
-        if isinstance(
-            ref, Mapping
-        ):  # a config name with options, e.g. {name: vit_s, image_size: 64}
+        # a config name, or one with options, e.g. {name: vit_s, image_size: 64}
+        if isinstance(ref, Mapping):
             built: str | dict[str, Any] = dict(ref)
             ref = ", ".join(f"{k}={v}" for k, v in ref.items())
         else:

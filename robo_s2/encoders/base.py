@@ -18,6 +18,7 @@ import copy
 import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,14 @@ from robo_s2.encoders.preprocess import to_float_images
 TRAINED_WEIGHTS_FILE = "encoder.safetensors"
 # safetensors metadata key holding the writing encoder's resolved config (JSON)
 TRAINED_CONFIG_KEY = "encoder_config"
+
+
+def trained_weights_path(value: str | Path) -> Path:
+    """The weights file a ``weights`` option names: the file itself, or the
+    :data:`TRAINED_WEIGHTS_FILE` of the checkpoint directory it names."""
+    path = Path(value).expanduser()
+    return path / TRAINED_WEIGHTS_FILE if path.is_dir() else path
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

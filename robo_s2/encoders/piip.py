@@ -64,7 +64,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robo_s2.encoders.backbone import TokenEncoder, seeded
-from robo_s2.encoders.base import TRAINED_CONFIG_KEY, TRAINED_WEIGHTS_FILE
+from robo_s2.encoders.base import (
+    TRAINED_CONFIG_KEY,
+    TRAINED_WEIGHTS_FILE,
+    trained_weights_path,
+)
 from robo_s2.encoders.deformable_attention import CrossAttention, DeformableCrossAttention
 from robo_s2.encoders.pooling import Pooling
 from robo_s2.encoders.registry import create_encoder
@@ -644,9 +648,7 @@ class PIIPEncoder(TokenEncoder):
     # --- trained weights -------------------------------------------------------------------------
     def _load_trained(self, weights: str) -> None:
         """Every tensor from a trained PIIP's weights file (see the module doc's ``weights``)."""
-        path = Path(weights).expanduser()
-        if path.is_dir():
-            path = path / TRAINED_WEIGHTS_FILE
+        path = trained_weights_path(weights)
         if not path.is_file():
             raise UserError(
                 f"PIIP weights {path} not found; point weights= to a trained PIIP's "
@@ -672,7 +674,7 @@ class PIIPEncoder(TokenEncoder):
         self.load_state_dict(state, strict=True)
 
     def _check_trained_options(self, recorded: str, path: Path) -> None:
-        """Refuse weights trained with another architecture, naming the first option that differs."""
+        """Refuse weights trained with another architecture, naming the options that differ."""
         try:
             theirs = json.loads(recorded)
         except (ValueError, RecursionError):

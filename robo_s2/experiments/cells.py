@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from robo_s2.core.io import atomic_file, parse_json, read_json, write_json_atomic
 from robo_s2.core.schema import validated
-from robo_s2.encoders.base import TRAINED_WEIGHTS_FILE
+from robo_s2.encoders.base import trained_weights_path
 from robo_s2.errors import UserError
 
 CELL_FILE = "cell.json"
@@ -76,12 +76,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _weights_file(value: Any) -> Path | None:
-    """The file a ``weights`` option names: a file, or a trained encoder's checkpoint directory."""
+    """The file a ``weights`` option names (a file, or a trained encoder's checkpoint directory),
+    when it exists."""
     if not isinstance(value, str):
         return None
-    path = Path(value).expanduser()
-    if path.is_dir():
-        path = path / TRAINED_WEIGHTS_FILE
+    path = trained_weights_path(value)
     return path if path.is_file() else None
 
 
