@@ -498,7 +498,7 @@ class PIIPEncoder(TokenEncoder):
         self._setup(str(pool), None, None)  # each branch normalises its own input
         self.pooling.check(self.num_prefix_tokens, self.merge_size, what="encoder 'piip'")
         if weights is not None:
-            self._load_trained(str(weights))
+            load_trained_piip(self, str(weights))
         self.trainable = bool(trainable)
         if not self.trainable:
             self.freeze()
@@ -645,62 +645,6 @@ class PIIPEncoder(TokenEncoder):
 
     # --- configuration helpers ------------------------------------------------------------------
     # --- the pyramid ----------------------------------------------------------------------------
-    # --- trained weights -------------------------------------------------------------------------
-    def _load_trained(self, weights: str) -> None:
-        """Every tensor from a trained PIIP's weights file (see the module doc's ``weights``)."""
-        path = trained_weights_path(weights)
-        if not path.is_file():
-            raise UserError(
-                f"PIIP weights {path} not found; point weights= to a trained PIIP's "
-                f"{TRAINED_WEIGHTS_FILE} (or its checkpoint directory, <train run>/checkpoints/best)"
-            )
-        recorded = read_safetensors_metadata(path, "PIIP weights").get(TRAINED_CONFIG_KEY)
-        if recorded is None:
-            logging.getLogger("robo_s2.weights").warning(
-                f"PIIP weights {path} record no encoder options: only their tensor names and "
-                "shapes are checked against this PIIP"
-            )
-        else:
-            self._check_trained_options(recorded, path)
-        state = fit_state_dict(
-            read_safetensors(path, "PIIP weights"),
-            self.state_dict(),
-            source=str(path),
-            target="this PIIP",
-            fix="build the PIIP with the options it was trained with "
-            "(its checkpoint's robo_s2.json, encoder.config)",
-            exact=True,
-        )
-        self.load_state_dict(state, strict=True)
-
-    def _check_trained_options(self, recorded: str, path: Path) -> None:
-        """Refuse weights trained with another architecture, naming the options that differ."""
-        try:
-            theirs = json.loads(recorded)
-        except (ValueError, RecursionError):
-            theirs = None
-        if not isinstance(theirs, dict):
-            raise UserError(
-                f"PIIP weights {path}: their recorded encoder options are not a JSON object; "
-                "the file is damaged: re-save it from its checkpoint"
-            )
-        if theirs.get("name") != "piip":
-            raise UserError(
-                f"PIIP weights {path} are of encoder {theirs.get('name')!r}, not a PIIP; point "
-                "weights= to a trained PIIP's encoder.safetensors"
-            )
-        ours = json.loads(json.dumps(self._config, default=str))
-        diffs = _differences(_architecture(theirs), _architecture(ours))
-        if diffs:
-            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-            trained = ", ".join(f"{k}={a!r}" for k, a, _ in diffs[:3])
-            here = ", ".join(f"{k}={b!r}" for k, _, b in diffs[:3])
-            raise UserError(
-                f"PIIP weights {path} were trained with {trained}{more}, this PIIP has {here}; "
-                "build it with the options it was trained with (its checkpoint's robo_s2.json, "
-                "encoder.config)"
-            )
-
     def branch_inputs(self, x: Tensor) -> list[Tensor]:
         """Float ``(B,3,S,S)`` in [0,1] -> every branch's resized, normalised input."""
         out = []
@@ -834,3 +778,63 @@ class PIIPEncoder(TokenEncoder):
             ],
         )
         return d
+
+
+# ------------------------------------------------------------------------------------------------
+# trained weights
+def load_trained_piip(encoder: PIIPEncoder, weights: str) -> None:
+    """Every tensor of ``encoder`` from a trained PIIP's weights file (see the module doc's
+    ``weights``)."""
+    path = trained_weights_path(weights)
+    if not path.is_file():
+        raise UserError(
+            f"PIIP weights {path} not found; point weights= to a trained PIIP's "
+            f"{TRAINED_WEIGHTS_FILE} (or its checkpoint directory, <train run>/checkpoints/best)"
+        )
+    recorded = read_safetensors_metadata(path, "PIIP weights").get(TRAINED_CONFIG_KEY)
+    if recorded is None:
+        logging.getLogger("robo_s2.weights").warning(
+            f"PIIP weights {path} record no encoder options: only their tensor names and "
+            "shapes are checked against this PIIP"
+        )
+    else:
+        _check_trained_options(encoder.config, recorded, path)
+    state = fit_state_dict(
+        read_safetensors(path, "PIIP weights"),
+        encoder.state_dict(),
+        source=str(path),
+        target="this PIIP",
+        fix="build the PIIP with the options it was trained with "
+        "(its checkpoint's robo_s2.json, encoder.config)",
+        exact=True,
+    )
+    encoder.load_state_dict(state, strict=True)
+
+
+def _check_trained_options(config: dict[str, Any], recorded: str, path: Path) -> None:
+    """Refuse weights trained with another architecture, naming the options that differ."""
+    try:
+        theirs = json.loads(recorded)
+    except (ValueError, RecursionError):
+        theirs = None
+    if not isinstance(theirs, dict):
+        raise UserError(
+            f"PIIP weights {path}: their recorded encoder options are not a JSON object; "
+            "the file is damaged: re-save it from its checkpoint"
+        )
+    if theirs.get("name") != "piip":
+        raise UserError(
+            f"PIIP weights {path} are of encoder {theirs.get('name')!r}, not a PIIP; point "
+            "weights= to a trained PIIP's encoder.safetensors"
+        )
+    ours = json.loads(json.dumps(config, default=str))
+    diffs = _differences(_architecture(theirs), _architecture(ours))
+    if diffs:
+        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        trained = ", ".join(f"{k}={a!r}" for k, a, _ in diffs[:3])
+        here = ", ".join(f"{k}={b!r}" for k, _, b in diffs[:3])
+        raise UserError(
+            f"PIIP weights {path} were trained with {trained}{more}, this PIIP has {here}; "
+            "build it with the options it was trained with (its checkpoint's robo_s2.json, "
+            "encoder.config)"
+        )
