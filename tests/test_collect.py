@@ -65,6 +65,32 @@ def test_rerun_resumes_and_is_a_noop_when_full(tmp_path):
     assert again.attempts == 0 and DemoStore.open(out).n_episodes == 2
 
 
+def test_a_full_store_is_not_locked_so_a_writer_elsewhere_does_not_block_it(tmp_path):
+    # An experiment's collect step runs before its rows; a training run of another experiment
+    # may be caching features in the same store (holding its append lock) meanwhile.
+    out = tmp_path / "demos.zarr"
+    collect(out, n_episodes=1, env_kwargs=SMALL_ENV, seed=0, workers=0)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom robo_s2.data.store import DemoStore\n"
+         "s = DemoStore.open(sys.argv[1], mode='a')\nprint('locked', flush=True)\ntime.sleep(120)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        full = collect(out, n_episodes=1, env_kwargs=SMALL_ENV, seed=0, workers=0)
+        assert full.attempts == 0 and full.n_total == 1
+        with pytest.raises(UserError, match="env"):  # a full store is still checked
+            collect(out, n_episodes=1, env_kwargs={"image_size": 112}, seed=0, workers=0)
+        with pytest.raises(UserError, match="open for appending by another process"):
+            collect(out, n_episodes=2, env_kwargs=SMALL_ENV, seed=0, workers=0)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert DemoStore.open(out).n_episodes == 1
+
+
 def test_resume_with_other_env_or_seed_is_refused(tmp_path):
     out = tmp_path / "demos.zarr"
     collect(out, n_episodes=1, env_kwargs=SMALL_ENV, seed=0, workers=0)

@@ -206,7 +206,11 @@ def collect(
     region = probe.cube_region
     probe.close()
     attrs = _new_store_attrs(env_desc, seed, expert_kwargs, keep_failed, placement)
-    store = DemoStore.open_or_create(out, attrs=attrs, format=store_format, check_attrs=("env",))
+    store = DemoStore.open_or_create(out, attrs, store_format, check_attrs=("env",), mode="r")
+    if store.mode == "r" and store.n_episodes < n_episodes:
+        # only a store that needs episodes takes the append lock: a full one is just checked, so
+        # another process caching features in it (a training run) does not block this call
+        store = DemoStore.open_or_create(out, attrs, store_format, check_attrs=("env",))
     progress = dict(store.attrs.get("collect_progress", {}))
     layout = _check_resume(store, out, progress, seed, placement, n_episodes)
 

@@ -540,8 +540,10 @@ class DemoStore:
         attrs: dict | None = None,
         format: int = 3,
         check_attrs: tuple[str, ...] = (),
+        mode: str = "a",
     ) -> DemoStore:
-        """Create the store if missing, else open it for appending (resumable collection).
+        """Create the store if missing, else open it for appending (resumable collection), or with
+        ``mode="r"`` only read it (no append lock; a store that is created is still appendable).
 
         Every attribute named in ``check_attrs`` must equal the stored one, otherwise a UserError
         names the differences. A path that exists but is not a store is refused, never overwritten.
@@ -559,7 +561,7 @@ class DemoStore:
                 f"{path} exists and is not a demo store (a non-empty directory without zarr "
                 "metadata); choose another path for the store (nothing was written)"
             )
-        store = cls.open(path, mode="a")
+        store = cls.open(path, mode=mode)
         try:
             given = _jsonable(attrs or {})
             stored = store.attrs
