@@ -11,9 +11,10 @@ from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.experiments.launch import launch_cells, launcher_choice, run_cell
 from robo_s2.experiments.runner import ExperimentResult, missing_values, run_experiment
+from robo_s2.experiments.status import ExperimentStatus
 
 
-def run(cfg: DictConfig) -> ExperimentResult | dict:
+def run(cfg: DictConfig) -> ExperimentResult | ExperimentStatus | dict:
     from hydra.core.hydra_config import HydraConfig
 
     for name in ("OpenGL", "matplotlib"):  # their INFO notes are noise under Hydra's job logging
@@ -25,6 +26,12 @@ def run(cfg: DictConfig) -> ExperimentResult | dict:
             f"{keys} must be set (e.g. experiment.{missing[0]}=/path/to/file) for experiment "
             f"{cfg.experiment.name}"
         )
+    if cfg.status:
+        from robo_s2.experiments.status import experiment_status
+
+        report = experiment_status(to_plain(cfg.experiment))
+        print(report.markdown())
+        return report
     if cfg.job.row is not None:  # one (row, seed) job of a launched experiment
         return run_cell(cfg)
     launcher = launcher_choice()

@@ -115,6 +115,17 @@ def cell_dir(root: str | Path, slug: str, seed: int) -> Path:
     return Path(root) / slug / f"seed{seed}"
 
 
+def load_cell(directory: Path) -> CellFile | None:
+    """The ``cell.json`` in ``directory`` as it is, whatever its key (``None`` when absent)."""
+    path = directory / CELL_FILE
+    if not path.is_file():
+        return None
+    fix = "restore it from git or delete it to run the cell again"
+    return validated(
+        CellFile, read_json(path, "a committed experiment cell", fix), f"{path} is corrupt", fix
+    )
+
+
 def read_cell(
     directory: Path,
     key: Mapping[str, Any],
@@ -123,13 +134,9 @@ def read_cell(
 ) -> dict[str, Any] | None:
     """The committed outcome of the cell in ``directory`` when its key equals ``key`` (else
     ``None``: run it again); a matching cell made from other demos is a one-line error."""
-    path = directory / CELL_FILE
-    if not path.is_file():
+    cell = load_cell(directory)
+    if cell is None:
         return None
-    fix = "restore it from git or delete it to run the cell again"
-    cell = validated(
-        CellFile, read_json(path, "a committed experiment cell", fix), f"{path} is corrupt", fix
-    )
     saved_key, outcome, saved_sum = cell.key, cell.outcome.model_dump(), cell.demos_sha256
     if saved_key != json.loads(json.dumps(key)):
         return None
@@ -229,6 +236,7 @@ class CellFile(BaseModel):
     demos_sha256: str
     outcome: CellOutcome
     render_profile: dict[str, Any] | None = None
+    commit: str | None = None
 
 
 class _Records(BaseModel):

@@ -139,7 +139,7 @@ def require_experiment_config(exp: Mapping[str, Any]) -> None:
     ["experiment=<name>"]).experiment``, as ``robo-s2 experiment`` does."""
     require_complete(
         {"experiment": exp}, "experiment", overrides=["~experiment"],
-        exclude=("workers", "jobs", "job", "device"),
+        exclude=("workers", "jobs", "job", "device", "status"),
     )  # fmt: skip
 
 
