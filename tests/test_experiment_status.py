@@ -3,6 +3,7 @@ committed cells without running anything, for each way a cell can stand."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -13,12 +14,19 @@ from omegaconf import OmegaConf
 
 from robo_s2.core.config import load_config, to_plain
 from robo_s2.errors import UserError
-from robo_s2.experiments.cells import cell_dir, cell_key, demos_checksum, write_cell
+from robo_s2.experiments.cells import (
+    cell_dir,
+    cell_key,
+    demos_checksum,
+    demos_render_profile,
+    write_cell,
+)
 from robo_s2.experiments.runner import parse_rows
 from robo_s2.experiments.status import (
     CHANGED,
     COMMITTED,
     OTHER_DEMOS,
+    OTHER_RENDER,
     TO_RUN,
     experiment_status,
 )
@@ -50,7 +58,7 @@ def commit(exp: dict, row_index: int, seed: int, checksum: str, n_success: int) 
                "episodes": episodes}  # fmt: skip
     write_cell(
         cell_dir(exp["cells"], row.slug, seed), cell_key(exp, asdict(row), seed), checksum,
-        outcome, [], {"commit": "abcdef1234567890"},
+        outcome, [], {"commit": "abcdef1234567890"}, demos_render_profile(exp["demos"]["store"]),
     )  # fmt: skip
 
 
@@ -81,6 +89,13 @@ def test_status_tells_committed_changed_other_demos_and_missing_cells(tmp_path, 
     assert "| ViT-T | 3/4 (abcdef1) | refused (its cell was made from other demos) |" in text
 
     assert states(experiment_status(changed))[("ViT-T", 0)] == CHANGED
+
+    cell = Path(exp["cells"]) / "ViT-T" / "seed0" / "cell.json"
+    saved = json.loads(cell.read_text())
+    other = {**saved["render_profile"], "numslices": 5}  # frames rendered another way
+    cell.write_text(json.dumps({**saved, "render_profile": other}))
+    assert states(experiment_status(exp))[("ViT-T", 0)] == OTHER_RENDER
+    cell.write_text(json.dumps(saved))
 
     # the weights appear (a fresh machine re-created them): its cells are keyed by content now
     weights = tmp_path / "w" / "enc.pth"

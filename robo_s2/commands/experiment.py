@@ -11,7 +11,7 @@ from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
 from robo_s2.experiments.launch import launch_cells, launcher_choice, run_cell
 from robo_s2.experiments.runner import ExperimentResult, missing_values, run_experiment
-from robo_s2.experiments.status import ExperimentStatus
+from robo_s2.experiments.status import ExperimentStatus, experiment_status
 
 
 def run(cfg: DictConfig) -> ExperimentResult | ExperimentStatus | dict:
@@ -27,8 +27,6 @@ def run(cfg: DictConfig) -> ExperimentResult | ExperimentStatus | dict:
             f"{cfg.experiment.name}"
         )
     if cfg.status:
-        from robo_s2.experiments.status import experiment_status
-
         report = experiment_status(to_plain(cfg.experiment))
         print(report.markdown())
         return report

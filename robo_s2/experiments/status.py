@@ -18,13 +18,20 @@ from typing import Any
 
 from robo_s2.core.config import to_plain
 from robo_s2.errors import UserError
-from robo_s2.experiments.cells import cell_dir, cell_key, demos_checksum, load_cell
+from robo_s2.experiments.cells import (
+    cell_dir,
+    cell_key,
+    demos_checksum,
+    demos_render_profile,
+    load_cell,
+)
 from robo_s2.experiments.runner import Row, parse_rows, require_experiment_config
 
 COMMITTED = "committed"
 TO_RUN = "to run"
 CHANGED = "to run (its cell has another config)"
 OTHER_DEMOS = "refused (its cell was made from other demos)"
+OTHER_RENDER = "refused (its demos' frames were rendered otherwise)"
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class CellStatus:
 
     row: str
     seed: int
-    state: str  # COMMITTED | TO_RUN | CHANGED | OTHER_DEMOS
+    state: str  # COMMITTED | TO_RUN | CHANGED | OTHER_DEMOS | OTHER_RENDER
     n_success: int | None = None
     n_episodes: int | None = None
     commit: str | None = None
@@ -106,6 +113,7 @@ def experiment_status(exp: Mapping[str, Any]) -> ExperimentStatus:
     store = Path(str(exp["demos"]["store"])).expanduser()
     notes: list[str] = []
     checksum = demos_checksum(store) if store.exists() else None
+    profile = demos_render_profile(store) if store.exists() else None
     if checksum is None:
         notes.append(
             f"{store} is not collected here: cells are matched by their config only; the "
@@ -125,6 +133,8 @@ def experiment_status(exp: Mapping[str, Any]) -> ExperimentStatus:
                 cells.append(CellStatus(row.label, seed, CHANGED))
             elif checksum is not None and cell.demos_sha256 != checksum:
                 cells.append(CellStatus(row.label, seed, OTHER_DEMOS))
+            elif profile is not None and cell.render_profile not in (None, profile):
+                cells.append(CellStatus(row.label, seed, OTHER_RENDER))
             else:
                 out = cell.outcome
                 cells.append(
