@@ -121,10 +121,15 @@ def test_status_without_demos_matches_by_config_and_writes_nothing(tmp_path):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_status_of_an_experiment_without_cells_is_one_line(tmp_path):
+def test_status_of_an_experiment_without_cells_or_with_a_broken_store_is_one_line(tmp_path):
     exp = {**experiment(tmp_path, tmp_path / "d.zarr"), "cells": None}
     with pytest.raises(UserError, match="commits no cells"):
         experiment_status(exp)
+    not_a_store = tmp_path / "not_a_store.zarr"
+    not_a_store.mkdir()
+    (not_a_store / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="not_a_store.zarr"):
+        experiment_status(experiment(tmp_path, not_a_store))
 
 
 def test_status_from_the_command_line_runs_nothing(tmp_path):

@@ -75,7 +75,7 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _weights_file(value: Any) -> Path | None:
+def weights_file(value: Any) -> Path | None:
     """The file a ``weights`` option names (a file, or a trained encoder's checkpoint directory),
     when it exists."""
     if not isinstance(value, str):
@@ -90,7 +90,7 @@ def _weights_by_content(node: Any) -> Any:
     if isinstance(node, Mapping):
         out = {}
         for k, v in node.items():
-            file = _weights_file(v) if k == "weights" else None
+            file = weights_file(v) if k == "weights" else None
             out[k] = {"sha256": file_sha256(file)} if file else _weights_by_content(v)
         return out
     if isinstance(node, list | tuple):

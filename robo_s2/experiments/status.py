@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robo_s2.core.config import to_plain
+from robo_s2.data.store import DemoStore
 from robo_s2.errors import UserError
 from robo_s2.experiments.cells import (
     cell_dir,
@@ -24,6 +25,7 @@ from robo_s2.experiments.cells import (
     demos_checksum,
     demos_render_profile,
     load_cell,
+    weights_file,
 )
 from robo_s2.experiments.runner import Row, parse_rows, require_experiment_config
 
@@ -81,14 +83,14 @@ class ExperimentStatus:
 
 
 def _missing_weights(row: Row) -> list[str]:
-    """``weights`` paths of the row's overrides that name no file or directory here (the cell key
-    then holds the path, not the file's sha256, and cannot match a committed cell)."""
+    """``weights`` paths of the row's overrides that name no weights file here (the cell key then
+    holds the path, not the file's sha256, and cannot match a committed cell)."""
     found: list[str] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, Mapping):
             for k, v in node.items():
-                if k == "weights" and isinstance(v, str) and not Path(v).expanduser().exists():
+                if k == "weights" and isinstance(v, str) and weights_file(v) is None:
                     found.append(v)
                 else:
                     walk(v)
@@ -112,8 +114,10 @@ def experiment_status(exp: Mapping[str, Any]) -> ExperimentStatus:
     seeds = [int(s) for s in exp["seeds"]]
     store = Path(str(exp["demos"]["store"])).expanduser()
     notes: list[str] = []
-    checksum = demos_checksum(store) if store.exists() else None
-    profile = demos_render_profile(store) if store.exists() else None
+    checksum = profile = None
+    if store.exists():
+        DemoStore.open(store).close()  # a path that is not a readable store: one line, not a trace
+        checksum, profile = demos_checksum(store), demos_render_profile(store)
     if checksum is None:
         notes.append(
             f"{store} is not collected here: cells are matched by their config only; the "
